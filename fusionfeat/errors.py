@@ -1,0 +1,33 @@
+"""The one place user-facing errors come from.
+
+A ``FusionfeatError`` is bad input, not a bug: the CLI prints its message on one line and exits 2.
+"""
+
+from __future__ import annotations
+
+
+class FusionfeatError(Exception):
+    """Bad input: the message names the file or option and says what to do."""
+
+    exit_code = 2
+
+
+class DatasetError(FusionfeatError):
+    """The data folder, manifest or an image in it cannot be used."""
+
+
+class WeightsError(FusionfeatError):
+    """Backbone weights are missing, unreadable or do not match the backbone."""
+
+
+class StoreError(FusionfeatError):
+    """A feature store is missing, locked, incomplete or does not match the request."""
+
+
+class ImageDecodeError(DatasetError):
+    """One image cannot be decoded; carries the path so ``--on-error skip`` can record it."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
