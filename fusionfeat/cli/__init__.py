@@ -1,0 +1,48 @@
+"""Command-line interface: a thin click group that maps ``FusionfeatError`` to one line and exit 2.
+
+Each command lives in its own module in this package and only parses options and calls the API.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fusionfeat.errors import FusionfeatError
+
+
+class _Group(click.Group):
+    """A click group that turns user-facing errors into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except FusionfeatError as exc:
+            click.echo(f"fusionfeat: error: {_one_line(str(exc))}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("fusionfeat: interrupted; work committed so far is kept (rerun to resume)", err=True)
+            ctx.exit(130)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fusionfeat")
+def main() -> None:
+    """fusionfeat: cached ResNet18 + VGG16 features and honest heads for ALL vs HEM cell images."""
+
+
+def _register() -> None:
+    # Imported here so each command module stays independent; a missing module is a bug, not user input.
+    from fusionfeat.cli import commands  # noqa: F401
+
+
+_register()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Registers every command module on the ``main`` group (one import per module)."""
+
+from __future__ import annotations
