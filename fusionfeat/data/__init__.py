@@ -1,0 +1,1 @@
+"""Image data: dataset layouts, decoding and synthetic C-NMC-like data."""
