@@ -1,0 +1,550 @@
+"""Cross-validation protocols, fold-local balancing, leakage guards, metrics and the CV loop.
+
+Most tests use ``FakeStore`` (the ``FeatureStore`` reading interface over arrays) and a trivial
+``Recorder`` head that remembers which (image, view) rows it was trained and tested on, so leakage is
+checked on what the loop actually fed the estimator. Real logreg/svm and one tiny torch head also run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import ClassVar
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
+from fusionfeat.evaluate import (
+    LeakageError,
+    check_split,
+    cross_validate,
+    feature_matrix,
+    make_plan,
+    plan_folds,
+)
+from fusionfeat.metrics import binary_metrics, confidence_interval, confusion, summarize
+
+# ----------------------------------------------------------------------------------------------- fakes
+
+
+@dataclass
+class FakeStore:
+    """The reading side of ``FeatureStore`` over in-memory arrays.
+
+    Backbone ``ident`` stores ``[sample, view + 100 * (fine-tuned fold + 1)]`` so a head reading it
+    reveals exactly which rows (and which fold's features) it was given.
+    """
+
+    labels: np.ndarray
+    groups: np.ndarray
+    folds: np.ndarray
+    ok: np.ndarray
+    n_views: int
+    pooled_data: dict[str, np.ndarray]
+    tokens_data: dict[str, np.ndarray] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=lambda: ["hem", "all"])
+    positive_class: str = "all"
+    weights_kind: str = "imagenet"
+    plan: dict | None = None
+    tuned: list[int] = field(default_factory=list)
+    path: str = "fake.h5"
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def paths(self) -> np.ndarray:
+        return np.array([f"img_{i:04d}.bmp" for i in range(self.n_samples)])
+
+    @property
+    def backbones(self) -> list[str]:
+        return list(self.pooled_data)
+
+    def has_tokens(self, backbone: str, fold: int | None = None) -> bool:
+        return backbone in self.tokens_data
+
+    def block_shape(self, backbone: str, inputs: str, fold: int | None = None) -> tuple[int, int]:
+        if inputs == "pooled":
+            return 1, self.pooled_data[backbone].shape[-1]
+        return tuple(self.tokens_data[backbone].shape[2:])
+
+    def pooled(self, backbone, view=0, index=None, fold=None):
+        data = self._at(self.pooled_data[backbone], view, index).astype(np.float32)
+        if fold is not None:
+            if fold not in self.tuned:
+                raise FusionfeatError(f"no fine-tuned features for fold {fold}")
+            if backbone == "ident":
+                data[:, 1] += 100 * (fold + 1)
+        return data
+
+    def tokens(self, backbone, view=0, index=None, fold=None):
+        return self._at(self.tokens_data[backbone], view, index)
+
+    def _at(self, data, view, index):
+        if not 0 <= view < data.shape[1]:
+            raise FusionfeatError(f"view {view} is not stored")
+        return data[:, view] if index is None else data[np.asarray(index), view]
+
+    def provenance(self) -> dict:
+        return {
+            "store": self.path,
+            "backbones": {
+                b: {
+                    "weights": "random" if self.weights_kind == "random" else "imagenet:IMAGENET1K_V1",
+                    "weights_kind": self.weights_kind,
+                    "weights_sha256": "" if self.weights_kind == "random" else "ab" * 32,
+                    "seed": 0,
+                    "input_size": 224,
+                    "normalization": "imagenet",
+                    "views": "dihedral8" if self.n_views == 8 else "1",
+                    "precision": "fp32",
+                    "device": "cpu",
+                }
+                for b in self.backbones
+            },
+        }
+
+    def fold_plan(self) -> dict | None:
+        return self.plan
+
+    def finetuned_folds(self) -> list[int]:
+        return list(self.tuned)
+
+
+def fake_store(
+    n_subjects: int = 12,
+    cells: int = 6,
+    n_views: int = 8,
+    subjects_known: bool = True,
+    tokens: bool = True,
+    seed: int = 0,
+    signal: float = 1.5,
+) -> FakeStore:
+    """Two-thirds of subjects ALL (label 1), the rest HEM: a 2:1 imbalance like C-NMC's."""
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(n_subjects), cells)
+    labels = (subject < 2 * n_subjects // 3).astype(np.int64)
+    n = len(labels)
+    base = rng.normal(size=(n, 1, 8)) + signal * labels[:, None, None]
+    views = base + 0.05 * rng.normal(size=(n, n_views, 8))
+    ident = np.stack([np.repeat(np.arange(n)[:, None], n_views, 1), np.tile(np.arange(n_views), (n, 1))], -1)
+    views = views.astype(np.float32)
+    pooled = {"resnet18": views[..., :5], "vgg16": views[..., 3:], "ident": ident.astype(np.float32)}
+    toks = {}
+    if tokens:
+        toks = {
+            b: np.repeat(pooled[b][:, :, None, :], 4, 2).astype(np.float16) for b in ("resnet18", "vgg16")
+        }
+    groups = np.array([f"S{s}" for s in subject]) if subjects_known else np.full(n, "")
+    return FakeStore(
+        labels=labels,
+        groups=groups,
+        folds=np.full(n, -1, dtype=np.int64),
+        ok=np.ones(n, dtype=bool),
+        n_views=n_views,
+        pooled_data=pooled,
+        tokens_data=toks,
+    )
+
+
+class Recorder(ClassifierMixin, BaseEstimator):
+    """Predicts the training prior; records the (sample, view) rows of every fit and every predict."""
+
+    log: ClassVar[list[dict]] = []
+
+    def __init__(self, class_weight=None, random_state=None):
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        self.classes_ = np.unique(y)
+        self.prior_ = np.bincount(y, minlength=2) / len(y)
+        self.entry_ = {"train": np.asarray(X[:, :2], dtype=np.int64), "y": np.asarray(y)}
+        Recorder.log.append(self.entry_)
+        return self
+
+    def predict_proba(self, X):
+        self.entry_["test"] = np.asarray(X[:, :2], dtype=np.int64)
+        rng = np.random.default_rng(int(X[0, 0]))
+        p = np.clip(self.prior_[1] + 0.01 * rng.normal(size=len(X)), 0, 1)
+        return np.stack([1 - p, p], axis=1)
+
+
+def _recorder_build(*, blocks=None, class_weight=None, random_state=None, device="auto", progress=False):
+    return Recorder(class_weight=class_weight, random_state=random_state)
+
+
+RECORDER = HeadSpec("recorder", ("ident",), "pooled", False, _recorder_build)
+
+
+def recorded_fits(store, **kwargs) -> list[dict]:
+    Recorder.log.clear()
+    cross_validate(store, [RECORDER], progress=False, **kwargs)
+    return list(Recorder.log)
+
+
+# ----------------------------------------------------------------------------------------------- folds
+
+
+def test_grouped_folds_are_subject_disjoint():
+    store = fake_store(n_subjects=15)
+    for seed in range(4):
+        fold = plan_folds(store.labels, store.groups, store.folds, "grouped", 5, seed)
+        assert set(fold) == set(range(5))
+        for subject in np.unique(store.groups):
+            assert len(set(fold[store.groups == subject])) == 1
+
+
+def test_grouped_guard_raises_when_a_subject_is_on_both_sides():
+    groups = np.array(["a", "a", "b", "c"])
+    with pytest.raises(LeakageError, match="subjects"):
+        check_split(np.array([0, 2]), np.array([1, 3]), groups, by_subject=True)
+    with pytest.raises(LeakageError, match="images"):
+        check_split(np.array([0, 1]), np.array([1, 3]), groups, by_subject=False)
+    check_split(np.array([0, 1]), np.array([2, 3]), groups, by_subject=True)
+
+
+def test_grouped_needs_as_many_subjects_as_folds():
+    store = fake_store(n_subjects=3)
+    with pytest.raises(FusionfeatError, match="3 subjects for 5 folds"):
+        plan_folds(store.labels, store.groups, store.folds, "grouped", 5, 0)
+
+
+def test_default_protocol_is_grouped_with_subjects_and_image_level_without():
+    with_subjects = make_plan_for(fake_store(), protocol=None)
+    assert with_subjects.protocol["name"] == "grouped"
+    assert not with_subjects.protocol["image_level"]
+    store = fake_store(subjects_known=False)
+    fits = recorded_fits(store)
+    assert len(fits) == 5
+    result = cross_validate(store, [RECORDER], progress=False)
+    assert result.protocol["name"] == "stratified"
+    assert result.protocol["image_level"] and result.protocol["defaulted"]
+    assert any("subjects are unknown" in w for w in result.protocol["warnings"])
+
+
+def make_plan_for(store, protocol, balance="weight", repeats=1, seed=0):
+    from fusionfeat.evaluate import default_protocol
+
+    return make_plan(
+        store.labels, store.groups, store.folds, store.ok, store.n_views,
+        protocol=protocol or default_protocol(store.groups), n_folds=5, seed=seed, repeats=repeats,
+        balance=balance,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", ["grouped", "stratified"])
+@pytest.mark.parametrize("balance", ["augment", "weight"])
+def test_no_copy_of_a_test_image_is_ever_trained_on(protocol, balance):
+    store = fake_store()
+    plan = make_plan_for(store, protocol, balance, repeats=2)
+    for split in plan.splits:
+        train_samples = plan.rows.sample[split.train]
+        test_samples = plan.rows.sample[split.test]
+        assert not np.intersect1d(train_samples, test_samples).size
+        assert np.all(plan.rows.view[split.test] == 0)  # test folds: originals only
+        if protocol == "grouped":
+            assert not set(store.groups[train_samples]) & set(store.groups[test_samples])
+    # and the same through the loop, on the rows the estimator really received
+    for fit in recorded_fits(store, protocol=protocol, balance=balance, repeats=2):
+        assert not np.intersect1d(fit["train"][:, 0], fit["test"][:, 0]).size
+        assert np.all(fit["test"][:, 1] == 0)
+
+
+def test_augment_balances_training_folds_with_minority_copies_only():
+    store = fake_store()
+    for fit in recorded_fits(store, protocol="grouped", balance="augment"):
+        counts = np.bincount(fit["y"], minlength=2)
+        assert counts[0] == counts[1]
+        copies = fit["train"][:, 1] > 0
+        assert copies.any()
+        assert np.all(store.labels[fit["train"][copies, 0]] == 0)  # hem is the minority
+        assert np.all((fit["train"][copies, 1] >= 1) & (fit["train"][copies, 1] <= 7))
+        assert len({tuple(r) for r in fit["train"]}) == len(fit["train"])  # no row twice
+
+
+def test_paper_protocol_puts_copies_of_one_image_on_both_sides():
+    store = fake_store()
+    plan = make_plan_for(store, "paper")
+    assert plan.protocol["leaky"]
+    labels = store.labels[plan.rows.sample[: plan.n_eval]]
+    assert np.bincount(labels)[0] == np.bincount(labels)[1]  # balanced BEFORE splitting
+    crossing = 0
+    for split in plan.splits:
+        crossing += np.intersect1d(plan.rows.sample[split.train], plan.rows.sample[split.test]).size
+    assert crossing > 0
+    fits = recorded_fits(store, protocol="paper")
+    assert any(np.intersect1d(f["train"][:, 0], f["test"][:, 0]).size for f in fits)
+    assert any((f["test"][:, 1] > 0).any() for f in fits)  # copies are tested too
+
+
+def test_paper_and_augment_need_eight_views():
+    store = fake_store(n_views=1)
+    for kwargs in ({"protocol": "paper"}, {"balance": "augment"}):
+        with pytest.raises(FusionfeatError, match="dihedral8"):
+            cross_validate(store, [RECORDER], progress=False, **kwargs)
+
+
+def test_predefined_uses_the_dataset_folds_and_leaves_out_unassigned_images():
+    store = fake_store()
+    store.folds = np.arange(store.n_samples) % 3
+    store.folds[:4] = -1
+    fits = recorded_fits(store, protocol="predefined")
+    assert len(fits) == 3
+    tested = np.concatenate([f["test"][:, 0] for f in fits])
+    assert sorted(tested) == list(range(4, store.n_samples))
+    for k, fit in enumerate(fits):
+        assert np.all(store.folds[fit["test"][:, 0]] == k)
+    store.folds[:] = -1
+    with pytest.raises(FusionfeatError, match="predefined"):
+        cross_validate(store, [RECORDER], protocol="predefined", progress=False)
+
+
+def test_skipped_images_are_excluded_everywhere():
+    store = fake_store()
+    store.ok[[0, 7, 30]] = False
+    for protocol, balance in (("grouped", "augment"), ("paper", "weight")):
+        for fit in recorded_fits(store, protocol=protocol, balance=balance):
+            seen = np.concatenate([fit["train"][:, 0], fit["test"][:, 0]])
+            assert not np.isin([0, 7, 30], seen).any()
+
+
+def test_same_seed_same_splits_and_numbers_other_seed_other_splits():
+    store = fake_store()
+    a = cross_validate(store, ["logreg"], seed=3, progress=False)
+    b = cross_validate(store, ["logreg"], seed=3, progress=False)
+    c = cross_validate(store, ["logreg"], seed=4, progress=False)
+    assert np.array_equal(a.test_fold, b.test_fold)
+    np.testing.assert_array_equal(a.oof["logreg"], b.oof["logreg"])
+    assert [f.metrics["roc_auc"] for f in a.folds] == [f.metrics["roc_auc"] for f in b.folds]
+    assert not np.array_equal(a.test_fold, c.test_fold)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metrics_equal_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(0.3 * y + rng.random(60) * 0.7, 0, 1)
+    pred = (p > rng.uniform(0.3, 0.7)).astype(int)
+    for positive in (1, 0):
+        got = binary_metrics(y, pred, p if positive == 1 else 1 - p, positive=positive)
+        yt, yp = (y == positive).astype(int), (pred == positive).astype(int)
+        tn, fp, fn, tp = skm.confusion_matrix(yt, yp, labels=[0, 1]).ravel()
+        expected = {
+            "accuracy": skm.accuracy_score(yt, yp),
+            "precision": skm.precision_score(yt, yp, zero_division=0),
+            "recall": skm.recall_score(yt, yp),
+            "specificity": skm.recall_score(yt, yp, pos_label=0),
+            "f1": skm.f1_score(yt, yp),
+            "balanced_accuracy": skm.balanced_accuracy_score(yt, yp),
+            "mcc": skm.matthews_corrcoef(yt, yp),
+            "roc_auc": skm.roc_auc_score(yt, p if positive == 1 else 1 - p),
+        }
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, abs=1e-12), name
+        assert confusion(y, pred, positive).tolist() == [[tn, fp], [fn, tp]]
+
+
+def test_metrics_degenerate_folds_do_not_crash():
+    got = binary_metrics(np.ones(5, int), np.ones(5, int), np.full(5, 0.9))
+    assert got["accuracy"] == 1.0 and got["specificity"] == 0.0 and np.isnan(got["roc_auc"])
+    assert got["mcc"] == 0.0  # sklearn's convention when a class is absent
+
+
+def test_summary_mean_std_and_repeat_interval():
+    folds = [{"accuracy": a} for a in (0.8, 0.9, 0.7, 0.8)]
+    s = summarize(folds, [0, 0, 1, 1])["accuracy"]
+    assert s["mean"] == pytest.approx(0.8)
+    assert s["std"] == pytest.approx(np.std([0.8, 0.9, 0.7, 0.8], ddof=1))
+    low, high = confidence_interval([0.85, 0.75])
+    assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((low, high))
+    assert low < 0.8 < high
+    assert np.isnan(summarize(folds, [0, 0, 0, 0])["accuracy"]["ci95_low"])
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def test_real_logreg_and_svm_through_cross_validate():
+    store = fake_store(n_subjects=15, cells=8)
+    result = cross_validate(store, ["logreg", "svm"], repeats=2, progress=False)
+    assert result.heads == ["logreg", "svm"]
+    assert result.test_fold.shape == (2, store.n_samples)
+    summary = result.summary()
+    for head in result.heads:
+        assert len(result.fold_results(head)) == 10
+        assert not np.isnan(result.oof[head]).any()
+        assert summary[head]["roc_auc"]["mean"] > 0.85
+        assert summary[head]["accuracy"]["ci95_low"] <= summary[head]["accuracy"]["mean"]
+        for f in result.fold_results(head):
+            assert np.sum(f.confusion) == f.n_test
+            assert f.metrics["fit_time"] >= 0 and f.metrics["predict_time"] >= 0
+            y = store.labels[result.rows["sample"][result.test_fold[f.repeat] == f.fold]]
+            p = result.oof[head][f.repeat, result.test_fold[f.repeat] == f.fold]
+            assert f.metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert result.protocol["name"] == "grouped" and result.provenance["backbones"]
+
+
+def test_positive_class_is_configurable():
+    store = fake_store()
+    a = cross_validate(store, ["logreg"], progress=False)
+    b = cross_validate(store, ["logreg"], positive="hem", progress=False)
+    np.testing.assert_allclose(a.oof["logreg"], 1 - b.oof["logreg"], atol=1e-6)
+    ra, rb = a.fold_results("logreg")[0].metrics, b.fold_results("logreg")[0].metrics
+    assert ra["recall"] == pytest.approx(rb["specificity"])
+
+
+def test_tiny_torch_attention_head_records_history_and_fusion_weights():
+    store = fake_store()
+    build = partial(TorchHeadClassifier, architecture="attention-pooled", max_epochs=3, hidden=16, attn_dim=8)
+    spec = HeadSpec("attention-pooled", ("resnet18", "vgg16"), "pooled", True, build)
+    result = cross_validate(store, [spec], folds=3, progress=False)
+    fold = result.fold_results("attention-pooled")[0]
+    assert fold.history and {"train_loss", "val_acc"} <= set(fold.history[0])
+    assert result.oof_weights["attention-pooled"].shape == (1, store.n_samples, 2)
+    by_class = result.fusion_weights()["attention-pooled"]
+    assert set(by_class) == {"hem", "all"}
+    assert sum(by_class["all"].values()) == pytest.approx(1.0)
+
+
+def test_feature_matrix_concatenates_blocks_in_spec_order_and_keeps_row_order():
+    store = fake_store()
+    idx = np.array([5, 1, 9])
+    pooled = HeadSpec("p", ("vgg16", "resnet18"), "pooled", False, None)
+    X = feature_matrix(store, pooled, idx, view=2)
+    assert X.dtype == np.float32 and X.shape == (3, 5 + 5)
+    np.testing.assert_array_equal(X[:, :5], store.pooled_data["vgg16"][idx, 2])
+    np.testing.assert_array_equal(X[:, 5:], store.pooled_data["resnet18"][idx, 2])
+    tokens = HeadSpec("t", ("resnet18", "vgg16"), "tokens", True, None)
+    T = feature_matrix(store, tokens, idx)
+    assert T.dtype == np.float16 and T.shape == (3, 4 * 5 + 4 * 5)
+    np.testing.assert_array_equal(T[:, :20], store.tokens_data["resnet18"][idx, 0].reshape(3, -1))
+
+
+def test_finetuned_features_use_the_stored_plan_and_each_folds_features():
+    store = fake_store()
+    fold = plan_folds(store.labels, store.groups, store.folds, "grouped", 4, 11)
+    store.plan = {"protocol": "grouped", "n_folds": 4, "seed": 11, "fold": fold}
+    store.tuned = [0, 1, 2, 3]
+    fits = recorded_fits(store, features="finetuned")
+    assert len(fits) == 4
+    for k, fit in enumerate(fits):
+        assert np.all(fold[fit["test"][:, 0]] == k)
+        assert np.all(fit["train"][:, 1] == 100 * (k + 1))  # fold k's fine-tuned features
+    for bad, match in (
+        ({"protocol": "stratified"}, "protocol"),
+        ({"folds": 5}, "n_folds"),
+        ({"seed": 0}, "seed"),
+        ({"repeats": 2}, "repeats"),
+    ):
+        with pytest.raises(FusionfeatError, match=match):
+            cross_validate(store, [RECORDER], features="finetuned", progress=False, **bad)
+    store.tuned = [0, 1]
+    with pytest.raises(FusionfeatError, match="not fine-tuned"):
+        cross_validate(store, [RECORDER], features="finetuned", progress=False)
+    store.plan = None
+    with pytest.raises(FusionfeatError, match="no fine-tuned"):
+        cross_validate(store, [RECORDER], features="finetuned", progress=False)
+
+
+def test_paper_protocol_has_no_per_sample_plan():
+    store = fake_store()
+    with pytest.raises(FusionfeatError, match="paper"):
+        plan_folds(store.labels, store.groups, store.folds, "paper", 5, 0)
+
+
+@pytest.mark.parametrize(
+    ("change", "kwargs", "match"),
+    [
+        (None, {"heads": ["nope"]}, "unknown head"),
+        (None, {"heads": []}, "no heads"),
+        ("no_vgg", {"heads": ["concat"]}, "vgg16"),
+        ("no_tokens", {"heads": ["attention-spatial"]}, "token"),
+        ("one_class", {"heads": ["logreg"]}, "single class"),
+        (None, {"heads": ["logreg"], "positive": "blast"}, "positive class"),
+        (None, {"heads": ["logreg"], "balance": "smote"}, "--balance"),
+        (None, {"heads": ["logreg"], "protocol": "loso"}, "--protocol"),
+        (None, {"heads": ["logreg"], "features": "tuned"}, "--features"),
+        (None, {"heads": ["logreg"], "folds": 1}, "--folds"),
+        (None, {"heads": ["logreg"], "repeats": 0}, "--repeats"),
+        ("all_skipped", {"heads": ["logreg"]}, "no usable images"),
+    ],
+)
+def test_bad_requests_raise_clear_errors(change, kwargs, match):
+    store = fake_store()
+    if change == "no_vgg":
+        del store.pooled_data["vgg16"]
+    elif change == "no_tokens":
+        store.tokens_data = {}
+    elif change == "one_class":
+        store.labels[:] = 1
+    elif change == "all_skipped":
+        store.ok[:] = False
+    heads = kwargs.pop("heads")
+    with pytest.raises(FusionfeatError, match=match):
+        cross_validate(store, heads, progress=False, **kwargs)
+
+
+def test_attention_resolves_to_the_variant_the_store_supports():
+    from fusionfeat.evaluate import resolve_heads
+
+    assert [s.name for s in resolve_heads(fake_store(), ["attention"])] == ["attention-spatial"]
+    assert [s.name for s in resolve_heads(fake_store(tokens=False), ["attention"])] == ["attention-pooled"]
+    assert len(resolve_heads(fake_store(), ["all"])) == 7
+
+
+# ----------------------------------------------------------------------------------------------- real store
+
+
+def write_real_store(path, store: FakeStore):
+    """Write ``store``'s arrays as a real HDF5 store with the store module's own writer helpers."""
+    from fusionfeat.store import create_feature_datasets, create_store_file, finish_store
+
+    tmp = path.with_name(path.name + ".tmp")
+    samples = {
+        "path": store.paths,
+        "label": store.labels,
+        "group": store.groups.astype(str),
+        "fold": store.folds,
+        "sha256": np.array(["0" * 64] * store.n_samples),
+        "ok": store.ok,
+        "error": np.array([""] * store.n_samples),
+    }
+    h5 = create_store_file(tmp, samples, store.classes, {"created": "2024-01-01T00:00:00+00:00"})
+    features = h5.create_group("features")
+    for name in ("resnet18", "vgg16"):
+        data = store.pooled_data[name]
+        tok = store.tokens_data.get(name)
+        group = create_feature_datasets(
+            features, name, store.n_samples, store.n_views, data.shape[-1],
+            None if tok is None else tok.shape[2], store.provenance()["backbones"][name],
+        )  # fmt: skip
+        group["pooled"][:] = data
+        if tok is not None:
+            group["tokens"][:] = tok
+    finish_store(h5, tmp, path)
+    return path
+
+
+def test_cross_validate_on_a_real_hdf5_store(tmp_path):
+    from fusionfeat.store import FeatureStore
+
+    fake = fake_store()
+    path = write_real_store(tmp_path / "features.h5", fake)
+    with FeatureStore.open(path) as store:
+        result = cross_validate(store, ["logreg"], balance="augment", progress=False)
+        X = feature_matrix(
+            store, HeadSpec("t", ("resnet18", "vgg16"), "tokens", True, None), np.array([3, 1])
+        )
+    np.testing.assert_array_equal(X[0, :20], fake.tokens_data["resnet18"][3, 0].reshape(-1))
+    assert result.protocol["name"] == "grouped"
+    assert result.summary()["logreg"]["roc_auc"]["mean"] > 0.8
+    assert result.provenance["backbones"]["resnet18"]["weights_kind"] == "imagenet"
