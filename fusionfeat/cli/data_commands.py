@@ -1,0 +1,114 @@
+"""``fusionfeat manifest``, ``extract`` and ``info``: from images to a feature store."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from fusionfeat.backbones import parse_backbones, parse_weights
+from fusionfeat.cli import main
+from fusionfeat.cli.options import device_option, layout_option, positive_option, root_option
+from fusionfeat.data.images import Preprocess
+from fusionfeat.data.manifest import build_manifest, write_manifest
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.extract import ExtractConfig, extract
+from fusionfeat.runtime import PRECISIONS
+
+
+@main.command("manifest")
+@click.argument("data", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+@layout_option
+@positive_option
+@root_option
+def manifest_command(data, output, layout, positive, root):
+    """Write the manifest (path,label,group,fold) of a data folder or CSV."""
+    manifest = build_manifest(data, layout=layout, positive=positive, root=root)
+    write_manifest(manifest, output)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest.counts().items())
+    groups = len({s.group for s in manifest.samples if s.group})
+    click.echo(f"{output}: {len(manifest)} images ({counts}), layout {manifest.layout}, "
+               f"{groups or 'no'} subjects")
+    for note in manifest.notes:
+        click.echo(f"note: {note}")
+
+
+def _parse_fill(value: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in value.split(",")]
+    except ValueError:
+        raise FusionfeatError(f"--fill {value!r}: give one grey level or R,G,B in 0..255") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise FusionfeatError(f"--fill {value!r}: give one grey level or R,G,B in 0..255")
+    return tuple(parts)
+
+
+@main.command("extract")
+@click.argument("data", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 store to write.")
+@click.option("--backbones", default="resnet18,vgg16", show_default=True, help="Comma-separated backbones.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
+@click.option("--seed", default=0, show_default=True, help="Seed for random weights.")
+@click.option("--input-size", default=224, show_default=True, help="Square input side in pixels.")
+@click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default="imagenet", show_default=True,
+              help="imagenet: the weights' mean/std; unit: [0,1] (the paper's).")
+@click.option("--fill", default="0", show_default=True, help="Padding colour: grey level or R,G,B.")
+@click.option("--views", type=click.Choice(["1", "dihedral8"]), default="1", show_default=True,
+              help="1, or the 8 rotations/mirrors (for leak-free balancing by augmentation).")
+@click.option("--no-tokens", is_flag=True, help="Store pooled vectors only (no 7x7 token maps).")
+@device_option
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="fail: stop at an unreadable image (resumable); skip: record it in the store and go on.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store or unfinished run made with other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@layout_option
+@positive_option
+@root_option
+def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, device,
+                    precision, batch_size, workers, on_error, overwrite, quiet, layout, positive, root):
+    """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable)."""
+    names = parse_backbones(backbones)
+    config = ExtractConfig(
+        backbones=names, weights=parse_weights(weights, names), seed=seed,
+        preprocess=Preprocess(input_size=input_size, fill=_parse_fill(fill), normalize=normalize, views=views),
+        tokens=not no_tokens, device=device, precision=precision, batch_size=batch_size, workers=workers,
+        on_error=on_error, overwrite=overwrite, progress=not quiet,
+    )
+    manifest = build_manifest(data, layout=layout, positive=positive, root=root)
+    for note in manifest.notes:
+        click.echo(f"note: {note}", err=True)
+    if "random" in config.weights.values():
+        randoms = ", ".join(b for b, w in config.weights.items() if w == "random")
+        click.echo(f"warning: {randoms} use RANDOM weights (seed {seed}): features are not ImageNet features",
+                   err=True)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        from fusionfeat.distributed import extract_distributed
+
+        result = extract_distributed(manifest, output, config, rank, world)
+    else:
+        result = extract(manifest, output, config)
+    if result is None:
+        return
+    if result.already_complete:
+        click.echo(f"{result.path} is already complete with these settings; nothing to do")
+        return
+    rate = result.n_computed / result.seconds if result.seconds else 0.0
+    click.echo(f"{result.path}: {result.n_samples} samples ({result.n_skipped} skipped), "
+               f"{result.n_computed} computed in {result.seconds:.1f} s ({rate:.1f} img/s)")
+
+
+@main.command("info")
+@click.argument("store", type=click.Path())
+def info_command(store):
+    """Print a readable summary of a feature store: samples, labels, provenance, skipped files."""
+    from fusionfeat.info import describe_store
+
+    click.echo(describe_store(store))

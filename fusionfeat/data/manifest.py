@@ -1,0 +1,302 @@
+"""Datasets → manifest: a list of samples (path, label, subject, predefined fold).
+
+Four layouts are understood and auto-detected (``layout=`` forces one):
+
+* ``cnmc``: the C-NMC 2019 release, ``training_data/fold_k/{all,hem}/UID_*.bmp``; the subject is the
+  second token of the name (``UID_<P>_…_all.bmp`` → ``P``, ``UID_H<S>_…`` / ``UID_h<S>_…`` → ``H<S>``).
+  Images under ``validation_data/`` are used only where their labels file sits beside them.
+* ``allidb``: ALL-IDB, ``ImXXX_Y.tif`` (``Y=1`` blast → ALL, ``Y=0`` → HEM), subjects unknown.
+* ``folders``: one sub-folder per class, ``root/<class>/*.png``.
+* ``csv``: a file with columns ``path,label[,group][,fold]`` (``subject``/``subject_id`` also name the group).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fusionfeat.errors import DatasetError
+
+IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
+LAYOUTS = ("cnmc", "allidb", "folders", "csv")
+DEFAULT_CLASSES = ("hem", "all")
+DEFAULT_POSITIVE = "all"
+
+_CNMC_NAME = re.compile(r"UID_(H?\d+)_(\d+)_(\d+)_(all|hem)\.bmp", re.IGNORECASE)
+_ALLIDB_NAME = re.compile(r"Im\d+_([01])\.(tif|tiff|jpg|jpeg|png|bmp)", re.IGNORECASE)
+_CNMC_VALIDATION_LABELS = "C-NMC_test_prelim_phase_data_labels.csv"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: ``path`` relative to the manifest root, ``label`` indexes ``Manifest.classes``."""
+
+    path: str
+    label: int
+    group: str = ""
+    fold: int = -1
+
+
+@dataclass
+class Manifest:
+    """The samples of one dataset, with the class names (negative first, positive last)."""
+
+    root: Path
+    samples: list[Sample]
+    classes: tuple[str, str] = DEFAULT_CLASSES
+    layout: str = "folders"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def positive_class(self) -> str:
+        return self.classes[1]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def counts(self) -> dict[str, int]:
+        """Images per class name."""
+        counted = Counter(s.label for s in self.samples)
+        return {name: counted.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def has_groups(self) -> bool:
+        return any(s.group for s in self.samples)
+
+    def absolute(self, sample: Sample) -> Path:
+        return self.root / sample.path
+
+
+def cnmc_subject(file_name: str) -> str:
+    """Subject id from a C-NMC file name: ``UID_11_10_1_all.bmp`` → ``11``, ``UID_h3_4_1_hem.bmp`` → ``H3``."""
+    match = _CNMC_NAME.fullmatch(file_name)
+    if not match:
+        raise DatasetError(
+            f"{file_name!r} is not a C-NMC file name (expected UID_<subject>_<img>_<cell>_<all|hem>.bmp)"
+        )
+    return match.group(1).upper()
+
+
+def detect_layout(source: Path) -> str:
+    """Guess the layout of a data folder or manifest file."""
+    if source.is_file():
+        if source.suffix.lower() == ".csv":
+            return "csv"
+        raise DatasetError(f"{source} is a file but not a .csv manifest; pass a data folder or a manifest CSV")
+    if _cnmc_fold_dirs(source):
+        return "cnmc"
+    images = [p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    img_dir = source / "img"
+    if not images and img_dir.is_dir():
+        images = [p for p in img_dir.iterdir() if p.is_file()]
+    if images and all(_ALLIDB_NAME.fullmatch(p.name) for p in images):
+        return "allidb"
+    if any(p.is_dir() for p in source.iterdir()):
+        return "folders"
+    raise DatasetError(
+        f"cannot tell the layout of {source}: expected class sub-folders, C-NMC training_data/fold_k, "
+        "ALL-IDB ImXXX_Y.tif files or a manifest CSV (use --layout to force one)"
+    )
+
+
+def build_manifest(
+    source: str | os.PathLike,
+    layout: str | None = None,
+    positive: str = DEFAULT_POSITIVE,
+    root: str | os.PathLike | None = None,
+    check_files: bool = True,
+) -> Manifest:
+    """Build the manifest of a data folder or manifest CSV; ``positive`` names the positive class.
+
+    ``root`` is the folder a CSV's relative paths start from (default: the CSV's own folder);
+    ``check_files=False`` skips the check that every listed image exists.
+    """
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise DatasetError(f"no such file or folder: {src}")
+    layout = layout or detect_layout(src)
+    if layout not in LAYOUTS:
+        raise DatasetError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "csv":
+        if not src.is_file():
+            raise DatasetError(f"--layout csv needs a CSV file, got the folder {src}")
+    elif not src.is_dir():
+        raise DatasetError(f"--layout {layout} needs a folder, got the file {src}")
+    builder = {"cnmc": _from_cnmc, "allidb": _from_allidb, "folders": _from_folders, "csv": _from_csv}[layout]
+    manifest = builder(src, positive.lower())
+    if root is not None:
+        if layout != "csv":
+            raise DatasetError("--root only applies to a manifest CSV")
+        manifest.root = Path(root).expanduser()
+    _validate(manifest, src, check_files)
+    return manifest
+
+
+def write_manifest(manifest: Manifest, out: str | os.PathLike) -> Path:
+    """Write ``path,label,group,fold`` with paths relative to the CSV's own folder."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = out.parent.resolve()
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group", "fold"])
+        for s in manifest.samples:
+            path = _relative_to(manifest.absolute(s).resolve(), base)
+            writer.writerow([path, manifest.classes[s.label], s.group, s.fold])
+    os.replace(tmp, out)
+    return out
+
+
+def _relative_to(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:  # another drive on Windows
+        return str(path)
+
+
+def _classes_for(names: set[str], positive: str, where: Path) -> tuple[str, str]:
+    lowered = {n.lower() for n in names}
+    if len(lowered) < 2:
+        raise DatasetError(
+            f"{where} has a single class ({', '.join(sorted(names)) or 'none'}); fusionfeat needs two classes"
+        )
+    if len(lowered) > 2:
+        raise DatasetError(f"{where} has {len(lowered)} classes ({', '.join(sorted(lowered))}); fusionfeat needs two")
+    if positive not in lowered:
+        raise DatasetError(
+            f"the positive class {positive!r} is not among the classes {sorted(lowered)} of {where}; "
+            "name it with --positive"
+        )
+    negative = (lowered - {positive}).pop()
+    return negative, positive
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _from_folders(root: Path, positive: str) -> Manifest:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    with_images = {d: _images_in(d) for d in class_dirs}
+    with_images = {d: imgs for d, imgs in with_images.items() if imgs}
+    classes = _classes_for({d.name for d in with_images}, positive, root)
+    samples = [
+        Sample(path=str(img.relative_to(root)), label=classes.index(d.name.lower()))
+        for d, imgs in with_images.items()
+        for img in imgs
+    ]
+    return Manifest(root=root, samples=samples, classes=classes, layout="folders")
+
+
+def _cnmc_fold_dirs(root: Path) -> list[Path]:
+    base = root / "training_data" if (root / "training_data").is_dir() else root
+    return sorted(p for p in base.glob("fold_*") if p.is_dir() and p.name[5:].isdigit())
+
+
+def _from_cnmc(root: Path, positive: str) -> Manifest:
+    fold_dirs = _cnmc_fold_dirs(root)
+    if not fold_dirs:
+        raise DatasetError(f"{root} has no training_data/fold_k folders, so it is not the C-NMC layout")
+    classes = _classes_for({"all", "hem"}, positive, root)
+    samples: list[Sample] = []
+    for fold_dir in fold_dirs:
+        fold = int(fold_dir.name[5:])
+        for class_dir in sorted(p for p in fold_dir.iterdir() if p.is_dir()):
+            if class_dir.name.lower() not in classes:
+                continue
+            label = classes.index(class_dir.name.lower())
+            for img in _images_in(class_dir):
+                samples.append(Sample(str(img.relative_to(root)), label, cnmc_subject(img.name), fold))
+    notes = _cnmc_validation(root, classes, samples)
+    return Manifest(root=root, samples=samples, classes=classes, layout="cnmc", notes=notes)
+
+
+def _cnmc_validation(root: Path, classes: tuple[str, str], samples: list[Sample]) -> list[str]:
+    """Add labelled preliminary-test images; say how many were left out for want of labels."""
+    val_dir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
+    if not val_dir.is_dir():
+        return []
+    images = _images_in(val_dir)
+    labels_file = next((p for p in (val_dir.parent / _CNMC_VALIDATION_LABELS, val_dir / _CNMC_VALIDATION_LABELS)
+                        if p.is_file()), None)
+    if labels_file is None:
+        return [f"{len(images)} image(s) in validation_data/ left out: no {_CNMC_VALIDATION_LABELS} beside them"]
+    by_name = {}
+    with open(labels_file, newline="") as fh:
+        for row in csv.DictReader(fh):
+            by_name[row["new_names"].strip()] = (row["Patient_ID"].strip(), int(row["labels"]))
+    for img in images:
+        if img.name in by_name:
+            original, y = by_name[img.name]
+            label = classes.index("all" if y == 1 else "hem")
+            samples.append(Sample(str(img.relative_to(root)), label, cnmc_subject(original), -1))
+    return []
+
+
+def _from_allidb(root: Path, positive: str) -> Manifest:
+    folder = root / "img" if not _images_in(root) and (root / "img").is_dir() else root
+    classes = _classes_for({"all", "hem"}, positive, root)
+    samples = []
+    for img in _images_in(folder):
+        match = _ALLIDB_NAME.fullmatch(img.name)
+        if not match:
+            raise DatasetError(f"{img} is not an ALL-IDB file name (expected ImXXX_Y.tif with Y 0 or 1)")
+        samples.append(Sample(str(img.relative_to(root)), classes.index("all" if match.group(1) == "1" else "hem")))
+    return Manifest(root=root, samples=samples, classes=classes, layout="allidb")
+
+
+def _from_csv(path: Path, positive: str) -> Manifest:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+        if "path" not in columns or "label" not in columns:
+            raise DatasetError(f"{path} needs the columns path,label (optional group, fold); found {list(columns)}")
+        group_col = next((columns[c] for c in ("group", "subject", "subject_id") if c in columns), None)
+        fold_col = columns.get("fold")
+        rows = [r for r in reader if (r[columns["label"]] or "").strip() != ""]
+    raw_labels = {r[columns["label"]].strip().lower() for r in rows}
+    numeric = raw_labels <= {"0", "1"}
+    names = {positive if v == "1" else "hem" for v in raw_labels} if numeric else raw_labels
+    classes = _classes_for(names, positive, path)
+    samples = []
+    for line, row in enumerate(rows, start=2):
+        value = row[columns["label"]].strip().lower()
+        name = (positive if value == "1" else classes[0]) if numeric else value
+        group = (row[group_col] or "").strip() if group_col else ""
+        samples.append(Sample(row[columns["path"]].strip(), classes.index(name),
+                              group.upper() if _looks_cnmc_healthy(group) else group,
+                              _parse_fold(row[fold_col] if fold_col else "", path, line)))
+    return Manifest(root=path.parent, samples=samples, classes=classes, layout="csv")
+
+
+def _looks_cnmc_healthy(group: str) -> bool:
+    return bool(re.fullmatch(r"h\d+", group))
+
+
+def _parse_fold(value: str, path: Path, line: int) -> int:
+    value = (value or "").strip().lower().removeprefix("fold_")
+    if value == "":
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise DatasetError(f"{path}:{line}: fold {value!r} is not an integer (or fold_k)") from None
+
+
+def _validate(manifest: Manifest, src: Path, check_files: bool) -> None:
+    if not manifest.samples:
+        raise DatasetError(f"no images found in {src} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    present = {s.label for s in manifest.samples}
+    if len(present) < 2:
+        only = manifest.classes[present.pop()]
+        raise DatasetError(f"{src} has images of a single class ({only!r}); fusionfeat needs both classes")
+    missing = [s.path for s in manifest.samples if check_files and not manifest.absolute(s).is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} listed image(s) do not exist, first: {manifest.root / missing[0]}")
+    dupes = [p for p, c in Counter(s.path for s in manifest.samples).items() if c > 1]
+    if dupes:
+        raise DatasetError(f"{src} lists {dupes[0]} more than once")

@@ -1,0 +1,354 @@
+"""The extraction engine: manifest → decode once → every backbone on the same batch → committed batches → store.
+
+Batches are fixed slices of the manifest (``batch_size`` rows each), so a resumed run recomputes exactly
+the batches that were not committed, with the same shapes, and ends with the same features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import fusionfeat
+from fusionfeat.backbones import LoadedBackbone, load_backbone
+from fusionfeat.data.images import Preprocess, normalize_batch
+from fusionfeat.data.manifest import Manifest
+from fusionfeat.errors import FusionfeatError, ImageDecodeError, StoreError
+from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
+from fusionfeat.store import (
+    FeatureStore,
+    PartialStore,
+    create_feature_datasets,
+    create_store_file,
+    finish_store,
+    now_iso,
+    partial_dir,
+    store_lock,
+)
+
+ON_ERROR = ("fail", "skip")
+
+
+@dataclass
+class ExtractConfig:
+    """Options of one extraction; everything that changes the numbers is recorded in the store."""
+
+    backbones: list[str]
+    weights: dict[str, str]
+    seed: int = 0
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    tokens: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    on_error: str = "fail"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.on_error not in ON_ERROR:
+            raise FusionfeatError(f"--on-error {self.on_error!r}: choose fail or skip")
+        if self.batch_size < 1:
+            raise FusionfeatError("--batch-size must be at least 1")
+        if self.workers is not None and self.workers < 0:
+            raise FusionfeatError("--workers must be 0 or more")
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    n_samples: int
+    n_skipped: int
+    n_computed: int
+    already_complete: bool = False
+    seconds: float = 0.0
+
+
+class _ImageDataset(Dataset):
+    """Decodes images in loader workers; a failure comes back as a record, never as a worker crash."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess):
+        self.paths = paths
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        try:
+            tensor, digest = self.preprocess.load(self.paths[row])
+            return row, tensor, digest, ""
+        except ImageDecodeError as exc:
+            return row, None, _sha256_or_empty(self.paths[row]), exc.reason
+
+
+def _sha256_or_empty(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _collate(items):
+    rows = np.array([it[0] for it in items], dtype=np.int64)
+    good = [it[1] for it in items if it[1] is not None]
+    images = torch.stack(good) if good else None
+    return rows, images, [it[2] for it in items], [it[3] for it in items]
+
+
+def default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    return min(8, max(1, cpus - 1)) if device.type == "cuda" else min(4, max(1, cpus - 1))
+
+
+def manifest_fingerprint(manifest: Manifest) -> str:
+    digest = hashlib.sha256()
+    for s in manifest.samples:
+        digest.update(f"{s.path}\t{s.label}\t{s.group}\t{s.fold}\n".encode())
+    return digest.hexdigest()
+
+
+def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
+            rank: int = 0, world_size: int = 1) -> ExtractResult:
+    """Extract features of every manifest sample into the store at ``out`` (resuming if interrupted).
+
+    With ``world_size > 1`` (torchrun) each rank computes every ``world_size``-th batch; the caller
+    assembles once all ranks are done (see ``assemble``).
+    """
+    import time
+
+    start = time.perf_counter()
+    out = Path(out).expanduser()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    precision = resolve_precision(config.precision, device)
+    models = [load_backbone(name, config.weights[name], config.seed) for name in config.backbones]
+    settings = _settings(manifest, config, models, device, precision)
+
+    lock = store_lock(out) if world_size == 1 else _no_lock()
+    with lock:
+        if out.exists() and not config.overwrite:
+            _check_finished(out, settings)
+            return ExtractResult(out, len(manifest), 0, 0, already_complete=True)
+        partial = PartialStore.open(out, settings, overwrite=config.overwrite and rank == 0)
+        n_batches = math.ceil(len(manifest) / config.batch_size)
+        todo = [b for b in range(n_batches) if b % world_size == rank and b not in partial.done()]
+        computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
+        if world_size > 1:
+            return ExtractResult(out, len(manifest), 0, computed, seconds=time.perf_counter() - start)
+        skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
+    return ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
+
+
+class _no_lock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone],
+              device: torch.device, precision: str) -> dict:
+    """What must match for batches to be mixed in one store."""
+    return {
+        "manifest": manifest_fingerprint(manifest),
+        "n_samples": len(manifest),
+        "backbones": [m.provenance() for m in models],
+        "preprocess": config.preprocess.as_attrs(),
+        "tokens": config.tokens,
+        "device_type": device.type,
+        "precision": precision,
+        "batch_size": config.batch_size,
+        "on_error": config.on_error,
+    }
+
+
+def _check_finished(out: Path, settings: dict) -> None:
+    with FeatureStore.open(out) as store:
+        previous = store.root_attrs().get("settings")
+    if previous != settings:
+        raise StoreError(
+            f"{out} already exists and was made with other settings or data; "
+            "choose another -o, or add --overwrite to replace it"
+        )
+
+
+def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone], device: torch.device,
+                 precision: str, partial: PartialStore, todo: list[int], rank: int) -> int:
+    if not todo:
+        return 0
+    for m in models:
+        m.trunk.to(device, memory_format=torch.channels_last)
+    paths = [str(manifest.absolute(s)) for s in manifest.samples]
+    batches = [list(range(b * config.batch_size, min(len(paths), (b + 1) * config.batch_size))) for b in todo]
+    workers = default_workers(device) if config.workers is None else config.workers
+    loader = DataLoader(
+        _ImageDataset(paths, config.preprocess), batch_sampler=batches, num_workers=workers,
+        collate_fn=_collate, pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    mean, std = config.preprocess.mean_std()
+    total = sum(len(b) for b in batches)
+    bar = _progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
+    try:
+        for batch_no, (rows, images, digests, errors) in zip(todo, loader, strict=True):
+            bad = [i for i, e in enumerate(errors) if e]
+            if bad and config.on_error == "fail":
+                i = bad[0]
+                raise ImageDecodeError(
+                    paths[rows[i]],
+                    f"{errors[i]} (use --on-error skip to record and skip such files; "
+                    "work done so far is kept and a rerun resumes)",
+                )
+            arrays = _forward(models, images, device, precision, mean, std, config.tokens)
+            partial.write(batch_no, _batch_record(rows, digests, errors, arrays, config.preprocess.n_views, models,
+                                                  config.tokens, config.preprocess.input_size))
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    return total
+
+
+def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: torch.device, precision: str,
+             mean, std, keep_tokens: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Run every backbone on one decoded batch ``(B, V, 3, S, S)``; returns pooled and tokens per backbone."""
+    if images is None:
+        return {}
+    b, v = images.shape[:2]
+    x = images.reshape(b * v, *images.shape[2:]).to(device, non_blocking=True)
+    x = normalize_batch(x, mean, std).contiguous(memory_format=torch.channels_last)
+    out = {}
+    with torch.inference_mode(), autocast(device, precision):
+        for m in models:
+            fmap = m.trunk(x)  # (B*V, C, h, w)
+            pooled = fmap.float().mean(dim=(2, 3)).reshape(b, v, -1)
+            tokens = None
+            if keep_tokens:
+                tokens = fmap.flatten(2).transpose(1, 2).to(torch.float16).reshape(b, v, -1, fmap.shape[1])
+                tokens = tokens.cpu().numpy()
+            out[m.spec.name] = (pooled.cpu().numpy(), tokens)
+    return out
+
+
+def _batch_record(rows, digests, errors, arrays, n_views, models, keep_tokens, input_size) -> dict[str, np.ndarray]:
+    ok = np.array([not e for e in errors], dtype=bool)
+    record = {"rows": rows, "ok": ok, "sha256": np.array(digests, dtype="U64"), "error": np.array(errors, dtype=str)}
+    for m in models:
+        dim, n_tok = m.spec.dim, m.spec.n_tokens(input_size)
+        pooled = np.zeros((len(rows), n_views, dim), np.float32)
+        tokens = np.zeros((len(rows), n_views, n_tok, dim), np.float16) if keep_tokens else None
+        if m.spec.name in arrays:
+            p, t = arrays[m.spec.name]
+            pooled[ok] = p
+            if keep_tokens:
+                tokens[ok] = t
+        record[f"{m.spec.name}.pooled"] = pooled
+        if keep_tokens:
+            record[f"{m.spec.name}.tokens"] = tokens
+    return record
+
+
+def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[LoadedBackbone],
+             device: torch.device, precision: str, partial: PartialStore, settings: dict) -> int:
+    """Write the HDF5 store from the committed batches (streamed: memory does not grow with N)."""
+    n = len(manifest)
+    n_batches = math.ceil(n / config.batch_size)
+    missing = sorted(set(range(n_batches)) - partial.done())
+    if missing:
+        raise StoreError(f"cannot assemble {out}: {len(missing)} batch(es) are not computed yet (first {missing[0]})")
+    samples = {
+        "path": np.array([s.path for s in manifest.samples], dtype=str),
+        "label": np.array([s.label for s in manifest.samples], dtype=np.int64),
+        "group": np.array([s.group for s in manifest.samples], dtype=str),
+        "fold": np.array([s.fold for s in manifest.samples], dtype=np.int64),
+    }
+    root_attrs = {
+        "created": now_iso(),
+        "complete": False,
+        "data_root": str(manifest.root.resolve()),
+        "layout": manifest.layout,
+        "versions": json.dumps(software_versions()),
+        "settings": json.dumps(settings, sort_keys=True),
+        "device": describe_device(device),
+        "command": " ".join(sys.argv),
+    }
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.assemble")
+    h5 = create_store_file(tmp, samples, list(manifest.classes), root_attrs)
+    try:
+        h5["samples"].create_dataset("sha256", shape=(n,), dtype=h5py_str())
+        h5["samples"].create_dataset("ok", shape=(n,), dtype=bool)
+        h5["samples"].create_dataset("error", shape=(n,), dtype=h5py_str())
+        features = h5.create_group("features")
+        size = config.preprocess.input_size
+        datasets = {}
+        for m in models:
+            attrs = {**m.provenance(), **config.preprocess.as_attrs(), "precision": precision,
+                     "device": describe_device(device), "token_grid": m.spec.token_grid(size),
+                     "pooling": "global average of the last conv stage"}
+            datasets[m.spec.name] = create_feature_datasets(
+                features, m.spec.name, n, config.preprocess.n_views, m.spec.dim,
+                m.spec.n_tokens(size) if config.tokens else None, attrs)
+        skipped = 0
+        for b in range(n_batches):
+            record = partial.read(b)
+            lo, hi = int(record["rows"][0]), int(record["rows"][-1]) + 1
+            h5["samples/sha256"][lo:hi] = record["sha256"].astype(object)
+            h5["samples/ok"][lo:hi] = record["ok"]
+            h5["samples/error"][lo:hi] = record["error"].astype(object)
+            skipped += int((~record["ok"]).sum())
+            for name, group in datasets.items():
+                group["pooled"][lo:hi] = record[f"{name}.pooled"]
+                if config.tokens:
+                    group["tokens"][lo:hi] = record[f"{name}.tokens"]
+        h5.attrs["n_skipped"] = skipped
+    except BaseException:
+        h5.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finish_store(h5, tmp, out)
+    partial.remove()
+    return skipped
+
+
+def h5py_str():
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def software_versions() -> dict[str, str]:
+    import h5py
+    import torchvision
+
+    return {
+        "fusionfeat": fusionfeat.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "h5py": h5py.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+    }
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def is_unfinished(out: Path) -> bool:
+    return partial_dir(out).is_dir() and not out.exists()

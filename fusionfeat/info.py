@@ -1,0 +1,80 @@
+"""A readable summary of a feature store (what ``fusionfeat info`` prints)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+from fusionfeat.store import FeatureStore, partial_dir
+
+
+def describe_store(path: str | Path) -> str:
+    """Samples, labels, subjects, folds, per-backbone provenance and skipped files of one store."""
+    path = Path(path).expanduser()
+    if not path.exists() and partial_dir(path).is_dir():
+        return _describe_unfinished(path)
+    with FeatureStore.open(path) as store:
+        root = store.root_attrs()
+        lines = [f"store      {path}", f"created    {root.get('created', '?')} (complete)"]
+        lines.append(f"data       {root.get('data_root', '?')} (layout {root.get('layout', '?')})")
+        counts = Counter(store.labels[store.ok].tolist())
+        label_text = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(store.classes))
+        lines.append(f"samples    {store.n_samples} ({label_text}; positive class {store.positive_class})")
+        subjects = sorted({g for g in store.groups if g})
+        lines.append(f"subjects   {len(subjects)}" + ("" if subjects else " (unknown: folds will be image-level)"))
+        folds = sorted({int(f) for f in store.folds if f >= 0})
+        if folds:
+            lines.append(f"folds      predefined {', '.join(map(str, folds))}")
+        lines.append(f"views      {store.n_views}")
+        versions = root.get("versions", {})
+        if isinstance(versions, dict):
+            lines.append("software   " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        lines.append(f"device     {root.get('device', '?')}")
+        for name in store.backbones:
+            lines.extend(_describe_backbone(store, name))
+        fine = store.finetuned_folds()
+        if fine:
+            plan = store.fold_plan() or {}
+            lines.append(f"finetuned  folds {', '.join(map(str, fine))} "
+                         f"(plan: {plan.get('protocol', '?')}, {plan.get('n_folds', '?')} folds, "
+                         f"seed {plan.get('seed', '?')})")
+        skipped = [(p, e) for p, e, ok in zip(store.paths, store.errors, store.ok, strict=True) if not ok]
+        lines.append(f"skipped    {len(skipped)}")
+        lines.extend(f"  {p}: {e}" for p, e in skipped[:50])
+        if len(skipped) > 50:
+            lines.append(f"  … and {len(skipped) - 50} more")
+    return "\n".join(lines)
+
+
+def _describe_backbone(store: FeatureStore, name: str) -> list[str]:
+    attrs = store.attrs(name)
+    kind = attrs.get("weights_kind", "?")
+    if kind == "random":
+        weights = f"RANDOM (seed {attrs.get('seed')}) — not ImageNet features"
+    elif kind == "imagenet":
+        weights = f"{attrs.get('weights')} sha256 {attrs.get('weights_sha256')}"
+    else:
+        weights = f"file {attrs.get('weights')} sha256 {attrs.get('weights_sha256')} (not ImageNet-labelled)"
+    pooled = store._dataset(name, "pooled", None).shape
+    shapes = f"pooled {'×'.join(map(str, pooled))}"
+    if store.has_tokens(name):
+        shapes += f", tokens {'×'.join(map(str, store._dataset(name, 'tokens', None).shape))}"
+    return [
+        f"backbone   {name}: {shapes}",
+        f"  weights  {weights}",
+        f"  input    {attrs.get('input_size')} px, normalisation {attrs.get('normalization')}, "
+        f"views {attrs.get('views')}, precision {attrs.get('precision')}, device {attrs.get('device')}",
+    ]
+
+
+def _describe_unfinished(path: Path) -> str:
+    folder = partial_dir(path)
+    settings = json.loads((folder / "settings.json").read_text()) if (folder / "settings.json").is_file() else {}
+    n = int(settings.get("n_samples", 0))
+    batch = int(settings.get("batch_size", 1)) or 1
+    done = len(list(folder.glob("batch_*.npz")))
+    total = math.ceil(n / batch) if n else 0
+    return (f"store      {path}\nstatus     UNFINISHED: {done}/{total} batches committed "
+            f"(~{min(n, done * batch)}/{n} samples); rerun the same `fusionfeat extract` to resume")
