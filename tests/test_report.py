@@ -8,12 +8,12 @@ from functools import partial
 
 import numpy as np
 import pytest
-from test_evaluate import RECORDER, fake_store
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.report import compare_runs, describe_weights, write_run
+from tests.test_evaluate import RECORDER, fake_store
 
 TINY_ATTENTION = HeadSpec(
     "attention-pooled",
