@@ -173,7 +173,6 @@ def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBack
         "device_type": device.type,
         "precision": precision,
         "batch_size": config.batch_size,
-        "on_error": config.on_error,
     }
 
 

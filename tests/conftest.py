@@ -1,0 +1,51 @@
+"""Shared fixtures: where the real sample data lives, and a tiny image folder made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+HED_WEIGHTS = SHARED / "weights" / "vgg16_features-hed_bsds500.pth"
+
+
+def need(path: Path) -> Path:
+    """Skip (with the reason) when real data that is not part of the repo is absent."""
+    if not path.exists():
+        pytest.skip(f"needs {path} (real sample data kept outside the repo; absent here)")
+    return path
+
+
+@pytest.fixture
+def allidb2() -> Path:
+    return need(SHARED_DATA / "ALL_IDB2")
+
+
+@pytest.fixture
+def cnmc_samples() -> Path:
+    return need(SHARED_DATA / "C-NMC_2019_samples")
+
+
+def write_cells(root: Path, per_class: int = 4, size: int = 48, seed: int = 0, suffix: str = ".png") -> Path:
+    """A small class-per-folder dataset: dark round blobs on black, bigger for 'all'."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for label, name in enumerate(("hem", "all")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            radius = size * (0.22 + 0.1 * label) + rng.normal(0, 1)
+            mask = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+            img = np.zeros((size, size, 3), np.uint8)
+            img[mask] = rng.integers(60, 200, 3)
+            Image.fromarray(img).save(root / name / f"cell_{i:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def tiny_folders(tmp_path: Path) -> Path:
+    return write_cells(tmp_path / "cells")
