@@ -26,7 +26,7 @@ LAYOUTS = ("cnmc", "allidb", "folders", "csv")
 DEFAULT_CLASSES = ("hem", "all")
 DEFAULT_POSITIVE = "all"
 
-_CNMC_NAME = re.compile(r"UID_(H?\d+)_(\d+)_(\d+)_(all|hem)\.bmp", re.IGNORECASE)
+_CNMC_NAME = re.compile(r"UID_(H?\d+)_(\d+)_(\d+)_(all|hem)\.(bmp|png|tiff?|jpe?g)", re.IGNORECASE)
 _ALLIDB_NAME = re.compile(r"Im\d+_([01])\.(tif|tiff|jpg|jpeg|png|bmp)", re.IGNORECASE)
 _CNMC_VALIDATION_LABELS = "C-NMC_test_prelim_phase_data_labels.csv"
 
