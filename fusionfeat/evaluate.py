@@ -299,7 +299,9 @@ def _fold_copies(priority: Rows, rows: Rows, train: np.ndarray, labels: np.ndarr
     """Copies of training images of under-represented classes, until each class matches the largest."""
     train_samples = rows.sample[train]
     counts = np.bincount(labels[train_samples], minlength=labels.max(initial=0) + 1)
-    in_train = np.isin(priority.sample, train_samples)
+    width = int(max(priority.view.max(initial=0), rows.view.max(initial=0))) + 1
+    already = np.isin(priority.sample * width + priority.view, train_samples * width + rows.view[train])
+    in_train = np.isin(priority.sample, train_samples) & ~already
     picked_s, picked_v = [], []
     for c in np.flatnonzero((counts > 0) & (counts < counts.max())):
         at = np.flatnonzero(in_train & (labels[priority.sample] == c))[: int(counts.max() - counts[c])]

@@ -13,7 +13,7 @@ from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.report import compare_runs, describe_weights, write_run
-from tests.test_evaluate import RECORDER, fake_store
+from tests.test_evaluate import RECORDER, fake_store, one_torch_thread
 
 TINY_ATTENTION = HeadSpec(
     "attention-pooled",
@@ -27,7 +27,8 @@ TINY_ATTENTION = HeadSpec(
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory):
     store = fake_store()
-    result = cross_validate(store, ["logreg", TINY_ATTENTION], folds=3, repeats=2, progress=False)
+    with one_torch_thread():
+        result = cross_validate(store, ["logreg", TINY_ATTENTION], folds=3, repeats=2, progress=False)
     return result, write_run(result, tmp_path_factory.mktemp("run") / "grouped")
 
 
