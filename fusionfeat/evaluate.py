@@ -39,9 +39,7 @@ class LeakageError(AssertionError):
 # ----------------------------------------------------------------------------------------------- features
 
 
-def feature_matrix(
-    store: Any, spec: Any, index: np.ndarray, view: int = 0, fold: int | None = None
-) -> np.ndarray:
+def feature_matrix(store: Any, spec: Any, index: np.ndarray, view: int = 0, fold: int | None = None) -> np.ndarray:
     """X for a head: per row of ``index`` (in that order) its backbones' blocks, flattened, in spec order.
 
     Pooled inputs give float32, token inputs stay float16 to halve memory. ``fold=k`` reads the features
@@ -144,11 +142,11 @@ def plan_folds(
     """
     labels = np.asarray(labels)
     mask = np.ones(len(labels), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    _check_choice("protocol", protocol, PROTOCOLS)
+    _check_choice("cv", protocol, PROTOCOLS)
     if protocol == "paper":
         raise FusionfeatError(
             "the paper protocol splits rotated/mirrored copies as rows of their own, so it has no "
-            "per-sample fold plan: use --protocol grouped, stratified or predefined here"
+            "per-sample fold plan: use --cv grouped, stratified or predefined here"
         )
     fold = np.full(len(labels), -1, dtype=np.int64)
     idx = np.flatnonzero(mask)
@@ -163,8 +161,8 @@ def plan_folds(
         n_subjects = len(np.unique(subjects))
         if n_subjects < n_folds:
             raise FusionfeatError(
-                f"--protocol grouped needs at least as many subjects as folds: {n_subjects} subjects "
-                f"for {n_folds} folds; use --folds {max(n_subjects, 2)} or fewer, or --protocol stratified"
+                f"--cv grouped needs at least as many subjects as folds: {n_subjects} subjects "
+                f"for {n_folds} folds; use --folds {max(n_subjects, 2)} or fewer, or --cv stratified"
             )
         splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(idx, y, subjects)
     else:
@@ -172,7 +170,7 @@ def plan_folds(
         smallest = int(present[present > 0].min()) if present.any() else 0
         if smallest < n_folds:
             raise FusionfeatError(
-                f"--protocol stratified needs at least {n_folds} images of each class for {n_folds} folds; "
+                f"--cv stratified needs at least {n_folds} images of each class for {n_folds} folds; "
                 f"the smallest class has {smallest}: lower --folds"
             )
         splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(idx, y)
@@ -196,7 +194,7 @@ def make_plan(
     fixed_folds: np.ndarray | None = None,
 ) -> Plan:
     """Every split of a run. ``fixed_folds`` (a stored fine-tuning plan) replaces fold planning."""
-    _check_choice("protocol", protocol, PROTOCOLS)
+    _check_choice("cv", protocol, PROTOCOLS)
     _check_choice("balance", balance, BALANCES)
     if repeats < 1:
         raise FusionfeatError(f"--repeats must be 1 or more, got {repeats}")
@@ -204,7 +202,7 @@ def make_plan(
     groups = np.asarray(groups).astype(str)
     ok = np.asarray(ok, dtype=bool)
     if protocol == "paper" or balance == "augment":
-        _need_views(n_views, "--protocol paper" if protocol == "paper" else "--balance augment")
+        _need_views(n_views, "--cv paper" if protocol == "paper" else "--balance augment")
     if protocol == "paper":
         rows, n_copies = paper_rows(labels, ok, n_views, seed)
         sample_fold = None
@@ -262,9 +260,7 @@ def paper_rows(labels: np.ndarray, ok: np.ndarray, n_views: int, seed: int) -> t
     return Rows(sample.astype(np.int64), view.astype(np.int64)), len(sample) - len(kept)
 
 
-def check_split(
-    train_samples: np.ndarray, test_samples: np.ndarray, groups: np.ndarray, by_subject: bool
-) -> None:
+def check_split(train_samples: np.ndarray, test_samples: np.ndarray, groups: np.ndarray, by_subject: bool) -> None:
     """Raise ``LeakageError`` if an image (any view), or with ``by_subject`` a subject, is on both sides."""
     shared = np.intersect1d(train_samples, test_samples)
     if shared.size:
@@ -432,7 +428,7 @@ def _protocol_warnings(
     elif info["name"] == "stratified":
         out.append(
             "Image-level folds although subjects are known: cells of one subject are in both training "
-            "and test, which inflates scores; --protocol grouped gives the honest estimate."
+            "and test, which inflates scores; --cv grouped gives the honest estimate."
         )
     if info["name"] == "predefined" and info["subjects_known"]:
         spanning = _subjects_spanning_folds(groups[rows.sample[:n_eval]], test_fold[0])
@@ -458,11 +454,7 @@ def _all_known(groups: np.ndarray, rows: Rows) -> bool:
 
 
 def _single_class_folds(y: np.ndarray, test_fold: np.ndarray) -> int:
-    return sum(
-        len(np.unique(y[test_fold[r] == k])) < 2
-        for r in range(len(test_fold))
-        for k in np.unique(test_fold[r])
-    )
+    return sum(len(np.unique(y[test_fold[r] == k])) < 2 for r in range(len(test_fold)) for k in np.unique(test_fold[r]))
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -605,7 +597,7 @@ def resolve_heads(store: Any, heads: Sequence[str | HeadSpec], features: str = "
             if spec.name not in [s.name for s in specs]:
                 specs.append(spec)
     if not specs:
-        raise FusionfeatError("no heads given: name at least one head, e.g. --heads attention or --heads all")
+        raise FusionfeatError("no heads given: name at least one head, e.g. --head attention or --head all")
     for spec in specs:
         _check_store_has(store, spec)
     return specs
@@ -659,9 +651,7 @@ def _plan_for_store(
 ) -> tuple[Plan, dict[str, Any] | None]:
     ok = np.asarray(store.ok, dtype=bool)
     if not ok.any():
-        raise FusionfeatError(
-            f"{getattr(store, 'path', 'the feature store')} has no usable images (all skipped)"
-        )
+        raise FusionfeatError(f"{getattr(store, 'path', 'the feature store')} has no usable images (all skipped)")
     fixed = _finetuned_plan(store, protocol, folds, seed, repeats) if features == "finetuned" else None
     defaulted = protocol is None and fixed is None
     if fixed is not None:
@@ -669,8 +659,8 @@ def _plan_for_store(
     protocol = protocol or default_protocol(store.groups, ok)
     if protocol == "predefined" and np.all(np.asarray(store.folds)[ok] < 0):
         raise FusionfeatError(
-            "--protocol predefined needs the dataset's own folds, but this store has none (all -1): "
-            "use --protocol grouped or stratified"
+            "--cv predefined needs the dataset's own folds, but this store has none (all -1): "
+            "use --cv grouped or stratified"
         )
     plan = make_plan(
         store.labels,
@@ -695,16 +685,14 @@ def _finetuned_plan(
     """The stored fine-tuning plan; any request that contradicts it would leak, so it is refused."""
     plan = store.fold_plan()
     if not plan:
-        raise FusionfeatError(
-            "--features finetuned: this store has no fine-tuned features (run fusionfeat finetune)"
-        )
-    requested = {"protocol": protocol, "n_folds": folds, "seed": seed}
-    for key, value in requested.items():
+        raise FusionfeatError("--features finetuned: this store has no fine-tuned features (run fusionfeat finetune)")
+    requested = {"protocol": ("--cv", protocol), "n_folds": ("--folds", folds), "seed": ("--seed", seed)}
+    for key, (flag, value) in requested.items():
         if value is not None and value != plan[key]:
             raise FusionfeatError(
-                f"--features finetuned: the backbones were fine-tuned with {key}={plan[key]!r}; evaluating "
-                f"with {key}={value!r} would test on images a backbone was trained on. Drop the option or "
-                "fine-tune again with it"
+                f"--features finetuned: the backbones were fine-tuned with {flag} {plan[key]}; evaluating "
+                f"with {flag} {value} would test on images a backbone was trained on. Leave {flag} out, "
+                "or fine-tune again with it"
             )
     if repeats != 1:
         raise FusionfeatError("--features finetuned supports --repeats 1 only (one fine-tuning per fold)")
@@ -712,9 +700,7 @@ def _finetuned_plan(
     have = set(int(k) for k in store.finetuned_folds())
     missing = sorted(set(np.unique(fold[fold >= 0]).tolist()) - have)
     if missing:
-        raise FusionfeatError(
-            f"--features finetuned: folds {missing} are not fine-tuned yet (run fusionfeat finetune)"
-        )
+        raise FusionfeatError(f"--features finetuned: folds {missing} are not fine-tuned yet (run fusionfeat finetune)")
     return {
         "protocol": str(plan["protocol"]),
         "n_folds": int(plan["n_folds"]),
@@ -740,8 +726,7 @@ def _empty_result(
     return CVResult(
         heads=[s.name for s in specs],
         head_info={
-            s.name: {"backbones": list(s.backbones), "inputs": s.inputs, "is_torch": bool(s.is_torch)}
-            for s in specs
+            s.name: {"backbones": list(s.backbones), "inputs": s.inputs, "is_torch": bool(s.is_torch)} for s in specs
         },
         classes=classes,
         positive=positive,
@@ -866,9 +851,7 @@ def _fusion_weights(
     if weigh is None:
         return None
     w = np.asarray(weigh(X_test), dtype=float).reshape(len(X_test), -1)
-    names = (
-        list(spec.backbones) if w.shape[1] == len(spec.backbones) else [f"w{i}" for i in range(w.shape[1])]
-    )
+    names = list(spec.backbones) if w.shape[1] == len(spec.backbones) else [f"w{i}" for i in range(w.shape[1])]
     if spec.name not in result.oof_weights:
         result.oof_weights[spec.name] = np.full(result.test_fold.shape + (w.shape[1],), np.nan)
         result.weight_names[spec.name] = names
@@ -896,13 +879,10 @@ def _check_predefined(fold: np.ndarray) -> None:
     present = np.unique(fold[fold >= 0])
     if len(present) == 0:
         raise FusionfeatError(
-            "--protocol predefined needs the dataset's own folds, but every image has fold -1: "
-            "use --protocol grouped or stratified"
+            "--cv predefined needs the dataset's own folds, but every image has fold -1: use --cv grouped or stratified"
         )
     if len(present) < 2:
-        raise FusionfeatError(
-            f"--protocol predefined needs 2 or more dataset folds; found only fold {present[0]}"
-        )
+        raise FusionfeatError(f"--cv predefined needs 2 or more dataset folds; found only fold {present[0]}")
 
 
 def _need_views(n_views: int, option: str) -> None:

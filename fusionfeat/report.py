@@ -168,7 +168,7 @@ def _warnings(data: dict[str, Any]) -> list[str]:
             "rotated/mirrored copies BEFORE the split, so test folds hold copies of images whose original or "
             "other copies were trained on, and the folds are image-level (cells of one subject on both "
             "sides). The scores are optimistic by construction; they reproduce the paper's protocol, not "
-            "performance on new patients. Use `--protocol grouped` for an honest estimate."
+            "performance on new patients. Use `--cv grouped` for an honest estimate."
         )
     elif protocol.get("image_level"):
         reason = "subjects are unknown" if not protocol.get("subjects_known") else "as requested"
@@ -223,7 +223,7 @@ def _results_section(data: dict[str, Any]) -> str:
     lines += [
         "",
         f"Paper: {paper.CITATION}. Its protocol: {paper.PROTOCOL}, so its numbers are comparable with a "
-        "`--protocol paper` run on ImageNet features, not with grouped folds. A dash means the paper does "
+        "`--cv paper` run on ImageNet features, not with grouped folds. A dash means the paper does "
         f"not report that metric. Positive class: {data['positive']}; hard predictions are the most "
         "probable class.",
     ]

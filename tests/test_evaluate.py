@@ -453,9 +453,9 @@ def test_finetuned_features_use_the_stored_plan_and_each_folds_features():
         assert np.all(fold[fit["test"][:, 0]] == k)
         assert np.all(fit["train"][:, 1] == 100 * (k + 1))  # fold k's fine-tuned features
     for bad, match in (
-        ({"protocol": "stratified"}, "protocol"),
-        ({"folds": 5}, "n_folds"),
-        ({"seed": 0}, "seed"),
+        ({"protocol": "stratified"}, "--cv grouped; evaluating with --cv stratified"),
+        ({"folds": 5}, "--folds 4"),
+        ({"seed": 0}, "--seed 11"),
         ({"repeats": 2}, "repeats"),
     ):
         with pytest.raises(FusionfeatError, match=match):
@@ -484,7 +484,7 @@ def test_paper_protocol_has_no_per_sample_plan():
         ("one_class", {"heads": ["logreg"]}, "single class"),
         (None, {"heads": ["logreg"], "positive": "blast"}, "positive class"),
         (None, {"heads": ["logreg"], "balance": "smote"}, "--balance"),
-        (None, {"heads": ["logreg"], "protocol": "loso"}, "--protocol"),
+        (None, {"heads": ["logreg"], "protocol": "loso"}, "--cv"),
         (None, {"heads": ["logreg"], "features": "tuned"}, "--features"),
         (None, {"heads": ["logreg"], "folds": 1}, "--folds"),
         (None, {"heads": ["logreg"], "repeats": 0}, "--repeats"),
