@@ -143,7 +143,8 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
         if out.exists() and not config.overwrite:
             _check_finished(out, settings)
             return ExtractResult(out, len(manifest), 0, 0, already_complete=True)
-        partial = PartialStore.open(out, settings, overwrite=config.overwrite and rank == 0)
+        # with world_size > 1 the caller (fusionfeat.distributed) prepares the folder before any rank writes
+        partial = PartialStore.open(out, settings, overwrite=config.overwrite and world_size == 1)
         n_batches = math.ceil(len(manifest) / config.batch_size)
         todo = [b for b in range(n_batches) if b % world_size == rank and b not in partial.done()]
         computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
@@ -190,21 +191,14 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
                  precision: str, partial: PartialStore, todo: list[int], rank: int) -> int:
     if not todo:
         return 0
-    for m in models:
-        m.trunk.to(device, memory_format=torch.channels_last)
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
     batches = [list(range(b * config.batch_size, min(len(paths), (b + 1) * config.batch_size))) for b in todo]
-    workers = default_workers(device) if config.workers is None else config.workers
-    loader = DataLoader(
-        _ImageDataset(paths, config.preprocess), batch_sampler=batches, num_workers=workers,
-        collate_fn=_collate, pin_memory=device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
-    mean, std = config.preprocess.mean_std()
     total = sum(len(b) for b in batches)
     bar = _progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
     try:
-        for batch_no, (rows, images, digests, errors) in zip(todo, loader, strict=True):
+        embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
+                                   config.tokens)
+        for batch_no, (rows, arrays, digests, errors) in zip(todo, embedded, strict=True):
             bad = [i for i, e in enumerate(errors) if e]
             if bad and config.on_error == "fail":
                 i = bad[0]
@@ -213,13 +207,33 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
                     f"{errors[i]} (use --on-error skip to record and skip such files; "
                     "work done so far is kept and a rerun resumes)",
                 )
-            arrays = _forward(models, images, device, precision, mean, std, config.tokens)
             partial.write(batch_no, _batch_record(rows, digests, errors, arrays, config.preprocess.n_views, models,
                                                   config.tokens, config.preprocess.input_size))
             bar.update(len(rows))
     finally:
         bar.close()
     return total
+
+
+def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], models: list[LoadedBackbone],
+                    preprocess: Preprocess, device: torch.device, precision: str, workers: int | None,
+                    keep_tokens: bool):
+    """Yield ``(rows, {backbone: (pooled, tokens)}, sha256s, errors)`` per batch of ``paths`` indices.
+
+    Each image is decoded once (in loader workers) and every backbone runs on the same batch; rows whose
+    image failed to decode have an error string and no features (features cover the good rows, in order).
+    """
+    for m in models:
+        m.trunk.to(device, memory_format=torch.channels_last)
+    workers = default_workers(device) if workers is None else workers
+    loader = DataLoader(
+        _ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
+        collate_fn=_collate, pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    mean, std = preprocess.mean_std()
+    for rows, images, digests, errors in loader:
+        yield rows, _forward(models, images, device, precision, mean, std, keep_tokens), digests, errors
 
 
 def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: torch.device, precision: str,

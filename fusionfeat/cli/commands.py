@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-from fusionfeat.cli import data_commands  # noqa: F401
+import fusionfeat.cli.finetune_commands  # noqa: F401
+from fusionfeat.cli import data_commands, model_commands  # noqa: F401

@@ -1,0 +1,134 @@
+"""``fusionfeat fit``, ``report``, ``train`` and ``predict``: from a feature store to numbers and labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fusionfeat.cli import main
+from fusionfeat.cli.options import device_option
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.runtime import PRECISIONS
+
+
+def _echo_table(run_dir: Path) -> None:
+    from fusionfeat.report import compare_runs
+
+    click.echo(compare_runs([run_dir]))
+
+
+@main.command("fit")
+@click.argument("store", type=click.Path())
+@click.option("--head", "heads", default="attention", show_default=True,
+              help="Head(s): resnet18, vgg16, concat, attention[-spatial|-pooled], svm, xgboost, logreg; "
+                   "a comma list, or all.")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Run folder to write [default: runs/<store name>-<heads>].")
+@click.option("--cv", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]), default=None,
+              help="Protocol [default: grouped when subjects are known, else stratified]. "
+                   "'paper' is the paper's leaky protocol, reproduced by name.")
+@click.option("--folds", type=int, default=None, help="Number of folds [default: 5].")
+@click.option("--seed", type=int, default=None, help="Seed for splits and heads [default: 0].")
+@click.option("--repeats", type=int, default=1, show_default=True, help="Repeated CV, for 95% intervals.")
+@click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True,
+              help="Class weights, or stored dihedral views of minority training images (inside each fold).")
+@click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
+@click.option("--positive", default=None, help="Positive class [default: the store's, 'all'].")
+@device_option
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def fit_command(store, heads, output, protocol, folds, seed, repeats, balance, features, positive, device, quiet):
+    """Cross-validate heads on cached features and write a run folder with metrics, plots and a report."""
+    from fusionfeat.estimators import expand_head_names
+    from fusionfeat.evaluate import cross_validate
+    from fusionfeat.report import write_run
+    from fusionfeat.store import FeatureStore
+
+    names = expand_head_names(heads)
+    if repeats < 1:
+        raise FusionfeatError("--repeats must be at least 1")
+    label = "-".join(names) if len(names) < 3 else "all"
+    out = Path(output) if output else Path("runs") / f"{Path(store).stem}-{label}"
+    with FeatureStore.open(store) as fs:
+        result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
+                                balance=balance, features=features, device=device, positive=positive,
+                                progress=not quiet)
+    run_dir = write_run(result, out)
+    _echo_table(run_dir)
+    click.echo(f"report: {run_dir / 'report.md'}")
+
+
+@main.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+def report_command(runs):
+    """Compare several run folders side by side (a markdown table)."""
+    from fusionfeat.report import compare_runs
+
+    click.echo(compare_runs(list(runs)))
+
+
+@main.command("train")
+@click.argument("store", type=click.Path())
+@click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@device_option
+@click.option("--quiet", is_flag=True)
+def train_command(store, head, output, balance, seed, device, quiet):
+    """Fit one head on all samples of a store and save it as a bundle that can label new images."""
+    from fusionfeat.bundle import save_bundle
+    from fusionfeat.store import FeatureStore
+    from fusionfeat.train import train_head
+
+    with FeatureStore.open(store) as fs:
+        estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device, progress=not quiet)
+    path = save_bundle(output, estimator, spec, info)
+    kinds = {b: p.get("weights_kind") for b, p in info["backbones"].items()}
+    click.echo(f"{path}: head {spec.name} on {info['training']['n_images']} images; weights {kinds}")
+
+
+@main.command("predict")
+@click.argument("bundle", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("--weights", default=None, help="Where the bundle's weights files are now (SHA-256 must match).")
+@device_option
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="[default: the training store's precision]")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--quiet", is_flag=True)
+def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, quiet):
+    """Label images (files or folders) with a trained bundle: path, P(positive), label."""
+    from fusionfeat.bundle import load_bundle
+    from fusionfeat.predict import collect_images, predict_images
+
+    loaded = load_bundle(bundle)
+    paths = collect_images(images)
+    counts = predict_images(loaded, paths, output, weights=weights, device=device, precision=precision,
+                            batch_size=batch_size, workers=workers, on_error=on_error, progress=not quiet)
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "error" or v)
+    click.echo(f"{output}: {len(paths)} images ({summary})")
+
+
+@main.command("demo")
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="fusionfeat-demo", show_default=True,
+              help="Folder for the generated data, the store and the run.")
+@click.option("--weights", type=click.Choice(["imagenet", "random"]), default=None,
+              help="[default: imagenet when cached, else random with a warning]")
+@device_option
+@click.option("--quiet", is_flag=True)
+def demo_command(output, weights, device, quiet):
+    """Generate a small C-NMC-like dataset, extract, cross-validate every head, print the table."""
+    import time
+
+    from fusionfeat.demo import run_demo
+
+    start = time.perf_counter()
+    result = run_demo(Path(output), weights=weights, device=device, progress=not quiet,
+                      echo=lambda m: click.echo(m, err=True))
+    _echo_table(result.run_dir)
+    click.echo(f"report: {result.run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s, "
+               f"{result.n_images} images, {result.weights} weights)")

@@ -1,0 +1,55 @@
+"""Fit one head on every usable sample of a store, for a bundle that labels new images."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fusionfeat import evaluate
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.estimators import HeadSpec
+from fusionfeat.extract import software_versions
+from fusionfeat.store import FeatureStore
+
+
+def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: int = 0, device: str = "auto",
+               progress: bool = True) -> tuple[Any, HeadSpec, dict[str, Any]]:
+    """Fit ``head`` on all kept samples (view 0; ``balance="augment"`` adds minority-class stored views).
+
+    Returns the fitted estimator, its spec and the bundle info (classes, provenance, training summary).
+    """
+    if balance not in evaluate.BALANCES:
+        raise FusionfeatError(f"--balance {balance!r}: choose one of {', '.join(evaluate.BALANCES)}")
+    if "," in head or head == "all":
+        raise FusionfeatError("`train` fits one head; name one, e.g. --head attention")
+    (spec,) = evaluate.resolve_heads(store, [head])
+    kept = np.flatnonzero(store.ok)
+    labels = store.labels
+    if len(np.unique(labels[kept])) < 2:
+        raise FusionfeatError(f"{store.path} holds a single class among usable images: nothing to learn")
+    rows = evaluate.Rows(kept, np.zeros(len(kept), dtype=np.int64))
+    if balance == "augment":
+        if store.n_views < 2:
+            raise FusionfeatError("--balance augment needs stored views; re-extract with --views dihedral8")
+        priority = evaluate._copy_priority(labels, store.ok, store.n_views, seed, 0)
+        copies = evaluate._fold_copies(priority, rows, np.arange(len(kept)), labels)
+        rows = evaluate.Rows(np.concatenate([rows.sample, copies.sample]), np.concatenate([rows.view, copies.view]))
+    X = evaluate.rows_matrix(store, spec, rows)
+    y = labels[rows.sample]
+    blocks = tuple(store.block_shape(b, spec.inputs) for b in spec.backbones)
+    estimator = spec.build(blocks=blocks, class_weight="balanced" if balance == "weight" else None,
+                           random_state=seed, device=device, progress=progress)
+    estimator.fit(X, y)
+    counts = np.bincount(labels[kept], minlength=2)
+    info = {
+        "classes": list(store.classes),
+        "positive": store.positive_class,
+        "backbones": {b: store.attrs(b) for b in spec.backbones},
+        "store": str(store.path),
+        "store_created": store.root_attrs().get("created", ""),
+        "training": {"n_images": int(len(kept)), "n_rows": int(len(rows)), "balance": balance, "seed": seed,
+                     "per_class": {c: int(n) for c, n in zip(store.classes, counts, strict=True)}},
+        "versions": software_versions(),
+    }
+    return estimator, spec, info
