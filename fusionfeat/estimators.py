@@ -1,0 +1,572 @@
+"""scikit-learn classifiers over cached features: the torch heads, the classical baselines, the registry.
+
+Every model here follows the scikit-learn contract (hyper-parameters only in ``__init__``, fitted state in
+attributes ending in ``_``, ``clone`` works), so one cross-validation loop serves them all. ``X`` is a 2D
+array whose columns are per-backbone blocks laid end to end (see ``fusionfeat.heads``); it may be a
+float16 array of gigabytes, so the torch heads convert it to float32 one batch at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils import assert_all_finite, check_random_state
+from sklearn.utils.class_weight import compute_class_weight, compute_sample_weight
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+from tqdm.auto import tqdm
+
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.heads import AttentionFusion, Blocks, ConcatFusion, as_blocks
+
+ARCHITECTURES = ("mlp", "attention-spatial", "attention-pooled")
+STATS_ROWS = 256  # rows per chunk when computing input statistics and predicting
+
+
+def check_blocks(blocks: Sequence[Sequence[int]] | None, n_features: int) -> Blocks:
+    """Resolve ``blocks`` against the column count; ``None`` means one pooled block of all columns."""
+    if blocks is None:
+        return ((1, n_features),)
+    resolved = as_blocks(blocks)
+    expected = sum(t * c for t, c in resolved)
+    if expected != n_features:
+        raise FusionfeatError(
+            f"X has {n_features} feature columns but blocks={list(resolved)} describe {expected} "
+            "(sum of n_tokens * dim); pass the blocks of the backbones X was read from, in column order"
+        )
+    return resolved
+
+
+def _block_stats(X: np.ndarray, blocks: Blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-block, per-channel mean and std over samples and tokens, in float64, one chunk at a time.
+
+    Also the one pass that checks every value of ``X`` is finite.
+    """
+    sums = [np.zeros(c) for _, c in blocks]
+    sqs = [np.zeros(c) for _, c in blocks]
+    for start in range(0, X.shape[0], STATS_ROWS):
+        chunk = np.asarray(X[start : start + STATS_ROWS], dtype=np.float32)
+        assert_all_finite(chunk, input_name="X")
+        col = 0
+        for i, (t, c) in enumerate(blocks):
+            part = chunk[:, col : col + t * c].reshape(-1, c)
+            sums[i] += part.sum(axis=0, dtype=np.float64)
+            sqs[i] += np.square(part).sum(axis=0, dtype=np.float64)
+            col += t * c
+    locs, scales = [], []
+    for (t, _), s, q in zip(blocks, sums, sqs, strict=True):
+        n = X.shape[0] * t
+        mean = s / n
+        std = np.sqrt(np.maximum(q / n - mean**2, 0.0))
+        locs.append(torch.from_numpy(mean).float())
+        scales.append(torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float())
+    return locs, scales
+
+
+def build_module(
+    architecture: str,
+    blocks: Blocks,
+    n_classes: int,
+    hidden: int,
+    dropout: float,
+    attn_dim: int,
+    attn_heads: int,
+) -> nn.Module:
+    """The torch module for one ``architecture`` name (see ``ARCHITECTURES``)."""
+    if architecture == "mlp":
+        return ConcatFusion(blocks, n_classes, hidden=hidden, dropout=dropout)
+    if architecture in ("attention-spatial", "attention-pooled"):
+        return AttentionFusion(
+            blocks,
+            n_classes,
+            variant=architecture.split("-")[1],
+            dim=attn_dim,
+            n_heads=attn_heads,
+            dropout=dropout,
+            hidden=hidden,
+        )
+    raise FusionfeatError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}")
+
+
+def _check_class_weight(class_weight: Any) -> None:
+    if not (class_weight is None or class_weight == "balanced" or isinstance(class_weight, dict)):
+        raise FusionfeatError(
+            f"class_weight must be 'balanced', None or a {{label: weight}} dict; got {class_weight!r}"
+        )
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FusionfeatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
+
+
+def _is_attention(estimator: TorchHeadClassifier) -> bool:
+    if not estimator.architecture.startswith("attention"):
+        raise AttributeError(
+            f"fusion_weights needs an attention architecture; this head is {estimator.architecture!r}"
+        )
+    return True
+
+
+class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
+    """A torch head (MLP, concatenation or attention fusion) trained as a scikit-learn classifier.
+
+    ``blocks`` gives ``(n_tokens, dim)`` per backbone in column order (``None``: one pooled block);
+    ``architecture`` is ``"mlp"`` (mean-pool each block, concatenate, MLP), ``"attention-spatial"`` or
+    ``"attention-pooled"`` (see ``fusionfeat.heads.AttentionFusion``). Training: AdamW on (optionally
+    class-weighted) cross-entropy, early stopping on an inner stratified ``val_fraction`` split with the
+    best epoch's weights restored, bf16 autocast on CUDA. The same ``random_state`` gives identical
+    probabilities on CPU; global torch RNG state is left as it was.
+
+    Fitted attributes: ``module_``, ``classes_``, ``blocks_``, ``history_`` (one dict per epoch: epoch,
+    train_loss, train_acc, val_loss, val_acc; the val entries are ``None`` without a validation split),
+    ``best_epoch_``, ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[Sequence[int]] | None = None,
+        architecture: str = "mlp",
+        hidden: int = 512,
+        dropout: float = 0.2,
+        attn_dim: int = 128,
+        attn_heads: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        batch_size: int = 64,
+        max_epochs: int = 60,
+        patience: int = 8,
+        val_fraction: float = 0.15,
+        class_weight: str | dict | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        device: str = "auto",
+        progress: bool = False,
+    ):
+        self.blocks = blocks
+        self.architecture = architecture
+        self.hidden = hidden
+        self.dropout = dropout
+        self.attn_dim = attn_dim
+        self.attn_heads = attn_heads
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.device = device
+        self.progress = progress
+
+    def _check_params(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise FusionfeatError(f"architecture must be one of {ARCHITECTURES}; got {self.architecture!r}")
+        _check_class_weight(self.class_weight)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise FusionfeatError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
+        for name in ("batch_size", "max_epochs", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise FusionfeatError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+
+    def _split(self, y: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+        """Stratified inner train/validation indices; no validation when it is off or cannot stratify."""
+        all_idx = np.arange(len(y))
+        if self.val_fraction == 0:
+            return all_idx, all_idx[:0]
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=rng)
+        try:
+            return next(splitter.split(all_idx, y))
+        except ValueError as err:
+            warnings.warn(
+                f"no validation split ({err}); training all {self.max_epochs} epochs without early stopping",
+                UserWarning,
+                stacklevel=3,
+            )
+            return all_idx, all_idx[:0]
+
+    def fit(self, X: Any, y: Any) -> TorchHeadClassifier:
+        """Train on ``X`` (N, F) and labels ``y``; returns ``self``."""
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype="numeric", ensure_all_finite=False)
+        check_classification_targets(y)
+        classes, y_enc = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"training needs at least 2 classes; y has one class ({classes[0]!r})")
+        blocks = check_blocks(self.blocks, X.shape[1])
+        device = _resolve_device(self.device)
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        train_idx, val_idx = self._split(y_enc, rng)
+        weight = None
+        if self.class_weight is not None:
+            per_class = compute_class_weight(self.class_weight, classes=classes, y=classes[y_enc[train_idx]])
+            weight = torch.tensor(per_class, dtype=torch.float32, device=device)
+
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            module = build_module(
+                self.architecture,
+                blocks,
+                len(classes),
+                self.hidden,
+                self.dropout,
+                self.attn_dim,
+                self.attn_heads,
+            )
+            module.inputs.set_stats(*_block_stats(X, blocks))
+            module.to(device)
+            self.history_, self.best_epoch_ = self._train(module, X, y_enc, train_idx, val_idx, weight, rng)
+        self.module_ = module.eval()
+        self.classes_ = classes
+        self.blocks_ = blocks
+        return self
+
+    def _train(
+        self,
+        module: nn.Module,
+        X: np.ndarray,
+        y: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        weight: torch.Tensor | None,
+        rng: np.random.RandomState,
+    ) -> tuple[list[dict], int]:
+        """The epoch loop; leaves the best epoch's weights in ``module``."""
+        device = next(module.parameters()).device
+        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        y_t = torch.as_tensor(y, device=device)
+        history: list[dict] = []
+        best_loss, best_epoch, best_state, waited = math.inf, 0, None, 0
+        epochs = tqdm(
+            range(1, int(self.max_epochs) + 1), disable=not self.progress, desc=self.architecture, leave=False
+        )
+        for epoch in epochs:
+            module.train()
+            order = rng.permutation(train_idx)
+            loss_sum = correct = 0.0
+            for start in range(0, len(order), int(self.batch_size)):
+                idx = np.sort(order[start : start + int(self.batch_size)])
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = module(_batch(X, idx, device))
+                loss = nn.functional.cross_entropy(logits.float(), y_t[idx], weight=weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y_t[idx]).sum().item()
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum / len(order),
+                "train_acc": correct / len(order),
+                "val_loss": None,
+                "val_acc": None,
+            }
+            if len(val_idx):
+                logits = _logits(module, X, val_idx, amp)
+                row["val_loss"] = nn.functional.cross_entropy(logits, y_t[val_idx], weight=weight).item()
+                row["val_acc"] = (logits.argmax(1) == y_t[val_idx]).float().mean().item()
+            history.append(row)
+            epochs.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
+            if not len(val_idx):
+                best_epoch = epoch
+                continue
+            if row["val_loss"] < best_loss - 1e-4:
+                best_loss, best_epoch, waited = row["val_loss"], epoch, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                waited += 1
+                if waited >= int(self.patience):
+                    break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        return history, best_epoch
+
+    def _all_logits(self, X: Any) -> torch.Tensor:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=False)
+        device = next(self.module_.parameters()).device
+        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return _logits(self.module_, X, np.arange(X.shape[0]), amp).cpu().double()
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Log-odds of ``classes_[1]`` (N,) for two classes; class logits (N, K) otherwise."""
+        logits = self._all_logits(X).numpy()
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (N, K), columns in ``classes_`` order."""
+        return torch.softmax(self._all_logits(X), dim=1).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class per row."""
+        best = self._all_logits(X).argmax(1).numpy()
+        return self.classes_[best]
+
+    @available_if(_is_attention)
+    def fusion_weights(self, X: Any) -> np.ndarray:
+        """Per-image contribution of each backbone (N, n_backbones), rows summing to 1."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=False)
+        device = next(self.module_.parameters()).device
+        out = []
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], STATS_ROWS):
+                idx = np.arange(start, min(start + STATS_ROWS, X.shape[0]))
+                out.append(self.module_.fusion_weights(_batch(X, idx, device, check=True)).float().cpu())
+        return torch.cat(out).double().numpy()
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """``(config, state_dict)``: a JSON-able dict and the module's CPU tensors, for saving.
+
+        Save ``config`` with ``json`` and ``state_dict`` with ``torch.save``; rebuild with
+        ``TorchHeadClassifier.from_state(config, torch.load(path, weights_only=True))``.
+        """
+        check_is_fitted(self)
+        params = self.get_params()
+        params["blocks"] = [list(b) for b in self.blocks_]
+        if not isinstance(params["random_state"], int):
+            params["random_state"] = None
+        config = {
+            "params": params,
+            "classes": self.classes_.tolist(),
+            "n_features_in": int(self.n_features_in_),
+            "best_epoch": int(self.best_epoch_),
+            "history": self.history_,
+        }
+        state = {k: v.detach().cpu().clone() for k, v in self.module_.state_dict().items()}
+        return config, state
+
+    @classmethod
+    def from_state(
+        cls, config: dict[str, Any], state_dict: dict[str, torch.Tensor], device: str = "cpu"
+    ) -> TorchHeadClassifier:
+        """Rebuild a fitted classifier from :meth:`get_state`'s output, its module on ``device``."""
+        est = cls(**{**config["params"], "device": device})
+        blocks = check_blocks(est.blocks, int(config["n_features_in"]))
+        classes = np.asarray(config["classes"])
+        module = build_module(
+            est.architecture, blocks, len(classes), est.hidden, est.dropout, est.attn_dim, est.attn_heads
+        )
+        module.load_state_dict(state_dict)
+        est.module_ = module.to(_resolve_device(device)).eval()
+        est.classes_ = classes
+        est.blocks_ = blocks
+        est.n_features_in_ = int(config["n_features_in"])
+        est.best_epoch_ = int(config["best_epoch"])
+        est.history_ = list(config["history"])
+        return est
+
+
+def _batch(X: np.ndarray, idx: np.ndarray, device: torch.device, check: bool = False) -> torch.Tensor:
+    """Rows ``idx`` of ``X`` as a float32 tensor on ``device`` (only this batch is converted)."""
+    batch = np.asarray(X[idx], dtype=np.float32)
+    if check:
+        assert_all_finite(batch, input_name="X")
+    return torch.from_numpy(batch).to(device, non_blocking=True)
+
+
+def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, amp: bool) -> torch.Tensor:
+    """Eval-mode float32 logits for rows ``idx``, in chunks; restores the module's train/eval mode."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    out = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for start in range(0, len(idx), STATS_ROWS):
+            out.append(module(_batch(X, idx[start : start + STATS_ROWS], device, check=True)).float())
+    module.train(was_training)
+    return torch.cat(out)
+
+
+class XGBoostClassifier(ClassifierMixin, BaseEstimator):
+    """Gradient-boosted trees (XGBoost ``hist``); ``class_weight`` ("balanced" or a dict) becomes sample weights.
+
+    Fitted attributes: ``model_`` (the ``xgboost.XGBClassifier``), ``classes_``, ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        max_depth: int = 4,
+        learning_rate: float = 0.1,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.5,
+        class_weight: str | dict | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int = 2,
+    ):
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X: Any, y: Any) -> XGBoostClassifier:
+        """Fit the trees; returns ``self``."""
+        from xgboost import XGBClassifier
+
+        _check_class_weight(self.class_weight)
+        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64))
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"training needs at least 2 classes; y has one class ({self.classes_[0]!r})")
+        weights = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self.model_ = XGBClassifier(
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            learning_rate=self.learning_rate,
+            subsample=self.subsample,
+            colsample_bytree=self.colsample_bytree,
+            tree_method="hist",
+            n_jobs=self.n_jobs,
+            random_state=seed,
+            verbosity=0,
+        ).fit(X, y_enc, sample_weight=weights)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities (N, K), columns in ``classes_`` order."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=(np.float32, np.float64), reset=False)
+        return self.model_.predict_proba(X).astype(np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class per row."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(1)]
+
+
+def make_svm(class_weight: str | None = None, random_state: int | None = None) -> Pipeline:
+    """StandardScaler → RBF SVC, Platt-calibrated (sigmoid, 5-fold, one final SVC) for ``predict_proba``.
+
+    The calibration is monotone, so ``predict_proba[:, 1]`` ranks exactly as the SVC's decision values
+    (AUC is unchanged). The pipeline is deterministic; ``random_state`` is passed to SVC for uniformity.
+    """
+    svc = SVC(kernel="rbf", class_weight=class_weight, random_state=random_state)
+    return make_pipeline(
+        StandardScaler(), CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False)
+    )
+
+
+def make_logreg(class_weight: str | None = None, random_state: int | None = None, C: float = 1.0) -> Pipeline:
+    """StandardScaler → L2 logistic regression (lbfgs, up to 5000 iterations)."""
+    return make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=C, class_weight=class_weight, random_state=random_state, max_iter=5000),
+    )
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A named head: which stored backbones it reads (in column order), pooled or token input, its builder.
+
+    ``build(blocks=..., class_weight=..., random_state=..., device=..., progress=...)`` returns an unfitted
+    estimator; the classical baselines ignore ``blocks``, ``device`` and ``progress``.
+    """
+
+    name: str
+    backbones: tuple[str, ...]
+    inputs: str
+    is_torch: bool
+    build: Callable[..., BaseEstimator]
+
+
+def _baseline(factory: Callable[..., BaseEstimator]) -> Callable[..., BaseEstimator]:
+    def build(
+        *,
+        blocks: Any = None,
+        class_weight: str | None = None,
+        random_state: int | None = None,
+        device: str = "auto",
+        progress: bool = False,
+    ) -> BaseEstimator:
+        return factory(class_weight=class_weight, random_state=random_state)
+
+    return build
+
+
+_PAIR = ("resnet18", "vgg16")
+HEADS: dict[str, HeadSpec] = {
+    spec.name: spec
+    for spec in (
+        HeadSpec("resnet18", ("resnet18",), "pooled", True, partial(TorchHeadClassifier, architecture="mlp")),
+        HeadSpec("vgg16", ("vgg16",), "pooled", True, partial(TorchHeadClassifier, architecture="mlp")),
+        HeadSpec("concat", _PAIR, "pooled", True, partial(TorchHeadClassifier, architecture="mlp")),
+        HeadSpec(
+            "attention-spatial",
+            _PAIR,
+            "tokens",
+            True,
+            partial(TorchHeadClassifier, architecture="attention-spatial"),
+        ),
+        HeadSpec(
+            "attention-pooled",
+            _PAIR,
+            "pooled",
+            True,
+            partial(TorchHeadClassifier, architecture="attention-pooled"),
+        ),
+        HeadSpec("svm", _PAIR, "pooled", False, _baseline(make_svm)),
+        HeadSpec("xgboost", _PAIR, "pooled", False, _baseline(XGBoostClassifier)),
+        HeadSpec("logreg", _PAIR, "pooled", False, _baseline(make_logreg)),
+    )
+}
+HEAD_NAMES = ("resnet18", "vgg16", "concat", "attention", "svm", "xgboost", "logreg")
+_VALID = HEAD_NAMES + ("attention-spatial", "attention-pooled")
+
+
+def resolve_head(name: str, has_tokens: bool) -> HeadSpec:
+    """The spec for a head; ``"attention"`` is the spatial variant when tokens are stored, else pooled."""
+    if name == "attention":
+        name = "attention-spatial" if has_tokens else "attention-pooled"
+    if name not in HEADS:
+        raise FusionfeatError(f"unknown head {name!r}; choose from {', '.join(_VALID)} or 'all'")
+    if HEADS[name].inputs == "tokens" and not has_tokens:
+        raise FusionfeatError(
+            f"head {name!r} needs token maps but the store has pooled features only; "
+            "re-extract without --no-tokens, or use 'attention-pooled'"
+        )
+    return HEADS[name]
+
+
+def expand_head_names(spec: str) -> list[str]:
+    """``"all"`` → ``HEAD_NAMES``; ``"a,b"`` → ``["a", "b"]`` (validated, duplicates dropped, order kept)."""
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if names == ["all"]:
+        return list(HEAD_NAMES)
+    unknown = [n for n in names if n not in _VALID]
+    if unknown or not names:
+        raise FusionfeatError(
+            f"unknown head(s) {', '.join(map(repr, unknown)) or repr(spec)}; "
+            f"choose from {', '.join(_VALID)} or 'all'"
+        )
+    return list(dict.fromkeys(names))

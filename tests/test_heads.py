@@ -1,0 +1,232 @@
+"""Heads and estimators: shapes, learning, determinism, fusion weights, state round trip, registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.estimators import (
+    HEAD_NAMES,
+    TorchHeadClassifier,
+    XGBoostClassifier,
+    expand_head_names,
+    resolve_head,
+)
+from fusionfeat.heads import AttentionFusion
+
+POOLED = ((1, 6), (1, 10))
+TOKENS = ((4, 6), (9, 10))  # backbones may differ in token count and width
+FAST = dict(hidden=32, attn_dim=16, attn_heads=2, max_epochs=15, lr=3e-3, batch_size=32, device="cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The test models are tiny: one intra-op thread is faster than two and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_data(blocks, n=160, seed=0, shift=3.0):
+    """Two classes that differ in the mean of every block's first channel (float16, like the store)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    parts = []
+    for t, c in blocks:
+        block = rng.normal(size=(n, t, c))
+        block[:, :, 0] += shift * y[:, None]
+        parts.append(block.reshape(n, t * c))
+    return np.concatenate(parts, axis=1).astype(np.float16), y
+
+
+def head_cases():
+    for name in ("resnet18", "vgg16", "concat", "attention-pooled", "attention-spatial", "svm", "xgboost", "logreg"):
+        yield pytest.param(name, id=name)
+
+
+def build(name, random_state=0):
+    spec = resolve_head(name, has_tokens=True)
+    if spec.backbones == ("resnet18",):
+        blocks = POOLED[:1]
+    elif spec.backbones == ("vgg16",):
+        blocks = POOLED[1:]
+    else:
+        blocks = TOKENS if spec.inputs == "tokens" else POOLED
+    est = spec.build(blocks=blocks, class_weight="balanced", random_state=random_state, device="cpu", progress=False)
+    if spec.is_torch:
+        est.set_params(**{k: v for k, v in FAST.items() if k != "device"})
+    return est, blocks
+
+
+@pytest.mark.parametrize("name", head_cases())
+def test_every_head_fits_predicts_and_learns(name):
+    est, blocks = build(name)
+    X, y = make_data(blocks, n=200)
+    X_test, y_test = make_data(blocks, n=100, seed=1)
+    est.fit(X, y)
+    proba = est.predict_proba(X_test)
+    assert proba.shape == (100, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert list(est.classes_) == [0, 1]
+    pred = est.predict(X_test)
+    assert pred.shape == (100,)
+    assert (pred == y_test).mean() > 0.8
+
+
+def test_torch_head_records_history_and_restores_best_epoch():
+    X, y = make_data(POOLED)
+    est = TorchHeadClassifier(blocks=POOLED, random_state=0, **{**FAST, "max_epochs": 6, "patience": 2})
+    est.fit(X, y)
+    assert set(est.history_[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc"}
+    val_losses = [row["val_loss"] for row in est.history_]
+    assert est.best_epoch_ == est.history_[int(np.argmin(val_losses))]["epoch"]
+    assert est.n_features_in_ == X.shape[1]
+    assert est.decision_function(X).shape == (len(X),)
+
+
+def test_no_validation_split_trains_all_epochs():
+    X, y = make_data(POOLED, n=40)
+    est = TorchHeadClassifier(blocks=POOLED, random_state=0, val_fraction=0.0, **{**FAST, "max_epochs": 3})
+    est.fit(X, y)
+    assert len(est.history_) == 3 and est.best_epoch_ == 3
+    assert est.history_[-1]["val_loss"] is None
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "attention-pooled", "attention-spatial"])
+def test_same_seed_same_probabilities(architecture):
+    X, y = make_data(TOKENS, n=80)
+    est = TorchHeadClassifier(blocks=TOKENS, architecture=architecture, random_state=3, **{**FAST, "max_epochs": 3})
+    first = est.fit(X, y).predict_proba(X)
+    second = clone(est).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(first, second)
+    other = clone(est).set_params(random_state=4).fit(X, y).predict_proba(X)
+    assert not np.array_equal(first, other)
+
+
+def test_fit_leaves_global_torch_rng_alone():
+    X, y = make_data(POOLED, n=60)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    TorchHeadClassifier(blocks=POOLED, random_state=0, **{**FAST, "max_epochs": 2}).fit(X, y)
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_clone_get_set_params():
+    est = TorchHeadClassifier(blocks=TOKENS, architecture="attention-spatial", random_state=1)
+    params = est.get_params()
+    assert params["blocks"] is TOKENS and params["architecture"] == "attention-spatial"
+    copy = clone(est).set_params(hidden=64, lr=0.01)
+    assert copy.hidden == 64 and copy.lr == 0.01 and est.hidden == 512
+    assert clone(XGBoostClassifier(class_weight="balanced")).get_params()["class_weight"] == "balanced"
+
+
+@pytest.mark.parametrize("architecture", ["attention-pooled", "attention-spatial"])
+def test_fusion_weights_sum_to_one_per_image(architecture):
+    blocks = TOKENS + ((2, 3),)  # three backbones
+    X, y = make_data(blocks, n=60)
+    est = TorchHeadClassifier(blocks=blocks, architecture=architecture, random_state=0, **{**FAST, "max_epochs": 2})
+    weights = est.fit(X, y).fusion_weights(X[:7])
+    assert weights.shape == (7, 3)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+    assert (weights >= 0).all()
+
+
+def test_fusion_weights_only_on_attention_heads():
+    est = TorchHeadClassifier(blocks=POOLED, architecture="mlp")
+    assert not hasattr(est, "fusion_weights")
+    with pytest.raises(AttributeError, match="fusion_weights") as info:
+        est.fusion_weights(np.zeros((1, 16)))
+    assert "needs an attention architecture" in str(info.value.__cause__)
+
+
+def test_attention_needs_two_backbones():
+    with pytest.raises(FusionfeatError, match="at least 2 backbones"):
+        AttentionFusion(((1, 8),))
+
+
+def test_blocks_mismatch_is_a_user_error():
+    X, y = make_data(POOLED, n=40)
+    est = TorchHeadClassifier(blocks=((1, 6), (1, 11)), **FAST)
+    with pytest.raises(FusionfeatError, match="describe 17"):
+        est.fit(X, y)
+    with pytest.raises(FusionfeatError, match="blocks"):
+        TorchHeadClassifier(blocks=((1, 0),), **FAST).fit(X, y)
+
+
+def test_bad_parameters_are_user_errors():
+    X, y = make_data(POOLED, n=40)
+    for params in ({"architecture": "transformer"}, {"class_weight": "auto"}, {"val_fraction": 1.0}):
+        with pytest.raises(FusionfeatError):
+            TorchHeadClassifier(blocks=POOLED, **{**FAST, **params}).fit(X, y)
+
+
+def test_nan_input_is_rejected():
+    X, y = make_data(POOLED, n=40)
+    X[5, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        TorchHeadClassifier(blocks=POOLED, **FAST).fit(X, y)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "attention-spatial"])
+def test_state_round_trip_gives_identical_probabilities(tmp_path, architecture):
+    X, y = make_data(TOKENS, n=80)
+    labels = np.where(y == 1, "all", "hem")
+    est = TorchHeadClassifier(blocks=TOKENS, architecture=architecture, random_state=0, **{**FAST, "max_epochs": 3})
+    est.fit(X, labels)
+    config, state = est.get_state()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch.save(state, tmp_path / "weights.pt")
+    loaded = TorchHeadClassifier.from_state(
+        json.loads((tmp_path / "config.json").read_text()), torch.load(tmp_path / "weights.pt", weights_only=True)
+    )
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+    assert list(loaded.classes_) == ["all", "hem"]
+    assert loaded.history_ == est.history_ and loaded.best_epoch_ == est.best_epoch_
+    assert loaded.get_params()["blocks"] == [list(b) for b in TOKENS]
+
+
+def test_resolve_head():
+    assert resolve_head("attention", has_tokens=True).name == "attention-spatial"
+    assert resolve_head("attention", has_tokens=False).name == "attention-pooled"
+    assert resolve_head("attention-pooled", has_tokens=True).inputs == "pooled"
+    assert resolve_head("svm", has_tokens=False).backbones == ("resnet18", "vgg16")
+    assert resolve_head("vgg16", has_tokens=False).backbones == ("vgg16",)
+    for name in HEAD_NAMES:
+        assert resolve_head(name, has_tokens=True).build is not None
+    with pytest.raises(FusionfeatError, match="--no-tokens"):
+        resolve_head("attention-spatial", has_tokens=False)
+    with pytest.raises(FusionfeatError, match="choose from resnet18, vgg16, concat"):
+        resolve_head("resnet50", has_tokens=True)
+
+
+def test_expand_head_names():
+    assert expand_head_names("all") == list(HEAD_NAMES)
+    assert expand_head_names("svm, attention-spatial,svm") == ["svm", "attention-spatial"]
+    with pytest.raises(FusionfeatError, match="'foo'"):
+        expand_head_names("svm,foo")
+    with pytest.raises(FusionfeatError, match="unknown head"):
+        expand_head_names(" , ")
+
+
+# The float32 forward pass is not bit-identical across batch sizes (BLAS blocking), so outputs on a
+# subset differ from the full batch in the 7th digit; the check demands 1e-7.
+_SUBSET = {"check_methods_subset_invariance": "float32 matmuls differ in the last bits across batch sizes"}
+
+
+@parametrize_with_checks(
+    [
+        TorchHeadClassifier(hidden=16, max_epochs=10, lr=1e-2, random_state=0, device="cpu"),
+        XGBoostClassifier(n_estimators=10, random_state=0),
+    ],
+    expected_failed_checks=lambda est: _SUBSET if isinstance(est, TorchHeadClassifier) else {},
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
