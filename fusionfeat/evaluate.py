@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from tqdm.auto import tqdm
 
 from fusionfeat import metrics as fm
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.estimators import HeadSpec, expand_head_names, resolve_head
 
 PROTOCOLS: tuple[str, ...] = ("grouped", "stratified", "predefined", "paper")
@@ -157,6 +157,11 @@ def plan_folds(
     _check_folds(n_folds)
     y = labels[idx]
     if protocol == "grouped":
+        if not np.any(np.asarray(groups).astype(str)[idx] != ""):
+            raise FusionfeatError(
+                "--cv grouped needs subject ids, and no sample in this store has one; "
+                "use --cv stratified (image-level) or give subjects in a manifest CSV's group column"
+            )
         subjects = _subject_ids(np.asarray(groups).astype(str)[idx])
         n_subjects = len(np.unique(subjects))
         if n_subjects < n_folds:
@@ -620,7 +625,10 @@ def _has_tokens(store: Any, backbones: Sequence[str], features: str) -> bool:
     """Whether every backbone is stored with token maps (in the first fine-tuned fold, if fine-tuned)."""
     folds = store.finetuned_folds() if features == "finetuned" else []
     extra = {"fold": folds[0]} if folds else {}
-    return all(b in store.backbones and store.has_tokens(b, **extra) for b in backbones)
+    try:
+        return all(b in store.backbones and store.has_tokens(b, **extra) for b in backbones)
+    except StoreError:  # a backbone that was not fine-tuned: reported with the head's name later
+        return False
 
 
 def _check_store_has(store: Any, spec: HeadSpec) -> None:
@@ -785,11 +793,18 @@ def _blocks(store: Any, spec: Any, fold: int | None) -> tuple[tuple[int, int], .
     return tuple(tuple(int(x) for x in store.block_shape(b, spec.inputs, **extra)) for b in spec.backbones)
 
 
-def _check_finetuned_features(store: Any, specs: list[Any], plan: Plan) -> None:
-    """Fail before any fit when a fold lacks a backbone or tokens a head needs (the store says which)."""
+def _check_finetuned_features(store: Any, specs: list[HeadSpec], plan: Plan) -> None:
+    """Fail before any fit when a fold lacks a backbone or tokens a head needs."""
     for fold in sorted({s.fold for s in plan.splits}):
         for spec in specs:
-            _blocks(store, spec, fold)
+            try:
+                _blocks(store, spec, fold)
+            except StoreError as exc:
+                raise StoreError(
+                    f"head {spec.name!r} reads {' + '.join(spec.backbones)} {spec.inputs}, which fold {fold} "
+                    f"lacks ({exc}): fine-tune those backbones too, or pick a head that reads only what was "
+                    "fine-tuned"
+                ) from None
 
 
 def _seed_of(plan: Plan) -> int:
