@@ -406,7 +406,8 @@ def _protocol_text(info: dict[str, Any]) -> str:
         "images; test folds use original images only",
         "none": "no balancing",
     }[info["balance"]]
-    repeat = f"{reps} repeats (split seeds {seed}..{seed + reps - 1})" if reps > 1 else f"seed {seed}"
+    what = "model seeds" if info["name"] == "predefined" else "seeds"
+    repeat = f"{reps} repeats ({what} {seed}..{seed + reps - 1})" if reps > 1 else f"{what[:-1]} {seed}"
     return f"{base}; {repeat}; balancing: {balance}."
 
 

@@ -193,6 +193,8 @@ def _header(data: dict[str, Any]) -> str:
         f"- created {data['created']} with fusionfeat {data['fusionfeat_version']}",
         f"- store `{prov.get('store', '?')}` ({protocol.get('n_samples', '?')} usable images: {classes}; "
         f"{protocol.get('n_skipped', 0)} skipped at extraction)",
+        f"- data `{prov.get('data_root') or '?'}` (layout {prov.get('layout') or '?'}); features extracted "
+        f"{prov.get('created') or '?'}",
         f"- positive class **{data['positive']}**; features: {data['features']}",
         f"- protocol **{protocol['name']}**: {protocol.get('text', '')}",
     ]
