@@ -37,8 +37,3 @@ PAPER_NAMES: dict[str, str] = {
     "attention": "feature fusion (attention)",
 }
 
-
-def table1_row(head: str) -> dict[str, float] | None:
-    """The paper's Table 1 numbers for a fusionfeat head name, or None when the paper has no such row."""
-    row = TABLE1.get(head)
-    return dict(row) if row is not None else None
