@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -123,9 +124,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 def _is_attention(estimator: TorchHeadClassifier) -> bool:
     if not estimator.architecture.startswith("attention"):
-        raise AttributeError(
-            f"fusion_weights needs an attention architecture; this head is {estimator.architecture!r}"
-        )
+        raise AttributeError(f"fusion_weights needs an attention architecture; this head is {estimator.architecture!r}")
     return True
 
 
@@ -348,8 +347,8 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         params = self.get_params()
         params["blocks"] = [list(b) for b in self.blocks_]
-        if not isinstance(params["random_state"], int):
-            params["random_state"] = None
+        seed = params["random_state"]
+        params["random_state"] = int(seed) if isinstance(seed, numbers.Integral) else None
         config = {
             "params": params,
             "classes": self.classes_.tolist(),
@@ -472,9 +471,7 @@ def make_svm(class_weight: str | None = None, random_state: int | None = None) -
     (AUC is unchanged). The pipeline is deterministic; ``random_state`` is passed to SVC for uniformity.
     """
     svc = SVC(kernel="rbf", class_weight=class_weight, random_state=random_state)
-    return make_pipeline(
-        StandardScaler(), CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False)
-    )
+    return make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False))
 
 
 def make_logreg(class_weight: str | None = None, random_state: int | None = None, C: float = 1.0) -> Pipeline:
@@ -566,7 +563,6 @@ def expand_head_names(spec: str) -> list[str]:
     unknown = [n for n in names if n not in _VALID]
     if unknown or not names:
         raise FusionfeatError(
-            f"unknown head(s) {', '.join(map(repr, unknown)) or repr(spec)}; "
-            f"choose from {', '.join(_VALID)} or 'all'"
+            f"unknown head(s) {', '.join(map(repr, unknown)) or repr(spec)}; choose from {', '.join(_VALID)} or 'all'"
         )
     return list(dict.fromkeys(names))

@@ -32,9 +32,7 @@ def as_blocks(blocks: Sequence[Sequence[int]]) -> Blocks:
             f"blocks must be a sequence of (n_tokens, dim) pairs, e.g. ((1, 512), (1, 512)); got {blocks!r}"
         ) from None
     if not out or any(t < 1 or c < 1 for t, c in out):
-        raise FusionfeatError(
-            f"blocks needs at least one (n_tokens, dim) pair of positive ints; got {blocks!r}"
-        )
+        raise FusionfeatError(f"blocks needs at least one (n_tokens, dim) pair of positive ints; got {blocks!r}")
     return out
 
 
@@ -158,9 +156,7 @@ class AttentionFusion(nn.Module):
             raise FusionfeatError(f"attention fusion needs at least 2 backbones; blocks has {k}")
         self.proj = nn.ModuleList(nn.Linear(c, dim) for _, c in self.inputs.blocks)
         n_attn = k if variant == "spatial" else 1
-        self.attn = nn.ModuleList(
-            nn.MultiheadAttention(dim, n_heads, batch_first=True) for _ in range(n_attn)
-        )
+        self.attn = nn.ModuleList(nn.MultiheadAttention(dim, n_heads, batch_first=True) for _ in range(n_attn))
         self.norm = nn.ModuleList(nn.LayerNorm(dim) for _ in range(n_attn))
         if variant == "spatial":
             self.embed = nn.ParameterList(nn.Parameter(torch.zeros(t, dim)) for t, _ in self.inputs.blocks)
