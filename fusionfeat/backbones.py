@@ -69,12 +69,16 @@ class BackboneSpec:
     trunk: Callable[[nn.Module], nn.Module]  # full model → trunk whose state-dict keys match the full model's
     imagenet_weights: torchvision.models.WeightsEnum
     dim: int = 512
-    stride: int = 32
+    halvings: int = 5  # stride-2 stages between input and token map (total stride 32)
+    rounding: str = "floor"  # how each stage rounds an odd side: "floor" (VGG's max-pools), "ceil" (padded convs)
     trunk_prefix: str = ""  # prefix of trunk keys in the full model ("features." for VGG)
 
     def token_grid(self, input_size: int) -> int:
-        """Side of the token map for a square input (7 at 224)."""
-        return max(1, input_size // self.stride)
+        """Side of the token map for a square input (7 at 224; at 112, ResNet gives 4 and VGG 3)."""
+        side = input_size
+        for _ in range(self.halvings):
+            side = -(-side // 2) if self.rounding == "ceil" else side // 2
+        return max(1, side)
 
     def n_tokens(self, input_size: int) -> int:
         return self.token_grid(input_size) ** 2
@@ -89,7 +93,7 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 
 
 register(BackboneSpec("resnet18", torchvision.models.resnet18, ResNetTrunk,
-                      torchvision.models.ResNet18_Weights.IMAGENET1K_V1))
+                      torchvision.models.ResNet18_Weights.IMAGENET1K_V1, rounding="ceil"))
 register(BackboneSpec("vgg16", VGG16Features, VGGTrunk,
                       torchvision.models.VGG16_Weights.IMAGENET1K_V1, trunk_prefix="features."))
 

@@ -34,7 +34,7 @@ def imagenet_cached(spec: BackboneSpec) -> bool:
 
 
 def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_subject: int = 12,
-             image_size: int = 160, input_size: int = 112, weights: str | None = None, device: str = "auto",
+             image_size: int = 160, input_size: int = 128, weights: str | None = None, device: str = "auto",
              progress: bool = True, echo=print) -> DemoResult:
     """Generate data → extract both backbones → 5-fold subject-grouped CV of every head → run folder."""
     out = Path(out)

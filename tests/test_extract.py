@@ -215,3 +215,12 @@ def test_non_image_file_fails_with_its_name(tiny_folders, tmp_path):
     (tiny_folders / "hem" / "notes.bmp").write_text("just text")
     result = run("extract", tiny_folders, "-o", tmp_path / "s.h5", "--backbones", "resnet18", *FAST)
     assert result.exit_code == 2 and "notes.bmp" in result.output
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+@pytest.mark.parametrize("size", [32, 100, 112, 224])
+def test_token_grid_matches_the_trunk(name, size):
+    model = load_backbone(name, "random")
+    with torch.inference_mode():
+        side = model.trunk(torch.zeros(1, 3, size, size)).shape[-1]
+    assert model.spec.token_grid(size) == side
