@@ -50,10 +50,6 @@ class BlockInput(nn.Module):
             self.register_buffer(f"loc_{i}", torch.zeros(c))
             self.register_buffer(f"scale_{i}", torch.ones(c))
 
-    @property
-    def n_features(self) -> int:
-        return sum(t * c for t, c in self.blocks)
-
     def set_stats(self, locs: Sequence[torch.Tensor], scales: Sequence[torch.Tensor]) -> None:
         """Set each block's per-channel mean and standard deviation (computed by the caller)."""
         for i, (loc, scale) in enumerate(zip(locs, scales, strict=True)):
