@@ -1,0 +1,397 @@
+"""Extraction throughput: end-to-end ``fusionfeat.extract`` against compute-only and a naive per-image loop.
+
+Three variants, measured in one process and interleaved repeat by repeat (so machine noise hits them alike):
+
+* ``e2e``: the whole ``fusionfeat.extract.extract(...)`` call into a temporary store: model set-up, decoding in
+  loader workers, every backbone on each batch, fp16 tokens + pooled vectors committed as batch files, and the
+  final HDF5 assembly. The split (set-up / batches / assembly) is timed by wrapping the engine's steps.
+* ``compute``: the same trunks (``load_backbone``) on pre-decoded, pre-normalised tensors, same batch size, same
+  precision, channels_last, ``inference_mode``: the ceiling for the engine on this machine.
+* ``naive``: what img2vec-style tools do: per image, PIL open → Resize(224, 224) → ToTensor → Normalize → each
+  plain torchvision model (classifier removed) at batch 1, fp32, contiguous, ``no_grad``.
+
+Weights are random (seeded): throughput does not depend on weight values, and no download is needed.
+
+    python benchmarks/extract_throughput.py                       # 64 ALL-IDB2 images, 3 repeats, precision auto
+    python benchmarks/extract_throughput.py --precision auto,bf16 --n 16 --repeats 1
+    python benchmarks/extract_throughput.py --variants e2e --batch-size 16,32,64 --workers 1,2 --n 64 --repeats 2
+
+Lists (``--precision``, ``--batch-size``, ``--workers``) give one configuration each, all interleaved in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+import fusionfeat
+import fusionfeat.extract as engine
+from fusionfeat.backbones import RANDOM, load_backbone
+from fusionfeat.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize_batch
+from fusionfeat.data.manifest import Manifest, build_manifest
+from fusionfeat.runtime import autocast, cpu_supports_bf16, resolve_device, resolve_precision
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "ALL_IDB2"
+VARIANTS = ("e2e", "compute", "naive")
+INPUT_SIZE = 224
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="image folder (default: <repo>/../shared/data/ALL_IDB2)")
+    parser.add_argument("--n", type=int, default=64, help="images to use (evenly spaced over the dataset)")
+    parser.add_argument("--naive-n", type=int, default=None, help="images for the naive loop (default: --n)")
+    parser.add_argument("--backbones", default="resnet18,vgg16")
+    parser.add_argument("--batch-size", default="32", help="comma list of batch sizes for e2e and compute")
+    parser.add_argument("--workers", default="default",
+                        help="comma list of loader worker counts for e2e ('default': the engine's choice)")
+    parser.add_argument("--precision", default="auto",
+                        help="comma list of precisions for e2e and compute (auto, fp32, bf16); naive is always fp32")
+    parser.add_argument("--no-tokens", action="store_true", help="e2e without the token maps (pooled only)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of e2e, compute, naive")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad or not args.variants:
+        parser.error(f"--variants: choose among {', '.join(VARIANTS)}")
+    try:
+        args.batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
+        args.workers = [None if w.strip() == "default" else int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error("--batch-size and --workers take comma lists of integers ('default' for the engine's workers)")
+    if args.n < 1 or args.repeats < 1 or not args.batch_sizes or min(args.batch_sizes) < 1 or not args.workers:
+        parser.error("--n, --repeats and --batch-size must be at least 1")
+    args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    return args
+
+
+def subset_manifest(data: Path, n: int) -> Manifest:
+    """The first ``n`` of evenly spaced samples (both classes represented), as a manifest of its own."""
+    if not data.is_dir():
+        sys.exit(f"error: image folder {data} not found; fetch ALL-IDB2 into {DEFAULT_DATA} or pass --data DIR")
+    full = build_manifest(data)
+    if len(full) < n:
+        sys.exit(f"error: {data} has {len(full)} images, fewer than --n {n}")
+    step = len(full) / n
+    samples = [full.samples[int(i * step)] for i in range(n)]
+    return Manifest(full.root, samples, full.classes, full.layout)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+
+class _StepTimer:
+    """Times the engine's steps (model set-up, batches, assembly) by wrapping its module-level functions.
+
+    Instrumentation only: the wrapped functions are called unchanged. If the engine renames them, the
+    split is reported as unavailable and the total is still timed.
+    """
+
+    STEPS = {"load_backbone": "setup", "_run_batches": "batches", "assemble": "assemble"}
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.available = all(hasattr(engine, name) for name in self.STEPS)
+
+    @contextlib.contextmanager
+    def active(self):
+        if not self.available:
+            yield
+            return
+        originals = {name: getattr(engine, name) for name in self.STEPS}
+
+        def timed(name, fn):
+            def wrapper(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    step = self.STEPS[name]
+                    self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+            return wrapper
+
+        for name, fn in originals.items():
+            setattr(engine, name, timed(name, fn))
+        try:
+            yield
+        finally:
+            for name, fn in originals.items():
+                setattr(engine, name, fn)
+
+
+def run_e2e(manifest: Manifest, args, precision: str, batch_size: int, workers: int | None, workdir: Path) -> dict:
+    config = engine.ExtractConfig(
+        backbones=args.backbones, weights={b: RANDOM for b in args.backbones}, seed=args.seed,
+        preprocess=Preprocess(input_size=INPUT_SIZE), tokens=not args.no_tokens, device="cpu",
+        precision=precision, batch_size=batch_size, workers=workers, overwrite=True, progress=False,
+    )
+    out = workdir / "e2e.h5"
+    timer = _StepTimer()
+    with timer.active():
+        start = time.perf_counter()
+        result = engine.extract(manifest, out, config)
+        seconds = time.perf_counter() - start
+    if result.n_computed != len(manifest) or result.n_skipped:
+        raise RuntimeError(f"e2e computed {result.n_computed} of {len(manifest)} images, skipped {result.n_skipped}")
+    size = out.stat().st_size
+    out.unlink()
+    split = {k: round(v, 3) for k, v in timer.seconds.items()} if timer.available else None
+    return {"seconds": seconds, "images": len(manifest), "split": split, "store_bytes": size}
+
+
+def predecode(manifest: Manifest, batch_size: int) -> list[torch.Tensor]:
+    """Decoded, normalised, channels_last float batches of the manifest (outside any timing)."""
+    preprocess = Preprocess(input_size=INPUT_SIZE)
+    images = torch.stack([preprocess.load(str(manifest.absolute(s)))[0] for s in manifest.samples])
+    images = images.reshape(-1, 3, INPUT_SIZE, INPUT_SIZE)
+    mean, std = preprocess.mean_std()
+    return [normalize_batch(images[i:i + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
+            for i in range(0, len(images), batch_size)]
+
+
+def load_trunks(args) -> list[torch.nn.Module]:
+    trunks = []
+    for name in args.backbones:
+        trunk = load_backbone(name, RANDOM, args.seed).trunk
+        trunks.append(trunk.to(memory_format=torch.channels_last))
+    return trunks
+
+
+def run_compute(batches: list[torch.Tensor], trunks: list[torch.nn.Module], precision: str) -> dict:
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast(device, precision):
+        for x in batches:
+            for trunk in trunks:
+                trunk(x).float().mean(dim=(2, 3))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "images": sum(len(b) for b in batches)}
+
+
+def naive_models(args) -> list[torch.nn.Module]:
+    """Plain torchvision models, classifier removed, as img2vec-style tools use them (fp32, contiguous)."""
+    models = []
+    torch.manual_seed(args.seed)
+    for name in args.backbones:
+        model = getattr(torchvision.models, name)(weights=None)
+        if hasattr(model, "fc"):
+            model.fc = torch.nn.Identity()
+        else:
+            model.classifier = torch.nn.Identity()
+        models.append(model.eval())
+    return models
+
+
+def naive_transform():
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize((INPUT_SIZE, INPUT_SIZE)),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def run_naive(paths: list[str], models: list[torch.nn.Module], transform) -> dict:
+    from PIL import Image
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        for path in paths:
+            with Image.open(path) as image:
+                x = transform(image.convert("RGB")).unsqueeze(0)
+            for model in models:
+                model(x).numpy()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "images": len(paths)}
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def machine_info() -> dict:
+    model = platform.processor() or "unknown"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "fusionfeat": fusionfeat.__version__,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "python": platform.python_version(),
+    }
+
+
+def rate(run: dict) -> float:
+    return run["images"] / run["seconds"]
+
+
+def summarise(runs: list[dict]) -> dict:
+    rates = [rate(r) for r in runs]
+    out = {"img_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+           "runs": [round(x, 3) for x in rates]}
+    splits = [r["split"] for r in runs if r.get("split")]
+    if splits:
+        out["split_s"] = {k: round(statistics.median(s[k] for s in splits if k in s), 3)
+                          for k in splits[0]}
+        out["seconds"] = round(statistics.median(r["seconds"] for r in runs), 3)
+    return out
+
+
+def job_key(variant: str, precision: str, batch_size: int | None = None, workers: int | None = None) -> str:
+    if variant == "naive":
+        return "naive fp32 b1"
+    key = f"{variant} {precision} b{batch_size}"
+    return key + (f" w{'default' if workers is None else workers}" if variant == "e2e" else "")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    manifest = subset_manifest(args.data, args.n)
+    naive_paths = [str(manifest.absolute(s)) for s in manifest.samples][: args.naive_n or args.n]
+    device = resolve_device("cpu")
+    requested = [p.strip() for p in args.precision.split(",") if p.strip()]
+    precisions = list(dict.fromkeys(resolve_precision(p, device) for p in requested))
+    machine = machine_info()
+    engine_workers = engine.default_workers(device)
+    command = " ".join(["python", "benchmarks/extract_throughput.py", *map(shlex.quote, sys.argv[1:])])
+    print(f"command: {command}")
+    print("machine: {cpu}, {cores} cores, torch {torch} ({torch_threads} threads), capability {capability}, "
+          "native bf16: {cpu_bf16}".format(**machine))
+    native = "present" if machine["cpu_bf16"] else "absent"
+    print(f"precision: requested {args.precision} -> {', '.join(precisions)} "
+          f"(auto -> {resolve_precision('auto', device)}: native bf16 {native})")
+    print(f"data: {args.data} ({len(manifest)} images, naive {len(naive_paths)}), "
+          f"backbones {','.join(args.backbones)}, input {INPUT_SIZE}, batch {args.batch_size}, "
+          f"workers {','.join('default' if w is None else str(w) for w in args.workers)} "
+          f"(engine default here: {engine_workers}), tokens {'off' if args.no_tokens else 'on'}, "
+          f"random weights (seed {args.seed}), repeats {args.repeats}")
+    load_before = os.getloadavg()
+
+    jobs = []  # (variant, precision, batch size, workers), interleaved within each repeat
+    for precision in precisions:
+        for batch_size in args.batch_sizes:
+            if "e2e" in args.variants:
+                jobs += [("e2e", precision, batch_size, w) for w in args.workers]
+            if "compute" in args.variants:
+                jobs.append(("compute", precision, batch_size, None))
+    if "naive" in args.variants:
+        jobs.append(("naive", "fp32", 1, None))
+
+    # Set-up outside the timings: decoded batches and models for compute/naive. A short warm-up of each variant
+    # and precision takes one-time costs (imports, oneDNN kernel selection, page cache) off the first repeat.
+    batches = {b: predecode(manifest, b) for b in args.batch_sizes} if "compute" in args.variants else {}
+    trunks = load_trunks(args) if "compute" in args.variants else []
+    models = naive_models(args) if "naive" in args.variants else []
+    transform = naive_transform()
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
+        workdir = Path(tmp)
+        warm = Manifest(manifest.root, manifest.samples[:2], manifest.classes, manifest.layout)
+        for precision in precisions:
+            if "e2e" in args.variants:
+                run_e2e(warm, args, precision, 2, args.workers[0], workdir)
+            if "compute" in args.variants:
+                run_compute([batches[args.batch_sizes[0]][0][:2]], trunks, precision)
+        if "naive" in args.variants:
+            run_naive(naive_paths[:1], models, transform)
+
+        for r in range(args.repeats):
+            shift = r % len(jobs)  # rotate the order so no variant always runs first or last
+            for variant, precision, batch_size, workers in jobs[shift:] + jobs[:shift]:
+                if variant == "e2e":
+                    run = run_e2e(manifest, args, precision, batch_size, workers, workdir)
+                elif variant == "compute":
+                    run = run_compute(batches[batch_size], trunks, precision)
+                else:
+                    run = run_naive(naive_paths, models, transform)
+                key = job_key(variant, precision, batch_size, workers)
+                results.setdefault(key, []).append(run)
+                print(f"  repeat {r + 1}/{args.repeats} {key:22s}: {run['images'] / run['seconds']:6.2f} img/s "
+                      f"({run['seconds']:.1f} s)" + (f" split {run['split']}" if run.get("split") else ""), flush=True)
+    load_after = os.getloadavg()
+
+    summary = {key: summarise(runs) for key, runs in results.items()}
+    ratios = {}
+    naive = summary.get(job_key("naive", "fp32"))
+    for variant, precision, batch_size, workers in jobs:
+        if variant != "e2e":
+            continue
+        e2e = summary[job_key(variant, precision, batch_size, workers)]["img_per_s"]
+        compute = summary.get(job_key("compute", precision, batch_size))
+        label = job_key(variant, precision, batch_size, workers)
+        compute_key, naive_key = job_key("compute", precision, batch_size), job_key("naive", "fp32")
+        for other, name, other_key in ((compute, "compute", compute_key), (naive, "naive", naive_key)):
+            if other:
+                mine, theirs = results[label], results[other_key]
+                paired = [rate(a) / rate(b) for a, b in zip(mine, theirs, strict=True)]
+                ratios[f"{label} / {name}"] = {"of_medians": e2e / other["img_per_s"],
+                                              "paired_median": statistics.median(paired),
+                                              "paired": [round(x, 3) for x in paired]}
+
+    print()
+    print("| variant | precision | batch | workers | img/s (median) | min–max "
+          "| e2e split s: setup / batches / assembly |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for variant, precision, batch_size, workers in jobs:
+        key = job_key(variant, precision, batch_size, workers)
+        s = summary[key]
+        split = s.get("split_s")
+        split_text = " / ".join(f"{split.get(k, float('nan')):.2f}" for k in ("setup", "batches", "assemble")) \
+            if split else ""
+        shown_workers = "" if variant != "e2e" else (f"{engine_workers} (default)" if workers is None else workers)
+        print(f"| {variant} | {precision} | {batch_size} | {shown_workers} | {s['img_per_s']:.2f} "
+              f"| {s['min']:.2f}–{s['max']:.2f} | {split_text} |")
+    print()
+    # Ratios two ways: of the medians, and the median of per-repeat ratios (variants of one repeat ran minutes
+    # apart at most, so pairing them cancels slow drifts in the machine's load).
+    for name, value in ratios.items():
+        target = 0.8 if name.endswith("compute") else 2.5
+        verdict = "met" if min(value["of_medians"], value["paired_median"]) >= target else "NOT met"
+        print(f"{name}: {value['of_medians']:.2f} of medians, {value['paired_median']:.2f} paired median "
+              f"(per repeat {value['paired']}) (target >= {target}: {verdict})")
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
+
+    report = {
+        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine, "data": str(args.data), "n": len(manifest), "naive_n": len(naive_paths),
+        "backbones": args.backbones, "input_size": INPUT_SIZE, "batch_sizes": args.batch_sizes,
+        "workers": args.workers, "engine_default_workers": engine_workers, "tokens": not args.no_tokens,
+        "precision_requested": args.precision, "precisions": precisions, "weights": f"random (seed {args.seed})",
+        "repeats": args.repeats, "summary": summary, "ratios": ratios,
+        "load_average": [load_before[0], load_after[0]],
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
