@@ -11,7 +11,9 @@ import json
 import math
 import os
 import sys
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import fusionfeat
 from fusionfeat.backbones import LoadedBackbone, load_backbone
+from fusionfeat.chunks import ChunkEncoder, write_chunks
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, StoreError
@@ -195,6 +198,7 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
     batches = [list(range(b * config.batch_size, min(len(paths), (b + 1) * config.batch_size))) for b in todo]
     total = sum(len(b) for b in batches)
     bar = _progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
+    committer = _Committer(partial)
     try:
         embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
                                    config.tokens)
@@ -207,12 +211,45 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
                     f"{errors[i]} (use --on-error skip to record and skip such files; "
                     "work done so far is kept and a rerun resumes)",
                 )
-            partial.write(batch_no, _batch_record(rows, digests, errors, arrays, config.preprocess.n_views, models,
-                                                  config.tokens, config.preprocess.input_size))
+            committer.submit(batch_no, _batch_record(rows, digests, errors, arrays, config.preprocess.n_views,
+                                                     models, config.tokens, config.preprocess.input_size))
             bar.update(len(rows))
     finally:
-        bar.close()
+        try:
+            committer.close()  # batches already computed are committed even when the loop stops early
+        finally:
+            bar.close()
     return total
+
+
+class _Committer:
+    """Compresses token chunks and commits batch files on a background thread, at most ``depth`` batches
+    behind the device, so neither compression nor fsync holds up the next forward pass."""
+
+    def __init__(self, partial: PartialStore, depth: int = 2):
+        self._partial = partial
+        self._depth = depth
+        self._encoder = ChunkEncoder()
+        self._thread = ThreadPoolExecutor(max_workers=1)
+        self._pending: deque[Future] = deque()
+
+    def submit(self, batch_no: int, record: dict[str, np.ndarray]) -> None:
+        while len(self._pending) >= self._depth:
+            self._pending.popleft().result()
+        self._pending.append(self._thread.submit(self._commit, batch_no, record))
+
+    def _commit(self, batch_no: int, record: dict[str, np.ndarray]) -> None:
+        for key in [k for k in record if k.endswith(".tokens")]:
+            record[f"{key}_blob"], record[f"{key}_offsets"] = self._encoder.encode(record.pop(key))
+        self._partial.write(batch_no, record)
+
+    def close(self) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._thread.shutdown(wait=True)
+            self._encoder.close()
 
 
 def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], models: list[LoadedBackbone],
@@ -326,7 +363,7 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
             for name, group in datasets.items():
                 group["pooled"][lo:hi] = record[f"{name}.pooled"]
                 if config.tokens:
-                    group["tokens"][lo:hi] = record[f"{name}.tokens"]
+                    write_chunks(group["tokens"], lo, record[f"{name}.tokens_blob"], record[f"{name}.tokens_offsets"])
         h5.attrs["n_skipped"] = skipped
     except BaseException:
         h5.close()

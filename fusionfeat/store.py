@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from fusionfeat.chunks import DEFLATE_LEVEL
 from fusionfeat.errors import StoreError
 
 SCHEMA_VERSION = 1
@@ -139,7 +140,8 @@ def create_feature_datasets(parent: h5py.Group, name: str, n: int, n_views: int,
                          chunks=(min(n, 1024), n_views, dim))
     if n_tokens:
         group.create_dataset("tokens", shape=(n, n_views, n_tokens, dim), dtype="f2",
-                             chunks=(1, 1, n_tokens, dim), compression="gzip", compression_opts=1, shuffle=True)
+                             chunks=(1, 1, n_tokens, dim), compression="gzip", compression_opts=DEFLATE_LEVEL,
+                             shuffle=True)  # the filters fusionfeat.chunks reproduces
     for key, value in attrs.items():
         group.attrs[key] = json.dumps(value) if isinstance(value, (dict, list)) else value
     return group
