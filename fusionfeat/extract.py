@@ -275,7 +275,11 @@ def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], mode
 
 def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: torch.device, precision: str,
              mean, std, keep_tokens: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """Run every backbone on one decoded batch ``(B, V, 3, S, S)``; returns pooled and tokens per backbone."""
+    """Run every backbone on one decoded batch ``(B, V, 3, S, S)``; returns pooled and tokens per backbone.
+
+    Views go through the trunk ``B`` images at a time, so ``--views dihedral8`` needs no more activation
+    memory than ``--views 1`` at the same ``--batch-size``.
+    """
     if images is None:
         return {}
     b, v = images.shape[:2]
@@ -284,7 +288,7 @@ def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: 
     out = {}
     with torch.inference_mode(), autocast(device, precision):
         for m in models:
-            fmap = m.trunk(x)  # (B*V, C, h, w)
+            fmap = torch.cat([m.trunk(part) for part in x.split(b)])  # (B*V, C, h, w)
             pooled = fmap.float().mean(dim=(2, 3)).reshape(b, v, -1)
             tokens = None
             if keep_tokens:

@@ -13,7 +13,7 @@ from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.extract import ExtractConfig, extract
-from fusionfeat.runtime import PRECISIONS
+from fusionfeat.runtime import PRECISIONS, cpu_supports_bf16, resolve_device
 
 
 @main.command("manifest")
@@ -88,6 +88,9 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
         randoms = ", ".join(b for b, w in config.weights.items() if w == "random")
         click.echo(f"warning: {randoms} use RANDOM weights (seed {seed}): features are not ImageNet features",
                    err=True)
+    if precision == "bf16" and resolve_device(device).type == "cpu" and not cpu_supports_bf16():
+        click.echo("warning: this CPU has no native bf16 (avx512_bf16/amx); bf16 will be several times slower "
+                   "than fp32 here (--precision auto picks fp32)", err=True)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         from fusionfeat.distributed import extract_distributed
