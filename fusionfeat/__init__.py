@@ -1,3 +1,43 @@
-"""fusionfeat: ResNet18 + VGG16 feature fusion for acute lymphoblastic leukemia cell images."""
+"""fusionfeat: ResNet18 + VGG16 feature fusion for acute lymphoblastic leukemia cell images.
+
+The public API, imported lazily so that ``import fusionfeat`` (and the CLI) stays fast::
+
+    from fusionfeat import build_manifest, extract, ExtractConfig, FeatureStore, cross_validate, write_run
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_manifest": "fusionfeat.data.manifest",
+    "Manifest": "fusionfeat.data.manifest",
+    "Preprocess": "fusionfeat.data.images",
+    "load_backbone": "fusionfeat.backbones",
+    "BACKBONES": "fusionfeat.backbones",
+    "extract": "fusionfeat.extract",
+    "ExtractConfig": "fusionfeat.extract",
+    "FeatureStore": "fusionfeat.store",
+    "HEADS": "fusionfeat.estimators",
+    "resolve_head": "fusionfeat.estimators",
+    "TorchHeadClassifier": "fusionfeat.estimators",
+    "cross_validate": "fusionfeat.evaluate",
+    "plan_folds": "fusionfeat.evaluate",
+    "write_run": "fusionfeat.report",
+    "compare_runs": "fusionfeat.report",
+    "train_head": "fusionfeat.train",
+    "save_bundle": "fusionfeat.bundle",
+    "load_bundle": "fusionfeat.bundle",
+    "predict_images": "fusionfeat.predict",
+    "FusionfeatError": "fusionfeat.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fusionfeat' has no attribute {name!r}")

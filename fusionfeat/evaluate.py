@@ -296,6 +296,13 @@ def _copy_priority(labels: np.ndarray, ok: np.ndarray, n_views: int, seed: int, 
     return Rows(np.tile(kept, n_views - 1), views.T.reshape(-1).astype(np.int64))
 
 
+def minority_copies(labels: np.ndarray, ok: np.ndarray, n_views: int, seed: int, rows: Rows,
+                    train: np.ndarray, repeat: int = 0) -> Rows:
+    """Stored views (1..V-1) of training images of under-represented classes, until each class matches the
+    largest: the leak-free augmentation ``--balance augment`` uses, for ``train`` positions into ``rows``."""
+    return _fold_copies(_copy_priority(labels, ok, n_views, seed, repeat), rows, train, labels)
+
+
 def _fold_copies(priority: Rows, rows: Rows, train: np.ndarray, labels: np.ndarray) -> Rows:
     """Copies of training images of under-represented classes, until each class matches the largest."""
     train_samples = rows.sample[train]

@@ -32,8 +32,7 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
     if balance == "augment":
         if store.n_views < 2:
             raise FusionfeatError("--balance augment needs stored views; re-extract with --views dihedral8")
-        priority = evaluate._copy_priority(labels, store.ok, store.n_views, seed, 0)
-        copies = evaluate._fold_copies(priority, rows, np.arange(len(kept)), labels)
+        copies = evaluate.minority_copies(labels, store.ok, store.n_views, seed, rows, np.arange(len(kept)))
         rows = evaluate.Rows(np.concatenate([rows.sample, copies.sample]), np.concatenate([rows.view, copies.view]))
     X = evaluate.rows_matrix(store, spec, rows)
     y = labels[rows.sample]
