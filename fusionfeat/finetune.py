@@ -1,0 +1,518 @@
+"""Per-fold fine-tuning without leakage: for each CV fold k, each backbone learns from fold k's training images
+only, and the embeddings it then gives every image are stored under ``/finetuned/fold_<k>/<backbone>``.
+
+The fold plan is fixed first and stored in ``/fold_plan`` so that ``fit --features finetuned`` evaluates
+fold k's test images with the backbone that never saw them. Checkpoints, histories and per-epoch state live
+in ``<store>.finetune/fold_<k>/<backbone>/``; a killed run resumes from the last saved epoch, finished folds
+are skipped, and the store is only ever changed through ``fusionfeat.store.rewrite`` (copy, edit, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from fusionfeat.backbones import get_backbone, load_backbone, sha256_file
+from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
+from fusionfeat.data.manifest import Manifest
+from fusionfeat.distributed import SINGLE, DistContext
+from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
+from fusionfeat.evaluate import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, plan_folds
+from fusionfeat.extract import _progress, manifest_fingerprint
+from fusionfeat.image_bank import ImageBank, build_bank, open_bank
+from fusionfeat.runtime import autocast, describe_device, resolve_precision
+from fusionfeat.store import FeatureStore, atomic_write_bytes, create_feature_datasets, rewrite, store_lock
+from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, write_json
+
+PROTOCOLS = ("grouped", "stratified", "predefined")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Options of one ``fusionfeat finetune`` run. ``None`` plan options mean: the store's plan, else defaults."""
+
+    backbones: list[str]
+    weights: dict[str, str]
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: str | None = None
+    n_folds: int | None = None
+    seed: int | None = None
+    input_size: int | None = None
+    tokens: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    embed_batch_size: int = 64
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TaskReport:
+    """What happened to one backbone on one fold."""
+
+    fold: int
+    backbone: str
+    status: str  # "stored" (skipped: already in the store), "trained", "resumed"
+    best_epoch: int = 0
+    epochs_run: int = 0
+    stopped_early: bool = False
+    train_images_per_s: float = 0.0
+    embed_images_per_s: float = 0.0
+    checkpoint: str = ""
+
+
+@dataclass
+class FinetuneResult:
+    store: Path
+    work: Path
+    plan: dict
+    reports: list[TaskReport]
+    seconds: float
+
+
+@dataclass
+class _Task:
+    fold: int
+    backbone: str
+    settings: dict
+    sha256: str
+    stored: bool  # the store already holds this task's features
+
+    @property
+    def key(self) -> str:
+        return f"fold {self.fold} {self.backbone}"
+
+
+@dataclass
+class _Job:
+    """Everything rank 0 decided before any work, broadcast to the other ranks."""
+
+    store: Path
+    work: Path
+    paths: list[str]  # absolute image paths, store row order
+    rel_paths: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    ok: np.ndarray
+    sha256: np.ndarray
+    classes: list[str]
+    preprocess: Preprocess
+    plan: dict  # protocol, n_folds, seed, fold (N,), sha256
+    train: TrainConfig
+    provenance: dict[str, dict]  # starting weights per backbone
+    tasks: list[_Task]
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted({t.fold for t in self.tasks})
+
+
+def work_dir(store: Path) -> Path:
+    """Where checkpoints and per-epoch state of ``store`` live."""
+    return store.with_name(store.name + ".finetune")
+
+
+def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig,
+             ctx: DistContext = SINGLE) -> FinetuneResult | None:
+    """Fine-tune every backbone on every fold and store the embeddings; returns the result on rank 0 only."""
+    start = time.perf_counter()
+    store = Path(store).expanduser()
+    with contextlib.ExitStack() as stack:
+        job = ctx.run_on_main(lambda: _prepare(manifest, store, config, stack))
+        device = ctx.device(config.device)
+        precision = resolve_precision(config.precision, device)
+        reports = [TaskReport(t.fold, t.backbone, "stored") for t in job.tasks if t.stored]
+        todo = [t for t in job.tasks if not t.stored]
+        if todo:
+            bank = _bank(job, config, device, ctx)
+            for fold in job.folds:
+                tasks = [t for t in todo if t.fold == fold]
+                if not tasks:
+                    continue
+                reports += [_run_task(job, t, config, bank, device, precision, ctx) for t in tasks]
+                ctx.barrier()
+                if ctx.is_main:
+                    _write_fold(job, fold, tasks, reports, device, precision)
+                ctx.barrier()
+            if ctx.is_main:
+                shutil.rmtree(job.work / "images", ignore_errors=True)
+        if not ctx.is_main:
+            return None
+        reports.sort(key=lambda r: (r.fold, r.backbone))
+        plan = {k: job.plan[k] for k in ("protocol", "n_folds", "seed")}
+        return FinetuneResult(store, job.work, plan, reports, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: contextlib.ExitStack) -> _Job:
+    """Rank 0: lock the store, check DATA against it, fix the fold plan, and decide what each task needs."""
+    if not store.exists():
+        raise StoreError(f"no feature store at {store}; create it first with `fusionfeat extract DATA -o {store}`")
+    stack.enter_context(store_lock(store))
+    for stale in store.parent.glob(f".{store.name}.*.rewrite"):  # a killed rewrite's copy; we hold the lock
+        stale.unlink(missing_ok=True)
+    with FeatureStore.open(store) as fs:
+        _check_manifest(manifest, fs)
+        preprocess = _store_preprocess(fs, config.input_size)
+        plan = _fold_plan(fs, config)
+        stored_plan = fs.fold_plan()
+        info = (fs.labels, fs.groups, fs.ok, fs.sha256, fs.paths, fs.classes)
+    labels, groups, ok, sha, rel_paths, classes = info
+    existing = _stored_tasks(store)
+    if stored_plan is not None and not _same_plan(stored_plan, plan):
+        if not config.overwrite:
+            raise StoreError(
+                f"{store} holds fine-tuned features made under another fold plan ({_plan_text(stored_plan)}); "
+                f"this run asks for {_plan_text(plan)}. Rerun without --cv/--folds/--seed to continue that plan, "
+                "or add --overwrite to replace every fine-tuned fold"
+            )
+        existing = {}
+    train_config = replace(config.train, seed=plan["seed"])
+    provenance = {b: load_backbone(b, config.weights[b], plan["seed"]).provenance() for b in config.backbones}
+    work = work_dir(store)
+    tasks = []
+    for fold in sorted(int(k) for k in np.unique(plan["fold"][plan["fold"] >= 0])):
+        for backbone in config.backbones:
+            settings = _task_settings(manifest_fingerprint(manifest), plan, fold, backbone, provenance[backbone],
+                                      train_config, preprocess, config.tokens)
+            digest = _sha(settings)
+            task = _Task(fold, backbone, settings, digest, existing.get((fold, backbone)) == digest)
+            if (fold, backbone) in existing and not task.stored and not config.overwrite:
+                raise StoreError(
+                    f"{store} already holds fine-tuned {backbone} features for fold {fold}, made with other "
+                    "settings; rerun with the same options, or add --overwrite to redo them"
+                )
+            if not task.stored:
+                _prepare_task_folder(work, task, config.overwrite)
+            tasks.append(task)
+    paths = [str(manifest.absolute(s)) for s in manifest.samples]
+    return _Job(store, work, paths, rel_paths, labels, groups, ok, sha, classes, preprocess, plan, train_config,
+                provenance, tasks)
+
+
+def _stored_tasks(store: Path) -> dict[tuple[int, str], str]:
+    """(fold, backbone) → settings SHA-256 of the fine-tuned features already in the store."""
+    with h5py.File(store, "r") as h5:
+        folds = h5.get("finetuned", {})
+        return {(int(k.removeprefix("fold_")), b): str(folds[k][b].attrs.get("settings_sha256", ""))
+                for k in folds for b in folds[k]}
+
+
+def _check_manifest(manifest: Manifest, fs: FeatureStore) -> None:
+    """DATA must list the store's samples, in the store's order, with the same labels."""
+    settings = fs.root_attrs().get("settings", {})
+    if isinstance(settings, dict) and settings.get("manifest") == manifest_fingerprint(manifest):
+        return
+    where = f"DATA ({manifest.root})"
+    if len(manifest) != fs.n_samples:
+        raise DatasetError(f"{where} lists {len(manifest)} images but {fs.path} holds {fs.n_samples}: "
+                           "give the data folder (or manifest) the store was extracted from")
+    for i, sample in enumerate(manifest.samples):
+        if sample.path != fs.paths[i] or sample.label != fs.labels[i]:
+            raise DatasetError(f"{where} does not match {fs.path}: row {i} is {sample.path} "
+                               f"(label {sample.label}) in DATA but {fs.paths[i]} (label {fs.labels[i]}) in the store")
+    if [s.group for s in manifest.samples] != list(fs.groups) or [s.fold for s in manifest.samples] != list(fs.folds):
+        raise DatasetError(f"{where} gives other subjects or folds than {fs.path}; use the same layout/manifest")
+
+
+def _store_preprocess(fs: FeatureStore, input_size: int | None) -> Preprocess:
+    """The store's preprocessing (so fine-tuned features are comparable), with an optional new input size."""
+    attrs = fs.attrs(fs.backbones[0])
+    return Preprocess(input_size=int(input_size or attrs["input_size"]), fill=tuple(int(c) for c in attrs["fill"]),
+                      normalize=str(attrs["normalization"]), views=str(attrs["views"]))
+
+
+def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> dict:
+    """The fold plan ``fit`` will use: the stored one when no plan option is given, else a new one."""
+    stored = fs.fold_plan()
+    if config.protocol == "paper":
+        raise FusionfeatError(
+            "--cv paper is the paper's leaky protocol (copies split as rows of their own): it has no per-sample "
+            "folds to fine-tune on without leakage; use --cv grouped, stratified or predefined"
+        )
+    if config.protocol is not None and config.protocol not in PROTOCOLS:
+        raise FusionfeatError(f"--cv {config.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    if stored is not None and config.protocol is None and config.n_folds is None and config.seed is None:
+        plan = {"protocol": str(stored["protocol"]), "n_folds": int(stored["n_folds"]), "seed": int(stored["seed"]),
+                "fold": np.asarray(stored["fold"], dtype=np.int64)}
+        return {**plan, "sha256": _plan_sha(plan)}
+    protocol = config.protocol or default_protocol(fs.groups, fs.ok)
+    n_folds = DEFAULT_FOLDS if config.n_folds is None else int(config.n_folds)
+    seed = DEFAULT_SEED if config.seed is None else int(config.seed)
+    fold = plan_folds(fs.labels, fs.groups, fs.folds, protocol, n_folds, seed, mask=fs.ok)
+    if protocol == "predefined":
+        n_folds = int(len(np.unique(fold[fold >= 0])))
+    plan = {"protocol": protocol, "n_folds": n_folds, "seed": seed, "fold": fold}
+    plan["sha256"] = _plan_sha(plan)
+    return plan
+
+
+def _plan_sha(plan: dict) -> str:
+    return _sha({"protocol": plan["protocol"], "n_folds": int(plan["n_folds"]), "seed": int(plan["seed"]),
+                 "fold": np.asarray(plan["fold"]).tolist()})
+
+
+def _same_plan(a: dict, b: dict) -> bool:
+    return (str(a["protocol"]), int(a["n_folds"]), int(a["seed"])) == (b["protocol"], b["n_folds"], b["seed"]) \
+        and np.array_equal(np.asarray(a["fold"]), np.asarray(b["fold"]))
+
+
+def _plan_text(plan: dict) -> str:
+    return f"--cv {plan['protocol']} --folds {plan['n_folds']} --seed {plan['seed']}"
+
+
+def _task_settings(fingerprint: str, plan: dict, fold: int, backbone: str, provenance: dict, train: TrainConfig,
+                   preprocess: Preprocess, tokens: bool) -> dict:
+    """Everything that changes a task's numbers (not the device, precision or number of processes)."""
+    return {
+        "data": fingerprint,
+        "fold_plan_sha256": plan["sha256"],
+        "fold": fold,
+        "backbone": backbone,
+        "weights": {k: provenance[k] for k in ("weights", "weights_kind", "weights_sha256", "seed")},
+        "train": train.as_dict(),
+        "preprocess": preprocess.as_attrs(),
+        "tokens": tokens,
+    }
+
+
+def _sha(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _task_folder(work: Path, fold: int, backbone: str) -> Path:
+    return work / f"fold_{fold}" / backbone
+
+
+def _prepare_task_folder(work: Path, task: _Task, overwrite: bool) -> None:
+    """Check (or, with ``overwrite``, clear) a task's folder made with other settings; write its config.json."""
+    folder = _task_folder(work, task.fold, task.backbone)
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        previous = json.loads(config_file.read_text())
+        if previous.get("settings_sha256") != task.sha256:
+            if not overwrite:
+                changed = _changed(previous.get("settings", {}), task.settings)
+                raise StoreError(
+                    f"{folder} holds an unfinished fine-tuning of {task.key} made with other settings "
+                    f"({changed}); rerun with the same options to resume, or add --overwrite to start it over"
+                )
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # an atomic write cut short by a kill; we hold the lock
+        stale.unlink(missing_ok=True)
+    write_json(config_file, {"settings_sha256": task.sha256,
+                             "settings": task.settings})
+
+
+def _changed(previous: dict, current: dict, prefix: str = "") -> str:
+    keys = sorted(set(previous) | set(current))
+    out = []
+    for key in keys:
+        a, b = previous.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _changed(a, b, f"{prefix}{key}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return ", ".join(out)
+
+
+# ----------------------------------------------------------------------------------------------- work
+
+
+def _bank(job: _Job, config: FinetuneConfig, device: torch.device, ctx: DistContext) -> ImageBank:
+    """Decode every image once (rank 0), check it against the store, and share it (memmap / GPU copy)."""
+    folder = job.work / "images"
+    index = ctx.run_on_main(lambda: build_bank(job.paths, job.preprocess, folder, config.workers, device,
+                                               config.progress))
+    bank = open_bank(index)
+    changed = [i for i in np.flatnonzero(job.ok) if not bank.ok[i] or bank.sha256[i] != job.sha256[i]]
+    if changed:
+        i = changed[0]
+        why = bank.errors[i] or "its content changed since the store was extracted (SHA-256 differs)"
+        raise DatasetError(f"{len(changed)} image(s) differ from the store, first {job.paths[i]}: {why}; "
+                           "re-extract the store or restore the files")
+    return bank.to_device(device)
+
+
+def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training rows into rows to learn from and rows that pick the epoch.
+
+    Subject-grouped (StratifiedGroupKFold, one split of about ``fraction``) when subjects are known, else
+    stratified by class; no validation when ``fraction`` is 0 or the rows are too few to split.
+    """
+    none = (rows, np.empty(0, dtype=rows.dtype))
+    if fraction <= 0:
+        return none
+    y = labels[rows]
+    n_splits = max(2, round(1 / fraction))
+    g = np.asarray(groups).astype(str)[rows]
+    if np.any(g != ""):
+        subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
+        n_splits = min(n_splits, len(np.unique(subjects)))
+        splitter, extra = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed), (subjects,)
+    else:
+        counts = np.bincount(y, minlength=2)
+        n_splits = min(n_splits, int(counts.min()))
+        splitter, extra = StratifiedKFold(n_splits, shuffle=True, random_state=seed), ()
+    if n_splits < 2:
+        return none
+    fit, val = next(splitter.split(rows, y, *extra))
+    if len(np.unique(y[fit])) < 2:
+        return none
+    return rows[fit], rows[val]
+
+
+def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, device: torch.device,
+              precision: str, ctx: DistContext) -> TaskReport:
+    """Train (or resume) one backbone on one fold, then embed every image with its best epoch."""
+    folder = _task_folder(job.work, task.fold, task.backbone)
+    test = np.flatnonzero(job.plan["fold"] == task.fold)
+    train_rows = np.flatnonzero((job.plan["fold"] >= 0) & (job.plan["fold"] != task.fold) & job.ok)
+    fit, val = inner_split(train_rows, job.labels, job.groups, job.train.val_fraction, job.train.seed + task.fold)
+    check_split(np.concatenate([fit, val]), test, job.groups, by_subject=job.plan["protocol"] == "grouped")
+    ids = {"fold": task.fold, "backbone": task.backbone, "train": job.rel_paths[fit].tolist(),
+           "val": job.rel_paths[val].tolist(), "train_sha256": job.sha256[fit].tolist(),
+           "val_sha256": job.sha256[val].tolist()}
+    if ctx.is_main:
+        write_json(folder / "train_ids.json", ids)
+    spec = get_backbone(task.backbone)
+    start = load_backbone(task.backbone, config.weights[task.backbone], job.train.seed)
+    model = FineTuneNet(start.trunk, spec.dim, len(job.classes), job.train.head_dropout, job.train.seed + task.fold)
+    mean, std = job.preprocess.mean_std()
+    payload = {"config": task.settings, "fold": task.fold, "backbone": task.backbone,
+               "train_ids": ids["train"], "val_ids": ids["val"], "classes": list(job.classes)}
+    train_task = TrainTask(task.key, folder, model, fit, val, job.labels, mean, std, task.sha256, payload)
+    outcome = train(train_task, job.train, bank, device, precision, ctx, config.progress)
+    best = folder / "best.pt"
+    model.trunk.load_state_dict(torch.load(best, map_location=device, weights_only=True)["state_dict"])
+    rate = _embed(job, task, model.trunk, bank, device, precision, ctx, config)
+    status = "resumed" if outcome.resumed_from else "trained"
+    return TaskReport(task.fold, task.backbone, status, outcome.best_epoch, outcome.epochs_run,
+                      outcome.stopped_early, outcome.images_per_s, rate, str(best))
+
+
+def _embed_folder(job: _Job, task: _Task) -> Path:
+    return _task_folder(job.work, task.fold, task.backbone) / f"embed-{task.sha256[:12]}"
+
+
+@torch.inference_mode()
+def _embed(job: _Job, task: _Task, trunk: torch.nn.Module, bank: ImageBank, device: torch.device, precision: str,
+           ctx: DistContext, config: FinetuneConfig) -> float:
+    """Embed every store row with the fine-tuned trunk (this rank's batches), committing one file per batch."""
+    folder = _embed_folder(job, task)
+    folder.mkdir(parents=True, exist_ok=True)
+    layout = memory_format(device)
+    trunk.eval().to(device, memory_format=layout)
+    n, size = len(job.labels), config.embed_batch_size
+    mine = [b for b in range(math.ceil(n / size)) if b % ctx.world == ctx.rank
+            and not (folder / f"batch_{b:06d}.npz").is_file()]
+    mean, std = job.preprocess.mean_std()
+    bar = _progress(sum(min(n, (b + 1) * size) - b * size for b in mine), config.progress and ctx.is_main,
+                    f"embed {task.key}")
+    t0, done = time.perf_counter(), 0
+    for b in mine:
+        rows = np.arange(b * size, min(n, (b + 1) * size))
+        images = bank.batch(rows, device)
+        views = dihedral_views(images).transpose(0, 1) if job.preprocess.n_views == 8 else images.unsqueeze(1)
+        x = normalize_batch(views.flatten(0, 1), mean, std).contiguous(memory_format=layout)
+        with autocast(device, precision):
+            fmap = trunk(x)
+        pooled = fmap.float().mean(dim=(2, 3)).reshape(len(rows), views.shape[1], -1).cpu().numpy()
+        arrays = {"rows": rows, "pooled": pooled}
+        if config.tokens:
+            tokens = fmap.flatten(2).transpose(1, 2).to(torch.float16)
+            arrays["tokens"] = tokens.reshape(len(rows), views.shape[1], -1, fmap.shape[1]).cpu().numpy()
+        for key in ("pooled", "tokens"):
+            if key in arrays:
+                arrays[key][~job.ok[rows]] = 0  # images the store skipped stay zero, as in /features
+        atomic_write_bytes(folder / f"batch_{b:06d}.npz", lambda fh, arrays=arrays: np.savez(fh, **arrays))
+        done += len(rows)
+        bar.update(len(rows))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return done / seconds if done and seconds else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- the store
+
+
+def _write_fold(job: _Job, fold: int, tasks: list[_Task], reports: list[TaskReport], device: torch.device,
+                precision: str) -> None:
+    """Rank 0: add fold ``fold``'s fine-tuned features (and the fold plan) to the store, crash-safely."""
+    by_backbone = {r.backbone: r for r in reports if r.fold == fold and r.status != "stored"}
+    with rewrite(job.store) as h5:
+        _write_plan(h5, job.plan)
+        parent = h5.require_group("finetuned").require_group(f"fold_{fold}")
+        parent.attrs["fold"] = fold
+        parent.attrs["fold_plan_sha256"] = job.plan["sha256"]
+        for task in tasks:
+            if task.backbone in parent:
+                del parent[task.backbone]
+            _write_task(parent, job, task, by_backbone[task.backbone], device, precision)
+    for task in tasks:
+        shutil.rmtree(_embed_folder(job, task), ignore_errors=True)
+
+
+def _write_plan(h5: h5py.File, plan: dict) -> None:
+    """Store the fold plan; a different stored plan (only reachable with --overwrite) drops every fine-tuned fold."""
+    if "fold_plan" in h5:
+        group = h5["fold_plan"]
+        if group.attrs.get("sha256") == plan["sha256"]:
+            return
+        del h5["fold_plan"]
+        if "finetuned" in h5:
+            del h5["finetuned"]
+    group = h5.create_group("fold_plan")
+    group.create_dataset("fold", data=np.asarray(plan["fold"], dtype=np.int64))
+    for key in ("protocol", "n_folds", "seed", "sha256"):
+        group.attrs[key] = plan[key]
+
+
+def _write_task(parent: h5py.Group, job: _Job, task: _Task, report: TaskReport, device: torch.device,
+                precision: str) -> None:
+    spec = get_backbone(task.backbone)
+    size = job.preprocess.input_size
+    folder = _task_folder(job.work, task.fold, task.backbone)
+    best = folder / "best.pt"
+    n_train = len(json.loads((folder / "train_ids.json").read_text())["train"])
+    attrs = {
+        **job.provenance[task.backbone], **job.preprocess.as_attrs(),
+        "precision": precision, "device": describe_device(device), "token_grid": spec.token_grid(size),
+        "pooling": "global average of the last conv stage",
+        "finetuned": True, "fold": task.fold, "fold_plan_sha256": job.plan["sha256"],
+        "protocol": job.plan["protocol"], "checkpoint": str(best.resolve()), "checkpoint_sha256": sha256_file(best),
+        "best_epoch": report.best_epoch, "epochs_run": report.epochs_run, "stopped_early": report.stopped_early,
+        "n_train_images": n_train, "train": job.train.as_dict(), "settings_sha256": task.sha256,
+        "settings": task.settings, "started_from": job.provenance[task.backbone]["weights"],
+    }
+    n, views = len(job.labels), job.preprocess.n_views
+    group = create_feature_datasets(parent, task.backbone, n, views, spec.dim,
+                                    spec.n_tokens(size) if task.settings["tokens"] else None, attrs)
+    embedded = _embed_folder(job, task)
+    covered = np.zeros(n, dtype=bool)
+    for path in sorted(embedded.glob("batch_*.npz")):
+        with np.load(path, allow_pickle=False) as batch:
+            lo, hi = int(batch["rows"][0]), int(batch["rows"][-1]) + 1
+            group["pooled"][lo:hi] = batch["pooled"]
+            if "tokens" in group:
+                group["tokens"][lo:hi] = batch["tokens"]
+            covered[lo:hi] = True
+    if not covered.all():
+        raise StoreError(f"{embedded} lacks the embeddings of {int((~covered).sum())} images; rerun to compute them")
