@@ -56,7 +56,7 @@ def _describe_backbone(store: FeatureStore, name: str) -> list[str]:
     elif kind == "imagenet":
         weights = f"{attrs.get('weights')} sha256 {attrs.get('weights_sha256')}"
     else:
-        weights = f"file {attrs.get('weights')} sha256 {attrs.get('weights_sha256')} (not ImageNet-labelled)"
+        weights = f"file {attrs.get('weights')} sha256 {attrs.get('weights_sha256')} (a weights file, not ImageNet)"
     pooled = store._dataset(name, "pooled", None).shape
     shapes = f"pooled {'×'.join(map(str, pooled))}"
     if store.has_tokens(name):
