@@ -65,7 +65,7 @@ def build(name, random_state=0):
     return est, blocks
 
 
-@pytest.mark.parametrize("name", head_cases())
+@pytest.mark.parametrize("name", list(head_cases()))
 def test_every_head_fits_predicts_and_learns(name):
     est, blocks = build(name)
     X, y = make_data(blocks, n=200)
