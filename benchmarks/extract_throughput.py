@@ -26,10 +26,8 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +35,14 @@ from pathlib import Path
 
 import torch
 import torchvision
+from common import DEFAULT_DATA, machine_info, subset_manifest  # benchmarks/common.py: the script folder is on sys.path
 
-import fusionfeat
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
 from fusionfeat.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize_batch
-from fusionfeat.data.manifest import Manifest, build_manifest
-from fusionfeat.runtime import autocast, cpu_supports_bf16, resolve_device, resolve_precision
+from fusionfeat.data.manifest import Manifest
+from fusionfeat.runtime import autocast, resolve_device, resolve_precision
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ALL_IDB2"
 VARIANTS = ("e2e", "compute", "naive")
 INPUT_SIZE = 224
 
@@ -82,18 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--n, --repeats and --batch-size must be at least 1")
     args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     return args
-
-
-def subset_manifest(data: Path, n: int) -> Manifest:
-    """The first ``n`` of evenly spaced samples (both classes represented), as a manifest of its own."""
-    if not data.is_dir():
-        sys.exit(f"error: image folder {data} not found; fetch ALL-IDB2 into {DEFAULT_DATA} or pass --data DIR")
-    full = build_manifest(data)
-    if len(full) < n:
-        sys.exit(f"error: {data} has {len(full)} images, fewer than --n {n}")
-    step = len(full) / n
-    samples = [full.samples[int(i * step)] for i in range(n)]
-    return Manifest(full.root, samples, full.classes, full.layout)
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -226,25 +210,6 @@ def run_naive(paths: list[str], models: list[torch.nn.Module], transform) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- reporting
-
-
-def machine_info() -> dict:
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "fusionfeat": fusionfeat.__version__,
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_supports_bf16(),
-        "python": platform.python_version(),
-    }
 
 
 def rate(run: dict) -> float:

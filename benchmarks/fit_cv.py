@@ -36,10 +36,8 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,20 +45,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+from common import DEFAULT_DATA, machine_info, subset_manifest  # benchmarks/common.py: the script folder is on sys.path
 
-import fusionfeat
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM
 from fusionfeat.data.images import Preprocess
-from fusionfeat.data.manifest import Manifest, build_manifest
+from fusionfeat.data.manifest import Manifest
 from fusionfeat.estimators import HEAD_NAMES, TorchHeadClassifier, expand_head_names
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.runtime import resolve_device, resolve_precision
 from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store, now_iso
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "ALL_IDB2"
 BACKBONES = ("resnet18", "vgg16")
 INPUT_SIZE = 224
 WRITE_ROWS = 256
@@ -89,17 +84,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- extraction
-
-
-def subset_manifest(data: Path, n: int) -> Manifest:
-    """``n`` evenly spaced samples (ALL-IDB2 lists one class, then the other: both are represented)."""
-    if not data.is_dir():
-        sys.exit(f"error: image folder {data} not found; fetch ALL-IDB2 into {DEFAULT_DATA} or pass --data DIR")
-    full = build_manifest(data)
-    if len(full) < n:
-        sys.exit(f"error: {data} has {len(full)} images, fewer than --n-real {n}")
-    step = len(full) / n
-    return Manifest(full.root, [full.samples[int(i * step)] for i in range(n)], full.classes, full.layout)
 
 
 class _ForwardTimer:
@@ -310,17 +294,6 @@ def paper_costs(heads: list[dict], extraction: dict, n: int, folds: int, min_epo
 # ---------------------------------------------------------------------------------------------- reporting
 
 
-def machine_info() -> dict:
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    return {"cpu": model, "nproc": os.cpu_count(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "fusionfeat": fusionfeat.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
-
-
 def _hms(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -332,7 +305,7 @@ def _hms(seconds: float) -> str:
 def print_report(report: dict) -> None:
     m, ex, costs = report["machine"], report["extraction"], report["costs"]
     print()
-    print(f"machine: {m['cpu']}, nproc {m['nproc']}, torch {m['torch']} ({m['torch_threads']} threads, "
+    print(f"machine: {m['cpu']}, nproc {m['cores']}, torch {m['torch']} ({m['torch_threads']} threads, "
           f"{report['threads_source']}), load average (1 min) {report['load_avg'][0]:.2f} at start, "
           f"{report['load_avg'][1]:.2f} at end")
     print(f"command: {report['command']}")
@@ -377,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = " ".join(["python", "benchmarks/fit_cv.py", *map(shlex.quote, sys.argv[1:])])
     load_start = os.getloadavg()[0]
     print(f"command: {command}", flush=True)
-    manifest = subset_manifest(args.data, args.n_real)
+    manifest = subset_manifest(args.data, args.n_real, "--n-real")
     with tempfile.TemporaryDirectory(prefix="ff-fitcv-") as tmp:
         workdir = Path(tmp)
         real = workdir / "real.h5"
