@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 HED_WEIGHTS = SHARED / "weights" / "vgg16_features-hed_bsds500.pth"
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny test models run far faster on one intra-op thread than with two fighting over busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """Opt in per module: ``pytestmark = pytest.mark.usefixtures("single_torch_thread")``."""
+    with one_torch_thread():
+        yield
 
 
 def need(path: Path) -> Path:

@@ -21,15 +21,9 @@ from fusionfeat.extract import ExtractConfig, extract
 from fusionfeat.finetune import FinetuneConfig, finetune, work_dir
 from fusionfeat.train_loop import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

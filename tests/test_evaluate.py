@@ -7,15 +7,12 @@ checked on what the loop actually fed the estimator. Real logreg/svm and one tin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import ClassVar
 
 import numpy as np
 import pytest
-import torch
 from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -30,6 +27,7 @@ from fusionfeat.evaluate import (
     plan_folds,
 )
 from fusionfeat.metrics import binary_metrics, confidence_interval, confusion, summarize
+from tests.conftest import one_torch_thread
 
 # ----------------------------------------------------------------------------------------------- fakes
 
@@ -174,17 +172,6 @@ class Recorder(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(int(X[0, 0]))
         p = np.clip(self.prior_[1] + 0.01 * rng.normal(size=len(X)), 0, 1)
         return np.stack([1 - p, p], axis=1)
-
-
-@contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Tiny torch models run ~30x faster on one thread than with threads fighting over busy cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _recorder_build(*, blocks=None, class_weight=None, random_state=None, device="auto", progress=False):

@@ -44,15 +44,9 @@ from fusionfeat.train_loop import (
     trunk_stages,
 )
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 TRAIN = TrainConfig(epochs=3, batch_size=2, lr=3e-3, warmup_epochs=0, augment=())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_store(folder: Path, backbones: tuple[str, ...] = ("resnet18",)) -> tuple[Path, Path]:

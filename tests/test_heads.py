@@ -20,18 +20,11 @@ from fusionfeat.estimators import (
 )
 from fusionfeat.heads import AttentionFusion
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
 POOLED = ((1, 6), (1, 10))
 TOKENS = ((4, 6), (9, 10))  # backbones may differ in token count and width
 FAST = dict(hidden=32, attn_dim=16, attn_heads=2, max_epochs=15, lr=3e-3, batch_size=32, device="cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The test models are tiny: one intra-op thread is faster than two and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_data(blocks, n=160, seed=0, shift=3.0):

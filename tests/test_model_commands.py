@@ -16,13 +16,7 @@ from fusionfeat.evaluate import feature_matrix
 from fusionfeat.store import FeatureStore
 from tests.conftest import write_cells
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only contend
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def run(*args):

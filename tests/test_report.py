@@ -13,7 +13,8 @@ from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.report import compare_runs, describe_weights, write_run
-from tests.test_evaluate import RECORDER, fake_store, one_torch_thread
+from tests.conftest import one_torch_thread
+from tests.test_evaluate import RECORDER, fake_store
 
 TINY_ATTENTION = HeadSpec(
     "attention-pooled",
