@@ -187,10 +187,15 @@ def load_backbone(name: str, weights: str = IMAGENET, seed: int = 0) -> LoadedBa
     return LoadedBackbone(spec, spec.trunk(model).eval(), label, kind, sha256_file(path), str(path.resolve()), seed)
 
 
+def imagenet_cache_path(spec: BackboneSpec) -> Path:
+    """Where torch hub keeps (or would keep) a backbone's ImageNet weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.imagenet_weights.url)
+
+
 def imagenet_file(spec: BackboneSpec) -> Path:
     """The torch hub cache file of the ImageNet weights, downloaded if missing and possible."""
     url = spec.imagenet_weights.url
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    target = imagenet_cache_path(spec)
     if target.is_file():
         return target
     try:

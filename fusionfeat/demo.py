@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from fusionfeat.backbones import BACKBONES, IMAGENET, RANDOM, BackboneSpec
+from fusionfeat.backbones import BACKBONES, IMAGENET, RANDOM, imagenet_cache_path
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.data.synthetic import generate_cnmc_like
@@ -28,11 +25,6 @@ class DemoResult:
     n_images: int
 
 
-def imagenet_cached(spec: BackboneSpec) -> bool:
-    """True when a backbone's ImageNet file is already in the torch hub cache (no download attempted)."""
-    return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.imagenet_weights.url)).is_file()
-
-
 def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_subject: int = 12,
              image_size: int = 160, input_size: int = 128, weights: str | None = None, device: str = "auto",
              progress: bool = True, echo=print) -> DemoResult:
@@ -45,7 +37,7 @@ def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_
                        cells_per_subject=cells_per_subject, size=image_size, n_folds=3, seed=0)
     manifest = build_manifest(data)
     if weights is None:
-        weights = IMAGENET if all(imagenet_cached(s) for s in BACKBONES.values()) else RANDOM
+        weights = IMAGENET if all(imagenet_cache_path(s).is_file() for s in BACKBONES.values()) else RANDOM
     if weights == RANDOM:
         echo("WARNING: ImageNet weights are not in the torch hub cache, so the demo uses RANDOM weights "
              "(seeded). Its numbers show the pipeline working, not what ImageNet features achieve.")

@@ -6,11 +6,13 @@ the batches that were not committed, with the same shapes, and ends with the sam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,13 +31,13 @@ from fusionfeat.data.manifest import Manifest
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, StoreError
 from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
 from fusionfeat.store import (
+    STR_DTYPE,
     FeatureStore,
     PartialStore,
     create_feature_datasets,
     create_store_file,
     finish_store,
     now_iso,
-    partial_dir,
     store_lock,
 )
 
@@ -130,8 +132,6 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
     With ``world_size > 1`` (torchrun) each rank computes every ``world_size``-th batch; the caller
     assembles once all ranks are done (see ``assemble``).
     """
-    import time
-
     start = time.perf_counter()
     out = Path(out).expanduser()
     device = resolve_device(config.device)
@@ -141,7 +141,7 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
     models = [load_backbone(name, config.weights[name], config.seed) for name in config.backbones]
     settings = _settings(manifest, config, models, device, precision)
 
-    lock = store_lock(out) if world_size == 1 else _no_lock()
+    lock = store_lock(out) if world_size == 1 else contextlib.nullcontext()
     with lock:
         if out.exists() and not config.overwrite:
             _check_finished(out, settings)
@@ -155,14 +155,6 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
             return ExtractResult(out, len(manifest), 0, computed, seconds=time.perf_counter() - start)
         skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
     return ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
-
-
-class _no_lock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone],
@@ -343,9 +335,9 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
     tmp = out.with_name(f".{out.name}.{os.getpid()}.assemble")
     h5 = create_store_file(tmp, samples, list(manifest.classes), root_attrs)
     try:
-        h5["samples"].create_dataset("sha256", shape=(n,), dtype=h5py_str())
+        h5["samples"].create_dataset("sha256", shape=(n,), dtype=STR_DTYPE)
         h5["samples"].create_dataset("ok", shape=(n,), dtype=bool)
-        h5["samples"].create_dataset("error", shape=(n,), dtype=h5py_str())
+        h5["samples"].create_dataset("error", shape=(n,), dtype=STR_DTYPE)
         features = h5.create_group("features")
         size = config.preprocess.input_size
         datasets = {}
@@ -378,12 +370,6 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
     return skipped
 
 
-def h5py_str():
-    import h5py
-
-    return h5py.string_dtype("utf-8")
-
-
 def software_versions() -> dict[str, str]:
     import h5py
     import torchvision
@@ -402,7 +388,3 @@ def _progress(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
-
-
-def is_unfinished(out: Path) -> bool:
-    return partial_dir(out).is_dir() and not out.exists()

@@ -25,7 +25,7 @@ from fusionfeat.chunks import DEFLATE_LEVEL
 from fusionfeat.errors import StoreError
 
 SCHEMA_VERSION = 1
-_STR = h5py.string_dtype("utf-8")
+STR_DTYPE = h5py.string_dtype("utf-8")
 
 
 def partial_dir(path: Path) -> Path:
@@ -121,7 +121,7 @@ def create_store_file(tmp: Path, samples: dict[str, np.ndarray], classes: list[s
     group = h5.create_group("samples")
     for name, values in samples.items():
         if values.dtype.kind in "US":
-            group.create_dataset(name, data=values.astype(object), dtype=_STR)
+            group.create_dataset(name, data=values.astype(object), dtype=STR_DTYPE)
         else:
             group.create_dataset(name, data=values)
     group.attrs["classes"] = classes
