@@ -589,7 +589,7 @@ def aggregate_by_subject(
         ys = np.unique(y[rows])
         if len(ys) > 1:
             raise FusionfeatError(
-                f"subject {subjects[s]!r} has cells of both classes; a subject-level diagnosis needs one "
+                f"subject {str(subjects[s])!r} has cells of both classes; a subject-level diagnosis needs one "
                 "label per subject: fix the group column of the manifest, or skip the subject-level analysis"
             )
         ps = p[rows]
