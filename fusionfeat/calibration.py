@@ -197,6 +197,8 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> InnerOperatingPoint:
         """Pick the threshold on inner out-of-fold probabilities, then fit the head on all rows."""
+        if (self.sens is None) == (self.spec is None):
+            raise FusionfeatError("give exactly one operating-point target: sens=... or spec=...")
         y = np.asarray(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
