@@ -187,6 +187,41 @@ def corrected_paired_t(diffs: Any, n_train: Any, n_test: Any, level: float = 0.9
     return PairedTest(ci.mean, ci.lo, ci.hi, ci.se, t, p, level, ci.n, "corrected paired t")
 
 
+def corrected_difference_t(
+    values_a: Any,
+    n_train_a: Any,
+    n_test_a: Any,
+    values_b: Any,
+    n_train_b: Any,
+    n_test_b: Any,
+    level: float = 0.95,
+) -> PairedTest:
+    """Difference ``mean(a) - mean(b)`` of two CV experiments that do not share splits (e.g. one head under
+    two protocols), each with its Nadeau–Bengio corrected variance, combined Welch-style:
+    ``se = sqrt(se_a² + se_b²)`` with Welch–Satterthwaite degrees of freedom.
+
+    An approximation: it treats the two experiments as independent although they read the same images,
+    which usually makes the interval conservative. With the correction terms 0 it is Welch's t-test.
+    When both experiments score the same images, a paired subject bootstrap of their out-of-fold
+    predictions (``paired_cluster_bootstrap``) is the sharper comparison.
+    """
+    a = corrected_resampled_t(values_a, n_train_a, n_test_a, level)
+    b = corrected_resampled_t(values_b, n_train_b, n_test_b, level)
+    diff = a.mean - b.mean
+    method = "corrected Welch t"
+    if a.n < 2 or b.n < 2:
+        return PairedTest(diff, math.nan, math.nan, math.nan, math.nan, math.nan, level, a.n + b.n, method)
+    var = a.se**2 + b.se**2
+    se = math.sqrt(var)
+    if se == 0:
+        t, p = (math.nan, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+        return PairedTest(diff, diff, diff, 0.0, t, p, level, a.n + b.n, method)
+    df = var**2 / (a.se**4 / a.df + b.se**4 / b.df)
+    t = diff / se
+    half = float(st.t.ppf((1 + level) / 2, df)) * se
+    return PairedTest(diff, diff - half, diff + half, se, t, float(2 * st.t.sf(abs(t), df)), level, a.n + b.n, method)
+
+
 # ----------------------------------------------------------------------------------------------- metrics
 
 
@@ -206,6 +241,24 @@ def _scores(p: Any, n: int, name: str = "p") -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise FusionfeatError(f"{name} holds NaN or infinite values: score only rows that were predicted")
     return a
+
+
+def _score_rows(p: Any, n: int, name: str = "p") -> np.ndarray:
+    """Scores as a ``(repeats, n)`` matrix: one row for a 1-D ``p``, one row per CV repeat for a 2-D one."""
+    a = np.asarray(p, dtype=float)
+    if a.ndim > 2:
+        raise FusionfeatError(f"{name} must be 1-D (one score per image) or 2-D (repeats, images); got {a.shape}")
+    a = a.reshape(1, -1) if a.ndim < 2 else a
+    for row in a:
+        _scores(row, n, name)
+    return a
+
+
+def _over_repeats(fn: Metric, y: np.ndarray, p: np.ndarray, idx: np.ndarray | None = None) -> float:
+    """``fn`` on the rows ``idx`` of every repeat's scores, averaged over repeats (NaN if any is NaN)."""
+    if idx is None:
+        return float(np.mean([fn(y, row) for row in p]))
+    return float(np.mean([fn(y[idx], row[idx]) for row in p]))
 
 
 def roc_auc(y: Any, p: Any) -> float:
@@ -362,24 +415,26 @@ def cluster_bootstrap(
     Each resample draws as many subjects as there are, with replacement, and keeps all their images
     (Field & Welsh 2007); with no subject ids (``groups`` None or all ``""``) images are resampled instead
     (Efron & Tibshirani 1993), and with one image per subject the two coincide draw for draw. ``metric`` is
-    a name (see ``threshold_metric``) or a callable ``(y, p) -> float``. Resamples where the metric is
+    a name (see ``threshold_metric``) or a callable ``(y, p) -> float``. ``p`` may be 2-D ``(repeats, n)``
+    (``CVResult.oof[head]``): the statistic is then the mean over repeats of the pooled metric, each
+    resample drawing the same subjects for every repeat. Resamples where the metric is
     undefined (NaN, e.g. AUC of a single class) are skipped and counted in ``n_skipped``. ``method`` is
     ``"percentile"`` or ``"bca"`` (bias-corrected and accelerated, jackknife over the same units).
     """
     y = _binary(y)
-    p = _scores(p, len(y))
+    p = _score_rows(p, len(y))
     fn = _metric(metric)
     if method not in ("percentile", "bca"):
         raise FusionfeatError(f"bootstrap method must be 'percentile' or 'bca', got {method!r}")
-    estimate = float(fn(y, p))
-    clusters, boot = _boot_stats(len(y), groups, lambda idx: fn(y[idx], p[idx]), n_boot, seed)
+    estimate = _over_repeats(fn, y, p)
+    clusters, boot = _boot_stats(len(y), groups, lambda idx: _over_repeats(fn, y, p, idx), n_boot, seed)
     ok = boot[np.isfinite(boot)]
     skipped = n_boot - len(ok)
     if len(ok) < 2:
         return BootstrapResult(estimate, math.nan, math.nan, math.nan, level, method, clusters.unit,
                                len(clusters), n_boot, skipped)
     if method == "bca":
-        jack = np.array([fn(y[idx], p[idx]) for idx in map(clusters.without, range(len(clusters)))])
+        jack = np.array([_over_repeats(fn, y, p, idx) for idx in map(clusters.without, range(len(clusters)))])
         lo, hi = _bca(ok, estimate, jack, level)
     else:
         lo, hi = _quantiles(ok, level)
@@ -399,19 +454,20 @@ def paired_cluster_bootstrap(
 ) -> BootstrapResult:
     """Paired bootstrap of ``metric(a) - metric(b)`` on the same resampled subjects (or images).
 
-    Both heads are scored on every resample, so their correlation is kept. The interval is the percentile
+    Both heads are scored on every resample, so their correlation is kept; ``p_a``/``p_b`` may be 2-D
+    ``(repeats, n)`` as in ``cluster_bootstrap``. The interval is the percentile
     interval of the differences. The two-sided p-value is proportion-based:
     ``p = min(1, 2 · min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (B + 1))`` over the B valid resamples, i.e. about
     the smallest 1 − level at which the percentile interval excludes 0 (never exactly 0, so at best
     ``2 / (B + 1)``: use enough resamples for the p you need to resolve).
     """
     y = _binary(y)
-    p_a = _scores(p_a, len(y), "p_a")
-    p_b = _scores(p_b, len(y), "p_b")
+    p_a = _score_rows(p_a, len(y), "p_a")
+    p_b = _score_rows(p_b, len(y), "p_b")
     fn = _metric(metric)
-    estimate = float(fn(y, p_a) - fn(y, p_b))
+    estimate = _over_repeats(fn, y, p_a) - _over_repeats(fn, y, p_b)
     clusters, boot = _boot_stats(
-        len(y), groups, lambda idx: fn(y[idx], p_a[idx]) - fn(y[idx], p_b[idx]), n_boot, seed
+        len(y), groups, lambda idx: _over_repeats(fn, y, p_a, idx) - _over_repeats(fn, y, p_b, idx), n_boot, seed
     )
     ok = boot[np.isfinite(boot)]
     skipped = n_boot - len(ok)

@@ -74,6 +74,20 @@ def test_corrected_paired_t_by_hand():
     assert fs.corrected_paired_t([0.01, 0.01, 0.01], 80, 20).p == 0.0
 
 
+def test_corrected_difference_without_correction_is_welch():
+    a = np.array([0.91, 0.93, 0.95, 0.92, 0.94, 0.96])
+    b = np.array([0.85, 0.88, 0.80, 0.86, 0.84])
+    test = fs.corrected_difference_t(a, 100, 0, b, 80, 0)
+    ref = st.ttest_ind(a, b, equal_var=False)
+    assert test.stat == pytest.approx(ref.statistic) and test.p == pytest.approx(ref.pvalue)
+    assert (test.lo, test.hi) == pytest.approx(tuple(ref.confidence_interval()))
+    corrected = fs.corrected_difference_t(a, 100, 25, b, 80, 20)
+    se_a = math.sqrt((1 / 6 + 0.25) * a.var(ddof=1))
+    se_b = math.sqrt((1 / 5 + 0.25) * b.var(ddof=1))
+    assert corrected.se == pytest.approx(math.hypot(se_a, se_b))
+    assert corrected.p > test.p
+
+
 # ----------------------------------------------------------------------------------------------- bootstrap
 
 
@@ -139,6 +153,19 @@ def test_single_class_resamples_are_skipped_and_counted():
     assert out.unit == "subject" and out.n_units == 4
     assert 15 < out.n_skipped < 90  # P(all four draws from one class) = 2 / 2**4 = 1/8
     assert out.lo == out.hi == 1.0  # every two-class resample separates perfectly
+
+
+def test_repeats_resample_the_same_subjects_and_average():
+    y, p = _toy(60)
+    groups = np.repeat([f"s{i}" for i in range(20)], 3)
+    one = fs.cluster_bootstrap(y, p, groups, "roc_auc", n_boot=200, seed=1)
+    twice = fs.cluster_bootstrap(y, np.vstack([p, p]), groups, "roc_auc", n_boot=200, seed=1)
+    assert (one.estimate, one.lo, one.hi) == (twice.estimate, twice.lo, twice.hi)
+    q = np.random.default_rng(2).random(60)
+    two = fs.cluster_bootstrap(y, np.vstack([p, q]), groups, "roc_auc", n_boot=50)
+    assert two.estimate == pytest.approx((skm.roc_auc_score(y, p) + skm.roc_auc_score(y, q)) / 2)
+    paired = fs.paired_cluster_bootstrap(y, np.vstack([p, q]), np.vstack([q, q]), groups, "brier", n_boot=50)
+    assert paired.estimate == pytest.approx((skm.brier_score_loss(y, p) - skm.brier_score_loss(y, q)) / 2)
 
 
 def test_unknown_subjects_are_subjects_of_their_own():
