@@ -168,6 +168,21 @@ def test_repeats_resample_the_same_subjects_and_average():
     assert paired.estimate == pytest.approx((skm.brier_score_loss(y, p) - skm.brier_score_loss(y, q)) / 2)
 
 
+@pytest.mark.parametrize("name", ["roc_auc", "brier", "f1", "mcc", "specificity"])
+def test_fast_named_metrics_equal_the_metric_on_resampled_rows(name):
+    y, p = _toy(90, seed=8)
+    p = p.round(1)  # ties
+    groups = np.repeat([f"s{i}" for i in range(30)], 3)
+    plain = fs.pooled_metric(name)
+    fast = fs.cluster_bootstrap(y, p, groups, name, n_boot=150, seed=4, method="bca")
+    slow = fs.cluster_bootstrap(y, p, groups, lambda a, b: plain(a, b), n_boot=150, seed=4, method="bca")
+    assert (fast.lo, fast.hi, fast.se, fast.n_skipped) == pytest.approx((slow.lo, slow.hi, slow.se, slow.n_skipped))
+    q = np.random.default_rng(1).random(90)
+    fast = fs.paired_cluster_bootstrap(y, p, q, groups, name, n_boot=100)
+    slow = fs.paired_cluster_bootstrap(y, p, q, groups, lambda a, b: plain(a, b), n_boot=100)
+    assert (fast.lo, fast.hi, fast.p) == pytest.approx((slow.lo, slow.hi, slow.p))
+
+
 def test_unknown_subjects_are_subjects_of_their_own():
     y, p = _toy(6)
     out = fs.cluster_bootstrap(y, p, ["a", "a", "", "b", "", "b"], "brier", n_boot=20)
@@ -305,9 +320,9 @@ def test_named_threshold_metrics_match_sklearn():
         "mcc": skm.matthews_corrcoef(y, pred),
     }
     for name, value in expected.items():
-        assert fs.threshold_metric(name)(y, p) == pytest.approx(value), name
+        assert fs.pooled_metric(name)(y, p) == pytest.approx(value), name
     with pytest.raises(FusionfeatError, match="unknown metric"):
-        fs.threshold_metric("auc")
+        fs.pooled_metric("auc")
 
 
 # ----------------------------------------------------------------------------------------------- subjects
