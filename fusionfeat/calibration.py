@@ -10,7 +10,9 @@ head is then refitted on all the rows. Used inside an outer CV fold, the test fo
 * ``InnerOperatingPoint(estimator, sens=...|spec=...)``: ``predict`` at the threshold that reaches the
   target on the inner out-of-fold probabilities (``fusionfeat.stats.threshold_for``).
 
-``fit(X, y, groups=None)``: with subject ids, the inner folds are grouped (``StratifiedGroupKFold``).
+``fit(X, y, groups=None)``: with subject ids, the inner folds are grouped (``StratifiedGroupKFold``). Pass
+one id per training row: the subject where known, else an id of the source image (e.g. ``f"image-{sample}"``)
+so that rotated/mirrored copies of one image stay in one inner fold; ``""`` makes a row its own group.
 """
 
 from __future__ import annotations
