@@ -145,6 +145,8 @@ def _finite_with(values: Any, *others: Any) -> tuple[np.ndarray, ...]:
     out = [v[keep]]
     for o in others:
         a = np.asarray(o, dtype=float)
+        if a.ndim and a.size != v.size:
+            raise FusionfeatError(f"{v.size} metric values but {a.size} fold sizes: give one size per value, or one")
         out.append(a.reshape(-1)[keep] if a.ndim else a)
     return tuple(out)
 

@@ -50,6 +50,8 @@ def test_corrected_t_per_fold_sizes_and_nans():
     ratio = np.mean([30 / 90, 10 / 110, 20 / 100])  # the NaN fit's sizes are dropped with it
     assert ci.n == 3
     assert ci.se == pytest.approx(math.sqrt((1 / 3 + ratio) * np.var([0.8, 0.9, 0.85], ddof=1)))
+    with pytest.raises(FusionfeatError, match="one size per value"):
+        fs.corrected_resampled_t(v, n_train=[90, 90], n_test=20)
     one = fs.corrected_resampled_t([0.8], 80, 20)
     assert one.mean == 0.8 and math.isnan(one.lo) and math.isnan(one.hi)
 
