@@ -159,3 +159,50 @@ def test_torch_head_calibrates_and_clones():
     p = est.predict_proba(X[:, 1:].astype(np.float32))
     assert p.shape == (96, 2) and np.allclose(p.sum(1), 1)
     assert est.history_ and not hasattr(est, "fusion_weights")
+
+
+# ----------------------------------------------------------------------------------------------- through the CV loop
+
+CV_LOG: list[np.ndarray] = []
+
+
+class SampleSpy(ClassifierMixin, BaseEstimator):
+    """Logistic regression on the features after the ``ident`` columns; records the samples of every fit."""
+
+    def fit(self, X: Any, y: Any) -> SampleSpy:
+        X = np.asarray(X, dtype=float)
+        CV_LOG.append(X[:, 0].astype(int))
+        self.model_ = LogisticRegression().fit(X[:, 2:], y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        return self.model_.decision_function(np.asarray(X, dtype=float)[:, 2:])
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return self.model_.predict_proba(np.asarray(X, dtype=float)[:, 2:])
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+
+@pytest.mark.parametrize("balance", ["weight", "augment"])
+def test_calibration_and_threshold_inside_cross_validate_never_see_the_test_fold(balance):
+    from fusionfeat.estimators import HeadSpec
+    from fusionfeat.evaluate import cross_validate
+    from tests.test_evaluate import fake_store
+
+    def build(**_: Any) -> InnerOperatingPoint:
+        return InnerOperatingPoint(CalibratedHead(SampleSpy(), "sigmoid", cv=3), sens=0.9)
+
+    store = fake_store(n_subjects=12, cells=6)
+    CV_LOG.clear()
+    result = cross_validate(store, [HeadSpec("spy", ("ident", "resnet18"), "pooled", False, build)],
+                            balance=balance, progress=False)
+    folds = result.fold_results("spy")
+    assert len(CV_LOG) == 4 * len(folds)  # per outer fold: 3 inner fits, then the fit on all training rows
+    for k, f in enumerate(folds):
+        test = set(result.rows["sample"][result.test_fold[f.repeat] == f.fold].tolist())
+        for seen in CV_LOG[4 * k : 4 * k + 4]:
+            assert not test & set(seen.tolist())
+    assert not np.isnan(result.oof["spy"]).any()

@@ -416,3 +416,34 @@ def test_bad_inputs_are_user_errors():
         fs.cluster_bootstrap([0, 1], [0.1, np.nan], None, "brier")
     with pytest.raises(FusionfeatError, match="groups has 1 entries"):
         fs.cluster_bootstrap([0, 1], [0.1, 0.2], ["a"], "brier")
+
+
+# ----------------------------------------------------------------------------------------------- on a CVResult
+
+
+def test_wiring_on_a_cross_validation_result():
+    """How the report feeds a ``CVResult`` to these functions (a reference for the integration)."""
+    from fusionfeat.evaluate import cross_validate
+    from tests.test_evaluate import fake_store
+
+    store = fake_store(n_subjects=15, cells=4, signal=0.8)
+    result = cross_validate(store, ["logreg", "svm"], repeats=2, progress=False)
+    y = result.rows["label"] == result.classes.index(result.positive)
+    groups = result.rows["group"]
+    per_fold = {h: result.fold_results(h) for h in result.heads}
+    for head, folds in per_fold.items():
+        auc = [f.metrics["roc_auc"] for f in folds]
+        ci = fs.corrected_resampled_t(auc, [f.n_train for f in folds], [f.n_test for f in folds])
+        assert ci.mean == pytest.approx(result.summary()[head]["roc_auc"]["mean"]) and ci.df == 9
+        pooled = fs.cluster_bootstrap(y, result.oof[head], groups, "roc_auc", n_boot=200)
+        assert pooled.unit == "subject" and pooled.n_units == 15
+        assert pooled.estimate == pytest.approx(np.mean([skm.roc_auc_score(y, row) for row in result.oof[head]]))
+        subjects = fs.aggregate_by_subject(result.oof[head].mean(axis=0), groups, y)
+        assert len(subjects.subject) == 15 and subjects.n_images.sum() == len(y)
+    a, b = per_fold["logreg"], per_fold["svm"]
+    assert [(f.repeat, f.fold) for f in a] == [(f.repeat, f.fold) for f in b]  # same splits: pair them
+    diffs = [fa.metrics["roc_auc"] - fb.metrics["roc_auc"] for fa, fb in zip(a, b, strict=True)]
+    paired = fs.corrected_paired_t(diffs, [f.n_train for f in a], [f.n_test for f in a])
+    boot = fs.paired_cluster_bootstrap(y, result.oof["logreg"], result.oof["svm"], groups, "roc_auc", n_boot=200)
+    adjusted = fs.holm([paired.p, boot.p])
+    assert np.all(adjusted >= [paired.p, boot.p]) and np.all(adjusted <= 1)
