@@ -576,6 +576,23 @@ def delong_test(y: Any, p_a: Any, p_b: Any, level: float = 0.95) -> DelongResult
     return DelongResult(float(auc[0]), float(auc[1]), diff, se, zstat, pval, diff - half, diff + half, level, m, n)
 
 
+def delong_auc(y: Any, p: Any, level: float = 0.95) -> Interval:
+    """ROC AUC with DeLong's variance and a Wald interval clipped to [0, 1] (independent images only)."""
+    y = _binary(y)
+    p = _scores(p, len(y))
+    pos = y == 1
+    m, n = int(pos.sum()), int((~pos).sum())
+    if m < 2 or n < 2:
+        raise FusionfeatError(f"DeLong's variance needs at least 2 positives and 2 negatives; got {m} and {n}")
+    t_all = st.rankdata(np.concatenate([p[pos], p[~pos]]))
+    auc = (t_all[:m].sum() / m - (m + 1) / 2) / n
+    v10 = (t_all[:m] - st.rankdata(p[pos])) / n
+    v01 = 1.0 - (t_all[m:] - st.rankdata(p[~pos])) / m
+    se = math.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
+    half = float(st.norm.ppf((1 + level) / 2)) * se
+    return Interval(float(auc), max(0.0, auc - half), min(1.0, auc + half), se, math.nan, level, m + n, "DeLong")
+
+
 # ----------------------------------------------------------------------------------------------- multiplicity
 
 

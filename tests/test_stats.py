@@ -246,6 +246,20 @@ def test_delong_matches_the_definition_and_sklearn(decimals):
     assert (res.lo, res.hi) == pytest.approx((res.diff - 1.959964 * res.se, res.diff + 1.959964 * res.se))
 
 
+def test_delong_auc_interval_matches_the_definition():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    a = (y + rng.standard_normal(120)).round(1)
+    x, z = a[y == 1], a[y == 0]
+    psi = (x[:, None] > z[None, :]) + 0.5 * (x[:, None] == z[None, :])
+    se = math.sqrt(psi.mean(axis=1).var(ddof=1) / len(x) + psi.mean(axis=0).var(ddof=1) / len(z))
+    out = fs.delong_auc(y, a, level=0.9)
+    auc = psi.mean()
+    assert out.mean == pytest.approx(skm.roc_auc_score(y, a)) and out.mean == pytest.approx(auc)
+    assert out.se == pytest.approx(se)
+    assert (out.lo, out.hi) == pytest.approx((auc - 1.644854 * se, auc + 1.644854 * se))
+
+
 def test_delong_identical_scores_and_too_few_cases():
     y, p = _toy(40)
     same = fs.delong_test(y, p, p)
