@@ -1,0 +1,253 @@
+"""Post-hoc calibration and operating points fitted on training rows only (inner CV of the training fold).
+
+Both meta-estimators keep the scikit-learn contract (``clone`` works; parameters are stored untouched) and
+see nothing but the rows given to ``fit``: out-of-fold scores of those rows come from an inner
+cross-validation (``inner_oof_scores``), the calibrator or threshold is fitted on them, and the wrapped
+head is then refitted on all the rows. Used inside an outer CV fold, the test fold is never touched.
+
+* ``CalibratedHead(estimator, method="sigmoid"|"isotonic")``: Platt (1999) or isotonic (Zadrozny & Elkan
+  2002) calibration of the head's decision values, through ``sklearn.calibration.CalibratedClassifierCV``;
+* ``InnerOperatingPoint(estimator, sens=...|spec=...)``: ``predict`` at the threshold that reaches the
+  target on the inner out-of-fold probabilities (``fusionfeat.stats.threshold_for``).
+
+``fit(X, y, groups=None)``: with subject ids, the inner folds are grouped (``StratifiedGroupKFold``). Pass
+one id per training row: the subject where known, else an id of the source image (e.g. ``f"image-{sample}"``)
+so that rotated/mirrored copies of one image stay in one inner fold; ``""`` makes a row its own group.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.validation import check_is_fitted
+
+from fusionfeat import stats as fs
+from fusionfeat.errors import FusionfeatError
+
+METHODS: tuple[str, ...] = ("sigmoid", "isotonic")
+
+
+def inner_splits(
+    y: np.ndarray, groups: Any = None, cv: Any = 5, random_state: Any = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner folds of a training fold: ``cv`` as an int (stratified, shuffled with ``random_state``; grouped
+    by subject when any of ``groups`` is non-empty, an empty id being a subject of its own) or any
+    scikit-learn splitter / list of ``(train, test)`` index pairs that partitions the rows."""
+    y = np.asarray(y)
+    if not isinstance(cv, int | np.integer):
+        splits = cv.split(np.zeros(len(y)), y, groups) if hasattr(cv, "split") else cv
+        return [(np.asarray(a), np.asarray(b)) for a, b in splits]
+    if cv < 2:
+        raise FusionfeatError(f"inner cross-validation needs 2 or more folds, got cv={cv}")
+    g = None if groups is None else np.asarray(groups).astype(str)
+    if g is not None and np.any(g != ""):
+        g = np.where(g == "", np.char.add("\0row-", np.arange(len(g)).astype(str)), g)
+        splitter: Any = StratifiedGroupKFold(cv, shuffle=True, random_state=random_state)
+    else:
+        g = None
+        splitter = StratifiedKFold(cv, shuffle=True, random_state=random_state)
+    try:
+        return [(a, b) for a, b in splitter.split(np.zeros(len(y)), y, g)]
+    except ValueError as err:
+        raise FusionfeatError(f"inner cross-validation of a training fold with cv={cv} is impossible: {err}; "
+                              "lower the inner folds") from None
+
+
+def _response(estimator: Any) -> str:
+    return "decision_function" if hasattr(estimator, "decision_function") else "predict_proba"
+
+
+def inner_oof_scores(
+    estimator: Any, X: Any, y: Any, groups: Any = None, cv: Any = 5, random_state: Any = 0,
+    method: str = "predict_proba",
+) -> np.ndarray:
+    """Out-of-fold scores of each training row from clones of ``estimator`` fitted on inner folds.
+
+    ``method`` is ``"predict_proba"`` (returns P(``classes[1]``)) or ``"decision_function"``. Every inner
+    fit sees only the rows given here, so the result is safe to tune thresholds or calibrators on.
+    """
+    y = np.asarray(y)
+    splits = inner_splits(y, groups, cv, random_state)
+    out = cross_val_predict(clone(estimator), X, y, cv=splits, method=method)
+    return out[:, 1] if out.ndim == 2 else out
+
+
+class ScoreColumn(ClassifierMixin, BaseEstimator):
+    """A "classifier" whose decision value is its single input column: lets scikit-learn's calibrators be
+    fitted on precomputed out-of-fold scores."""
+
+    def fit(self, X: Any, y: Any) -> ScoreColumn:
+        """Remember the classes; there is nothing to learn."""
+        self.classes_ = np.unique(y)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The first column of ``X``."""
+        check_is_fitted(self)
+        return np.asarray(X, dtype=float)[:, 0]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``classes_[1]`` where the score is positive."""
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+
+def fit_calibrator(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") -> CalibratedClassifierCV:
+    """A fitted scikit-learn calibrator mapping a score column ``scores[:, None]`` to probabilities."""
+    if method not in METHODS:
+        raise FusionfeatError(f"unknown calibration {method!r}; choose one of {', '.join(METHODS)}")
+    frozen = FrozenEstimator(ScoreColumn().fit(None, y))
+    return CalibratedClassifierCV(frozen, method=method).fit(np.asarray(scores, dtype=float)[:, None], y)
+
+
+def _has_fusion_weights(self: Any) -> bool:
+    return hasattr(self.estimator, "fusion_weights")
+
+
+class CalibratedHead(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
+    """A head whose probabilities are calibrated on inner out-of-fold scores of its own training rows.
+
+    ``fit`` scores every training row with clones fitted on ``cv`` inner folds (the head's
+    ``decision_function`` when it has one, else P(positive)), fits a ``method`` calibrator (``"sigmoid"``:
+    Platt 1999; ``"isotonic"``: Zadrozny & Elkan 2002) on those scores, then refits the head on all rows.
+    Equivalent to ``CalibratedClassifierCV(estimator, method, cv, ensemble=False)`` with shuffled (and,
+    given ``groups``, subject-grouped) inner folds. Costs ``cv + 1`` fits of the head.
+
+    Fitted attributes: ``estimator_`` (the head on all rows), ``calibrator_``, ``classes_``,
+    ``inner_oof_`` (calibrated out-of-fold P(``classes_[1]``) of the training rows; in-sample for the
+    calibrator, so use it for ranking-based choices such as a threshold), ``history_`` when the head has one.
+    """
+
+    def __init__(self, estimator: Any, method: str = "sigmoid", cv: Any = 5, random_state: Any = 0):
+        self.estimator = estimator
+        self.method = method
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> CalibratedHead:
+        """Calibrate on inner folds of these rows, then refit the head on all of them."""
+        if self.method not in METHODS:
+            raise FusionfeatError(f"unknown calibration {self.method!r}; choose one of {', '.join(METHODS)}")
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise FusionfeatError(f"calibration needs exactly 2 classes in the training rows; got {len(self.classes_)}")
+        response = _response(self.estimator)
+        scores = inner_oof_scores(self.estimator, X, y, groups, self.cv, self.random_state, method=response)
+        y01 = (y == self.classes_[1]).astype(int)
+        self.calibrator_ = fit_calibrator(scores, y01, self.method)
+        self.inner_oof_ = self.calibrator_.predict_proba(scores[:, None])[:, 1]
+        self.estimator_ = clone(self.estimator).fit(X, y)
+        if hasattr(self.estimator_, "history_"):
+            self.history_ = self.estimator_.history_
+        return self
+
+    def _scores(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        out = np.asarray(getattr(self.estimator_, _response(self.estimator_))(X), dtype=float)
+        return out[:, 1] if out.ndim == 2 else out
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Calibrated class probabilities (N, 2), columns in ``classes_`` order."""
+        p = self.calibrator_.predict_proba(self._scores(X)[:, None])[:, 1]
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The more probable class after calibration."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    @available_if(_has_fusion_weights)
+    def fusion_weights(self, X: Any) -> np.ndarray:
+        """The refitted head's fusion weights (attention heads only)."""
+        check_is_fitted(self)
+        return self.estimator_.fusion_weights(X)
+
+
+class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
+    """A head that predicts at the threshold reaching a target sensitivity (or specificity) on inner
+    out-of-fold probabilities of its training rows; ``predict_proba`` is the head's, unchanged.
+
+    ``positive`` is the class label whose sensitivity is targeted (default: ``classes_[1]``). When the head
+    already provides ``inner_oof_`` after fitting (a ``CalibratedHead``), those probabilities are used and
+    no extra inner fits are made; otherwise ``cv`` inner fits score the training rows first.
+
+    Fitted attributes: ``estimator_``, ``classes_``, ``threshold_`` (on P(positive)), ``inner_rates_``
+    (sensitivity and specificity at ``threshold_`` on the inner predictions), ``history_`` when present.
+    """
+
+    def __init__(
+        self,
+        estimator: Any,
+        sens: float | None = None,
+        spec: float | None = None,
+        positive: Any = None,
+        cv: Any = 5,
+        random_state: Any = 0,
+    ):
+        self.estimator = estimator
+        self.sens = sens
+        self.spec = spec
+        self.positive = positive
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> InnerOperatingPoint:
+        """Pick the threshold on inner out-of-fold probabilities, then fit the head on all rows."""
+        if (self.sens is None) == (self.spec is None):
+            raise FusionfeatError("give exactly one operating-point target: sens=... or spec=...")
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) != 2:
+            raise FusionfeatError(
+                f"an operating point needs exactly 2 classes; the training rows have {len(self.classes_)}"
+            )
+        positive = self.classes_[1] if self.positive is None else self.positive
+        if positive not in self.classes_:
+            raise FusionfeatError(
+                f"positive class {positive!r} is not among the training labels {self.classes_.tolist()}"
+            )
+        self.pos_index_ = int(np.flatnonzero(self.classes_ == positive)[0])
+        self.estimator_ = clone(self.estimator)
+        if groups is not None and _takes_groups(self.estimator_):
+            self.estimator_.fit(X, y, groups=groups)
+        else:
+            self.estimator_.fit(X, y)
+        inner = getattr(self.estimator_, "inner_oof_", None)
+        if inner is None:
+            inner = inner_oof_scores(self.estimator, X, y, groups, self.cv, self.random_state)
+        inner = np.asarray(inner, dtype=float)
+        if self.pos_index_ == 0:
+            inner = 1 - inner  # inner_oof_ is P(classes_[1])
+        y01 = (y == positive).astype(int)
+        self.threshold_ = fs.threshold_for(y01, inner, sens=self.sens, spec=self.spec)
+        self.inner_rates_ = fs.rates_at(y01, inner, self.threshold_)
+        if hasattr(self.estimator_, "history_"):
+            self.history_ = self.estimator_.history_
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The head's probabilities, unchanged."""
+        check_is_fitted(self)
+        return np.asarray(self.estimator_.predict_proba(X))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The positive class where P(positive) >= ``threshold_``, the other class elsewhere."""
+        p = self.predict_proba(X)[:, self.pos_index_]
+        other = self.classes_[1 - self.pos_index_]
+        return np.where(p >= self.threshold_, self.classes_[self.pos_index_], other)
+
+    @available_if(_has_fusion_weights)
+    def fusion_weights(self, X: Any) -> np.ndarray:
+        """The head's fusion weights (attention heads only)."""
+        check_is_fitted(self)
+        return self.estimator_.fusion_weights(X)
+
+
+def _takes_groups(estimator: Any) -> bool:
+    return "groups" in inspect.signature(estimator.fit).parameters
