@@ -24,7 +24,7 @@ _EXPORTS = {
     "resolve_head": "fusionfeat.estimators",
     "TorchHeadClassifier": "fusionfeat.estimators",
     "cross_validate": "fusionfeat.evaluate",
-    "plan_folds": "fusionfeat.evaluate",
+    "plan_folds": "fusionfeat.protocols",
     "write_run": "fusionfeat.report",
     "compare_runs": "fusionfeat.report",
     "train_head": "fusionfeat.train",

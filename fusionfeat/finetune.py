@@ -28,9 +28,9 @@ from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
-from fusionfeat.evaluate import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, plan_folds
 from fusionfeat.extract import _progress, manifest_fingerprint
 from fusionfeat.image_bank import ImageBank, build_bank, open_bank
+from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
 from fusionfeat.store import FeatureStore, atomic_write_bytes, create_feature_datasets, rewrite, store_lock
 from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, write_json

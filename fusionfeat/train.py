@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionfeat import evaluate
+from fusionfeat import evaluate, protocols
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec
 from fusionfeat.extract import software_versions
@@ -19,8 +19,8 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
 
     Returns the fitted estimator, its spec and the bundle info (classes, provenance, training summary).
     """
-    if balance not in evaluate.BALANCES:
-        raise FusionfeatError(f"--balance {balance!r}: choose one of {', '.join(evaluate.BALANCES)}")
+    if balance not in protocols.BALANCES:
+        raise FusionfeatError(f"--balance {balance!r}: choose one of {', '.join(protocols.BALANCES)}")
     if "," in head or head == "all":
         raise FusionfeatError("`train` fits one head; name one, e.g. --head attention")
     (spec,) = evaluate.resolve_heads(store, [head])
@@ -28,12 +28,12 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
     labels = store.labels
     if len(np.unique(labels[kept])) < 2:
         raise FusionfeatError(f"{store.path} holds a single class among usable images: nothing to learn")
-    rows = evaluate.Rows(kept, np.zeros(len(kept), dtype=np.int64))
+    rows = protocols.Rows(kept, np.zeros(len(kept), dtype=np.int64))
     if balance == "augment":
         if store.n_views < 2:
             raise FusionfeatError("--balance augment needs stored views; re-extract with --views dihedral8")
-        copies = evaluate.minority_copies(labels, store.ok, store.n_views, seed, rows, np.arange(len(kept)))
-        rows = evaluate.Rows(np.concatenate([rows.sample, copies.sample]), np.concatenate([rows.view, copies.view]))
+        copies = protocols.minority_copies(labels, store.ok, store.n_views, seed, rows, np.arange(len(kept)))
+        rows = protocols.Rows(np.concatenate([rows.sample, copies.sample]), np.concatenate([rows.view, copies.view]))
     X = evaluate.rows_matrix(store, spec, rows)
     y = labels[rows.sample]
     blocks = tuple(store.block_shape(b, spec.inputs) for b in spec.backbones)

@@ -18,15 +18,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
-from fusionfeat.evaluate import (
-    LeakageError,
-    check_split,
-    cross_validate,
-    feature_matrix,
-    make_plan,
-    plan_folds,
-)
+from fusionfeat.evaluate import cross_validate, feature_matrix
 from fusionfeat.metrics import binary_metrics, confidence_interval, confusion, summarize
+from fusionfeat.protocols import LeakageError, check_split, make_plan, plan_folds
 from tests.conftest import one_torch_thread
 
 # ----------------------------------------------------------------------------------------------- fakes
@@ -228,7 +222,7 @@ def test_default_protocol_is_grouped_with_subjects_and_image_level_without():
 
 
 def make_plan_for(store, protocol, balance="weight", repeats=1, seed=0):
-    from fusionfeat.evaluate import default_protocol
+    from fusionfeat.protocols import default_protocol
 
     return make_plan(
         store.labels, store.groups, store.folds, store.ok, store.n_views,

@@ -1,0 +1,68 @@
+"""Several run folders side by side: one markdown table row per run and head."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.metrics import LABELS, METRICS
+from fusionfeat.report.markdown import describe_weights, md_row, pm, random_backbones
+from fusionfeat.report.run import load_run
+
+
+def compare_runs(run_dirs: Sequence[str | Path]) -> str:
+    """A markdown table of several runs side by side: one row per run and head, mean ± std per metric."""
+    if not run_dirs:
+        raise FusionfeatError("compare_runs needs at least one run folder")
+    runs = [(Path(d).name or str(d), load_run(d)) for d in run_dirs]
+    header = ["run", "protocol", "features", "head", *[LABELS[m] for m in METRICS]]
+    lines = [md_row(header), md_row(["---"] * 4 + ["---:"] * len(METRICS))]
+    notes = []
+    for name, data in runs:
+        flags = _run_flags(data)
+        for head, info in data["heads"].items():
+            s = info["summary"]
+            cells = [pm(nan_or(s[m]["mean"]), nan_or(s[m]["std"])) for m in METRICS]
+            lines.append(
+                md_row(
+                    [
+                        f"`{name}`",
+                        _protocol_cell(data) + flags,
+                        data.get("features", "?"),
+                        f"`{head}`",
+                        *cells,
+                    ]
+                )
+            )
+        notes.append(f"- `{name}`: {data['protocol'].get('text', '')} Weights: {_weights_summary(data)}.")
+    legend = (
+        "Flags: LEAKY = the paper's leaky protocol; RANDOM = random-weight features (not comparable with ImageNet)."
+    )
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n\n" + legend + "\n"
+
+
+def _run_flags(data: dict[str, Any]) -> str:
+    flags = []
+    if data["protocol"].get("leaky"):
+        flags.append("LEAKY")
+    if random_backbones(data):
+        flags.append("RANDOM")
+    return f" **{' '.join(flags)}**" if flags else ""
+
+
+def _protocol_cell(data: dict[str, Any]) -> str:
+    p = data["protocol"]
+    reps = f"×{p['repeats']}" if p.get("repeats", 1) > 1 else ""
+    return f"{p['name']} {p.get('n_folds', '?')}-fold{reps}, {p.get('balance', '?')}"
+
+
+def _weights_summary(data: dict[str, Any]) -> str:
+    backbones = data["provenance"].get("backbones", {}) or {}
+    return "; ".join(f"{b}: {describe_weights(a)}" for b, a in backbones.items()) or "unknown"
+
+
+def nan_or(x: float | None) -> float:
+    return math.nan if x is None else float(x)

@@ -1,0 +1,164 @@
+"""PNG plots of a run: ROC per head with per-fold curves, summed confusion, training curves, all heads' ROC."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fusionfeat.report.markdown import pm
+
+
+def write_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
+    """PNG plots (ROC per head with per-fold curves, summed confusion, training curves, all heads' ROC);
+    returns plot key -> file name relative to ``out``."""
+    plots: dict[str, str] = {}
+    for head, info in data["heads"].items():
+        slug = _slug(head)
+        _save(_roc_figure(head, info), out / f"roc_{slug}.png", plots, f"roc_{head}")
+        _save(_confusion_figure(head, info, data), out / f"confusion_{slug}.png", plots, f"confusion_{head}")
+        if any(f.get("history") for f in info["folds"]):
+            _save(_history_figure(head, info), out / f"history_{slug}.png", plots, f"history_{head}")
+    if len(data["heads"]) > 1:
+        _save(_roc_all_figure(data), out / "roc_all.png", plots, "roc_all")
+    return plots
+
+
+def _save(fig: Figure, path: Path, plots: dict[str, str], key: str) -> None:
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plots[key] = path.name
+
+
+def _slug(head: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", head)
+
+
+_GRID = np.linspace(0.0, 1.0, 201)
+
+
+def _mean_roc(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    curves = []
+    for f in info["folds"]:
+        fpr, tpr = f["roc"]["fpr"], f["roc"]["tpr"]
+        if fpr:
+            t = np.interp(_GRID, fpr, tpr)
+            t[0] = 0.0
+            curves.append(t)
+    if not curves:
+        return None
+    return np.mean(curves, axis=0), np.std(curves, axis=0)
+
+
+def _roc_figure(head: str, info: dict[str, Any]) -> Figure:
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    for f in info["folds"]:
+        if f["roc"]["fpr"]:
+            ax.plot(f["roc"]["fpr"], f["roc"]["tpr"], lw=0.8, alpha=0.45, label=_fold_label(f))
+    mean = _mean_roc(info)
+    auc = info["summary"]["roc_auc"]
+    if mean is not None:
+        m, s = mean
+        ax.plot(_GRID, m, color="black", lw=2, label=f"mean (AUC {pm(auc['mean'], auc['std'])})")
+        ax.fill_between(_GRID, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color="grey", alpha=0.2, label="± 1 std")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    _roc_axes(ax, f"{head}: ROC per fold")
+    ax.legend(loc="lower right", fontsize=6 if len(info["folds"]) > 6 else 8)
+    return fig
+
+
+def _fold_label(f: dict[str, Any]) -> str:
+    auc = f["metrics"].get("roc_auc")
+    auc_text = "n/a" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.3f}"
+    return f"repeat {f['repeat']} fold {f['fold']} (AUC {auc_text})"
+
+
+def _roc_axes(ax: Any, title: str) -> None:
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (1 − specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title)
+
+
+def _roc_all_figure(data: dict[str, Any]) -> Figure:
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    for head, info in data["heads"].items():
+        mean = _mean_roc(info)
+        if mean is not None:
+            auc = info["summary"]["roc_auc"]
+            ax.plot(_GRID, mean[0], lw=1.5, label=f"{head} (AUC {pm(auc['mean'], auc['std'], 3)})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    _roc_axes(ax, "mean ROC over folds")
+    ax.legend(loc="lower right", fontsize=7)
+    return fig
+
+
+def _confusion_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure:
+    repeats = max(1, int(data["protocol"].get("repeats", 1)))
+    counts = np.asarray(info["confusion_total"], dtype=float) / repeats
+    positive = data["positive"]
+    negative = next(c for c in data["classes"] if c != positive)
+    fig = Figure(figsize=(4, 3.6))
+    ax = fig.add_subplot()
+    ax.imshow(counts, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            text = f"{counts[i, j]:.0f}" if repeats == 1 else f"{counts[i, j]:.1f}"
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                color="white" if counts[i, j] > counts.max() / 2 else "black",
+            )
+    ax.set_xticks([0, 1], [negative, positive])
+    ax.set_yticks([0, 1], [negative, positive])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    per = "summed over folds" + (f", mean of {repeats} repeats" if repeats > 1 else "")
+    ax.set_title(f"{head}: confusion ({per})", fontsize=9)
+    return fig
+
+
+def _history_figure(head: str, info: dict[str, Any]) -> Figure:
+    fig = Figure(figsize=(9, 3.6))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    folds = [f for f in info["folds"] if f.get("history") and f["repeat"] == info["folds"][0]["repeat"]]
+    for i, f in enumerate(folds):
+        color = f"C{i % 10}"
+        epochs = [e["epoch"] for e in f["history"]]
+        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
+            ax.plot(
+                epochs,
+                [e.get(f"train_{key}") for e in f["history"]],
+                color=color,
+                lw=1,
+                label=f"fold {f['fold']} train",
+            )
+            val = [e.get(f"val_{key}") for e in f["history"]]
+            if any(v is not None for v in val):
+                ax.plot(
+                    epochs,
+                    [np.nan if v is None else v for v in val],
+                    color=color,
+                    lw=1,
+                    ls="--",
+                    label=f"fold {f['fold']} validation",
+                )
+    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(f"{head}: {name} per epoch")
+        ax.legend(fontsize=6)
+    return fig
+
+

@@ -1,0 +1,147 @@
+"""The run folder of a CV result: ``metrics.json``, ``predictions.csv``, ``report.md`` and PNG plots.
+
+Everything in ``report.md`` is rendered from ``metrics.json`` (``fusionfeat.report.markdown``), so
+``compare_runs`` can line runs up later.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fusionfeat
+from fusionfeat import paper
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.evaluate import CVResult
+from fusionfeat.report.markdown import render_report
+from fusionfeat.report.plots import write_plots
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+REPORT_FILE = "report.md"
+
+
+def write_run(result: CVResult, out_dir: str | Path) -> Path:
+    """Write the run folder (created if needed; our files in it are replaced) and return its path."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    data = run_json(result)
+    plots = write_plots(data, out)
+    data["plots"] = plots
+    (out / METRICS_FILE).write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
+    write_predictions(result, out / PREDICTIONS_FILE)
+    (out / REPORT_FILE).write_text(render_report(data))
+    return out
+
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+
+def run_json(result: CVResult) -> dict[str, Any]:
+    """Everything about a run except per-sample predictions, as plain JSON-able data."""
+    summary = result.summary()
+    by_class = result.fusion_weights()
+    heads = {}
+    for head in result.heads:
+        folds = result.fold_results(head)
+        heads[head] = {
+            **result.head_info[head],
+            "summary": summary[head],
+            "confusion_total": np.sum([f.confusion for f in folds], axis=0).tolist(),
+            "fusion_weights_by_class": by_class.get(head),
+            "folds": [
+                {
+                    "repeat": f.repeat,
+                    "fold": f.fold,
+                    "n_train": f.n_train,
+                    "n_test": f.n_test,
+                    "metrics": f.metrics,
+                    "confusion": f.confusion,
+                    "roc": f.roc,
+                    "history": f.history,
+                    "fusion_weights": f.fusion_weights,
+                }
+                for f in folds
+            ],
+        }
+    return {
+        "fusionfeat_version": fusionfeat.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "classes": result.classes,
+        "positive": result.positive,
+        "features": result.features,
+        "protocol": result.protocol,
+        "provenance": result.provenance,
+        "heads": heads,
+        "paper": {"citation": paper.CITATION, "protocol": paper.PROTOCOL, "table1": paper.TABLE1},
+    }
+
+
+def write_predictions(result: CVResult, path: Path) -> None:
+    """Out-of-fold P(positive) per head for every evaluated row and repeat (one line per row and repeat)."""
+    rows = result.rows
+    prob_cols = [f"p_{result.positive}_{head}" for head in result.heads]
+    weight_cols = [(h, i, f"w_{h}_{n}") for h, names in result.weight_names.items() for i, n in enumerate(names)]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["repeat", "fold", "path", "view", "label", "group", *prob_cols, *[c for _, _, c in weight_cols]]
+        )
+        for r in range(result.test_fold.shape[0]):
+            for j in range(len(rows["sample"])):
+                writer.writerow(
+                    [
+                        r,
+                        int(result.test_fold[r, j]),
+                        rows["path"][j],
+                        int(rows["view"][j]),
+                        result.classes[int(rows["label"][j])],
+                        rows["group"][j],
+                        *[_fmt_prob(result.oof[h][r, j]) for h in result.heads],
+                        *[_fmt_prob(result.oof_weights[h][r, j, i]) for h, i, _ in weight_cols],
+                    ]
+                )
+
+
+def _fmt_prob(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:.6f}"
+
+
+def jsonable(value: Any) -> Any:
+    """numpy → Python, NaN/inf → None, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``metrics.json`` data (FusionfeatError when it is not a run folder)."""
+    path = Path(run_dir).expanduser() / METRICS_FILE
+    if not path.is_file():
+        raise FusionfeatError(
+            f"{Path(run_dir)} is not a fusionfeat run folder (no {METRICS_FILE}); "
+            "pass folders written by a fusionfeat evaluation"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FusionfeatError(f"{path} is not valid JSON ({exc.msg}); rerun the evaluation that wrote it") from None
