@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -23,17 +24,18 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from fusionfeat.backbones import get_backbone, load_backbone, sha256_file
+from fusionfeat.backbones import get_backbone, load_backbone
 from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
 from fusionfeat.evaluate import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, plan_folds
 from fusionfeat.extract import _progress, manifest_fingerprint
+from fusionfeat.fsio import FINETUNE, atomic_write_bytes, marker_name, sha256_file, write_json
 from fusionfeat.image_bank import ImageBank, build_bank, open_bank
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
-from fusionfeat.store import FeatureStore, atomic_write_bytes, create_feature_datasets, rewrite, store_lock
-from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, write_json
+from fusionfeat.store import FeatureStore, create_feature_datasets, rewrite, store_lock
+from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, trunk_stages
 
 PROTOCOLS = ("grouped", "stratified", "predefined")
 
@@ -182,7 +184,12 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
             )
         existing = {}
     train_config = replace(config.train, seed=plan["seed"])
-    provenance = {b: load_backbone(b, config.weights[b], plan["seed"]).provenance() for b in config.backbones}
+    loaded = {b: load_backbone(b, config.weights[b], plan["seed"]) for b in config.backbones}
+    for name, model in loaded.items():  # validate before anything is written
+        n_stages = len(trunk_stages(model.trunk))
+        if config.train.freeze_stages > n_stages:
+            raise FusionfeatError(f"--freeze-stages {config.train.freeze_stages}: {name} has {n_stages} stages")
+    provenance = {b: m.provenance() for b, m in loaded.items()}
     work = work_dir(store)
     tasks = []
     for fold in sorted(int(k) for k in np.unique(plan["fold"][plan["fold"] >= 0])):
@@ -197,11 +204,29 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
                     "settings; rerun with the same options, or add --overwrite to redo them"
                 )
             if not task.stored:
+                _claim_work_folder(work)
                 _prepare_task_folder(work, task, config.overwrite)
             tasks.append(task)
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
     return _Job(store, work, paths, rel_paths, labels, groups, ok, sha, classes, preprocess, plan, train_config,
                 provenance, tasks)
+
+
+def _claim_work_folder(work: Path) -> None:
+    """Use ``<store>.finetune`` only if fusionfeat made it (marker, or only fold_*/images inside); mark it."""
+    marker = work / marker_name(FINETUNE)
+    if marker.is_file():
+        return
+    if os.path.lexists(work):
+        if not work.is_dir() or work.is_symlink() or \
+                any(not (p.name.startswith("fold_") or p.name == "images") for p in work.iterdir()):
+            raise StoreError(f"{work} exists but is not a fusionfeat fine-tuning work folder; move it away "
+                             "(fusionfeat keeps checkpoints there)")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by fusionfeat as a fine-tuning work folder\n")
+    except OSError as exc:
+        raise StoreError(f"cannot create the fine-tuning work folder {work}: {exc.strerror or exc}") from None
 
 
 def _stored_tasks(store: Path) -> dict[tuple[int, str], str]:
