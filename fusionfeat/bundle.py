@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,15 +118,19 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
     (folder / MANIFEST).write_text(dumps_json(meta))
 
 
-def load_bundle(path: str | os.PathLike, trust_pickle: bool = False) -> Bundle:
-    """Load a bundle folder; anything that is not one, or was tampered with, gets a one-line error."""
+def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
+                warn: Callable[[str], None] | None = None) -> Bundle:
+    """Load a bundle folder; anything that is not one, or was tampered with, gets a one-line error.
+
+    A legacy pickle loads only with ``trust_pickle``, after ``warn`` is told (it can run any code).
+    """
     path = Path(path).expanduser()
     info = _read_manifest(path)
     kind = info["model_kind"]
     model_file = bundle_file(path, info["model_file"], "model_file")
     _verify_files(path, info)
     try:
-        estimator = _load_model(path, info, kind, model_file, trust_pickle)
+        estimator = _load_model(path, info, kind, model_file, trust_pickle, warn)
     except FusionfeatError:
         raise
     except Exception as exc:  # a damaged model file: whatever the library raises, the user gets one line
@@ -198,7 +203,8 @@ def _verify_files(folder: Path, info: dict[str, Any]) -> None:
                                   "refusing to use the bundle, retrain it")
 
 
-def _load_model(path: Path, info: dict[str, Any], kind: str, model_file: Path, trust_pickle: bool) -> Any:
+def _load_model(path: Path, info: dict[str, Any], kind: str, model_file: Path, trust_pickle: bool,
+                warn: Callable[[str], None] | None) -> Any:
     if kind == "torch":
         state = torch.load(model_file, map_location="cpu", weights_only=True)
         return TorchHeadClassifier.from_state(info["torch_config"], state, device="cpu")
@@ -226,5 +232,10 @@ def _load_model(path: Path, info: dict[str, Any], kind: str, model_file: Path, t
                                   "loaded; retrain the bundle, or pass --trust-pickle if you trust its source")
         import joblib
 
-        return joblib.load(model_file)
+        if warn is not None:
+            warn(f"warning: loading the pickle {model_file} because of --trust-pickle (it can run any code)")
+        estimator = joblib.load(model_file)
+        if not hasattr(estimator, "predict_proba"):
+            raise FusionfeatError(f"{model_file} is not a fitted classifier ({type(estimator).__name__})")
+        return estimator
     raise FusionfeatError(f"{path}/{MANIFEST}: unknown model_kind {kind!r}; the bundle is damaged")

@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -126,13 +127,18 @@ def work_dir(store: Path) -> Path:
     return store.with_name(store.name + ".finetune")
 
 
-def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig,
-             ctx: DistContext = SINGLE) -> FinetuneResult | None:
-    """Fine-tune every backbone on every fold and store the embeddings; returns the result on rank 0 only."""
+def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig, ctx: DistContext = SINGLE,
+             on_ready: Callable[[], None] | None = None) -> FinetuneResult | None:
+    """Fine-tune every backbone on every fold and store the embeddings; returns the result on rank 0 only.
+
+    ``on_ready`` is called on rank 0 once every option is validated, before the long work (e.g. to warn).
+    """
     start = time.perf_counter()
     store = Path(store).expanduser()
     with contextlib.ExitStack() as stack:
         job = ctx.run_on_main(lambda: _prepare(manifest, store, config, stack))
+        if ctx.is_main and on_ready is not None:
+            on_ready()
         device = ctx.device(config.device)
         precision = resolve_precision(config.precision, device)
         reports = [TaskReport(t.fold, t.backbone, "stored") for t in job.tasks if t.stored]

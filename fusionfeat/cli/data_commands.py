@@ -20,7 +20,7 @@ from fusionfeat.runtime import PRECISIONS, cpu_supports_bf16, resolve_device
 
 @main.command("manifest")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="CSV file to write.")
 @layout_option
 @positive_option
 @root_option
@@ -53,7 +53,7 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 
 @main.command("extract")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 store to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="HDF5 store to write.")
 @click.option("--backbones", default="resnet18,vgg16", show_default=True, help="Comma-separated backbones.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")

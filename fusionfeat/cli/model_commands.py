@@ -34,7 +34,7 @@ def _echo_table(run_dir: Path) -> None:
 @click.option("--head", "heads", default="attention", show_default=True,
               help="Head(s): resnet18, vgg16, concat, attention[-spatial|-pooled], svm, xgboost, logreg; "
                    "a comma list, or all.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(), default=None,
               help="Run folder to write [default: runs/<store name>-<heads>].")
 @click.option("--cv", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]), default=None,
               help="Protocol [default: grouped when subjects are known, else stratified]. "
@@ -88,7 +88,7 @@ def report_command(runs):
 @main.command("train")
 @click.argument("store", type=click.Path())
 @click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @device_option
@@ -116,7 +116,7 @@ def train_command(store, head, output, balance, seed, device, threads, overwrite
 @main.command("predict")
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="CSV to write.")
 @click.option("--weights", default=None, help="Where the bundle's weights files are now (SHA-256 must match).")
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -136,10 +136,7 @@ def predict_command(bundle, images, output, weights, device, precision, batch_si
     from fusionfeat.predict import collect_images, predict_images
 
     check_output(output, CSV, inputs=[bundle, *images], overwrite=overwrite)
-    loaded = load_bundle(bundle, trust_pickle=trust_pickle)
-    if loaded.info["model_kind"] == "joblib":
-        click.echo(f"warning: loading the pickle {loaded.info['model_file']} of {bundle} because of --trust-pickle",
-                   err=True)
+    loaded = load_bundle(bundle, trust_pickle=trust_pickle, warn=lambda message: click.echo(message, err=True))
     paths = collect_images(images)
     counts = predict_images(loaded, paths, output, weights=weights, device=device, precision=precision,
                             batch_size=batch_size, workers=workers, on_error=on_error, progress=not quiet,
@@ -149,7 +146,7 @@ def predict_command(bundle, images, output, weights, device, precision, batch_si
 
 
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(file_okay=False), default="fusionfeat-demo", show_default=True,
+@click.option("-o", "--output", type=click.Path(), default="fusionfeat-demo", show_default=True,
               help="Folder for the generated data, the store and the run.")
 @click.option("--weights", type=click.Choice(["imagenet", "random"]), default=None,
               help="[default: imagenet when cached, else random with a warning]")
