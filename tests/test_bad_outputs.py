@@ -297,6 +297,25 @@ def demo_over_data(b, t):
     return ["demo", "-o", t / "d", "--overwrite", "--weights", "random"], "did not write"
 
 
+def demo_over_previous_demo(b, t):
+    (t / "d" / "data").mkdir(parents=True)
+    (t / "d" / ".fusionfeat-demo").write_text("written by fusionfeat demo\n")
+    return ["demo", "-o", t / "d", "--weights", "random"], "--overwrite"
+
+
+def demo_under_file(b, t):
+    (t / "afile").write_text("x")
+    return ["demo", "-o", t / "afile" / "d", "--weights", "random"], "cannot create the folder"
+
+
+def _symlink_out(t):
+    outside = t / "elsewhere.npz"
+    shutil.copy2(t / "bundle" / "model.sklearn.npz", outside)
+    (t / "bundle" / "model.sklearn.npz").unlink()
+    (t / "bundle" / "model.sklearn.npz").symlink_to(outside)
+    return t / "bundle"
+
+
 def finetune_bad_freeze(b, t):
     _copy(b, t, "s.h5")
     return ["finetune", t / "cells", "--store", t / "s.h5", "--backbones", "resnet18", "--weights", "random",
@@ -318,7 +337,8 @@ CASES = [
     _tampered(_escaping_model_file, "inside the bundle folder"),
     _tampered(_seed_changed, "fingerprint"),
     _tampered(_wrong_width, "expects 10 features"),
-    malicious_pickle, demo_over_data, finetune_bad_freeze,
+    _tampered(_symlink_out, "outside the bundle folder"),
+    malicious_pickle, demo_over_data, demo_over_previous_demo, demo_under_file, finetune_bad_freeze,
 ]
 
 
@@ -346,6 +366,33 @@ def test_pickle_runs_only_with_trust_pickle(base, tmp_path):
     assert (tmp_path / "PWNED").exists()  # the opt-in really loads it (here: runs the payload)
     assert "warning: loading the pickle" in result.stderr
     assert result.exit_code == 2 and "not a fitted classifier" in result.stderr
+
+
+def test_legacy_joblib_bundle_needs_trust_pickle(base, tmp_path):
+    import joblib
+
+    from fusionfeat.skstate import load_estimator
+
+    _copy(base, tmp_path, "cells", "bundle")
+    bundle = tmp_path / "bundle"
+    with np.load(bundle / "model.sklearn.npz", allow_pickle=False) as z:
+        estimator = load_estimator(json.loads((bundle / "model.sklearn.json").read_text()), dict(z))
+    joblib.dump(estimator, bundle / "model.joblib")
+
+    def legacy(info):
+        for key in ("files", "model_arrays"):
+            info.pop(key)
+        info.update(format_version=1, model_file="model.joblib", model_kind="joblib")
+    _edit_bundle(bundle, legacy)
+    refused = run("predict", bundle, tmp_path / "cells", "-o", tmp_path / "a.csv", "--quiet", "--device", "cpu")
+    assert refused.exit_code == 2 and "--trust-pickle" in refused.stderr and not (tmp_path / "a.csv").exists()
+    trusted = run("predict", bundle, tmp_path / "cells", "-o", tmp_path / "b.csv", "--quiet", "--device", "cpu",
+                  "--trust-pickle")
+    assert trusted.exit_code == 0, trusted.output
+    assert trusted.stderr.startswith("warning: loading the pickle")
+    assert run("predict", base / "bundle", tmp_path / "cells", "-o", tmp_path / "c.csv", "--quiet", "--device",
+               "cpu").exit_code == 0
+    assert (tmp_path / "b.csv").read_text() == (tmp_path / "c.csv").read_text()
 
 
 @pytest.mark.parametrize("command", ["fit", "train", "predict"])
