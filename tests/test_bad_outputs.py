@@ -544,3 +544,18 @@ def _summary(folder: Path, command: str):
         return np.round(bundle.estimator.predict_proba(X), 12).tolist()
     data = json.loads((folder / "metrics.json").read_text())
     return {h: {k: v for k, v in d["summary"].items() if not k.endswith("_time")} for h, d in data["heads"].items()}
+
+
+def test_sklearn_state_rebuilds_only_allowed_classes():
+    from fusionfeat.skstate import StateError, load_estimator
+
+    with pytest.raises(StateError, match="not one fusionfeat saves"):
+        load_estimator({"class": "Popen", "state": {"args": "touch x"}}, {})
+    with pytest.raises(StateError, match="missing"):
+        load_estimator({"class": "StandardScaler", "state": {"mean_": {"array": "a9"}}}, {})
+
+
+def test_missing_parent_folders_are_created(base, tmp_path):
+    out = tmp_path / "new" / "deeper" / "m.csv"
+    assert run("manifest", base / "cells", "-o", out).exit_code == 0
+    assert out.read_text().startswith("path,label,group,fold")
