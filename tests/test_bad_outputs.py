@@ -490,7 +490,7 @@ def _spawn(argv: list) -> subprocess.Popen:
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while proc.poll() is None and not ready() and time.monotonic() < deadline:
-        time.sleep(0.002)
+        time.sleep(0.003)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -507,8 +507,10 @@ def _temp_has(parent: Path, name: str, inner: str | None):
 
 @pytest.mark.parametrize("command", ["train", "fit"])
 def test_sigkill_while_writing_keeps_old_or_gives_new(base, tmp_path, command):
-    """Kill --overwrite at several points; each time the output is the old one, byte for byte, or a complete
-    new one equal to an uninterrupted run; a rerun then succeeds and leaves no temporaries."""
+    """Kill --overwrite while it builds its temporary output, and once that is complete (just before the swap).
+
+    Each time the output is the old one, byte for byte, or a complete new one equal to an uninterrupted run;
+    a rerun then succeeds and leaves no temporaries."""
     _copy(base, tmp_path, "s.h5")
     name = "bundle" if command == "train" else "run"
     _copy(base, tmp_path, name)
@@ -519,15 +521,10 @@ def test_sigkill_while_writing_keeps_old_or_gives_new(base, tmp_path, command):
     last = "bundle.json" if command == "train" else "report.md"
     old = snapshot(out)
     reference = _summary(base / name, command)
-    points = [lambda: False, _temp_has(tmp_path, name, None), _temp_has(tmp_path, name, last)]
+    points = [_temp_has(tmp_path, name, None), _temp_has(tmp_path, name, last)]  # mid-work; about to swap
     for i, point in enumerate(points):
         proc = _spawn(argv)
-        if i == 0:
-            time.sleep(1.0)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        else:
-            _kill_when(proc, point)
+        _kill_when(proc, point)
         now = snapshot(out) if out.exists() else None
         assert now == old or _summary(out, command) == reference, f"kill point {i}: output is neither old nor new"
     proc = _spawn(argv)
