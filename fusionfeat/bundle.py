@@ -1,19 +1,25 @@
 """A trained head with the provenance of its features: save, load, and label new images.
 
-A bundle is a folder:
+A bundle is a folder of data only, never code:
 
 * ``bundle.json``: format version, head, classes, the training store's per-backbone provenance
-  (weights + SHA-256, input size, normalisation, fill, precision), training summary, software versions;
+  (weights + SHA-256, input size, normalisation, fill, precision; for random weights the seed and a
+  fingerprint of the initialised trunk), training summary, software versions, and ``files``: the SHA-256
+  of every other file in the bundle, checked on load;
 * the model: ``model.pt`` (torch heads: a plain state dict, loaded with ``weights_only=True``),
-  ``model.xgb.json`` (XGBoost's own JSON format), or ``model.joblib`` (scikit-learn pipelines: joblib
-  is pickle, so load bundles from trusted sources only).
+  ``model.xgb.json`` (XGBoost's own JSON format), or ``model.sklearn.json`` + ``model.sklearn.npz``
+  (scikit-learn pipelines as their parameters and learned arrays, see ``fusionfeat.skstate``).
+
+Every file a bundle names must lie inside its folder. A legacy ``model.joblib`` (a pickle) loads only when
+the caller passes ``trust_pickle=True`` (``predict --trust-pickle``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +29,14 @@ import torch
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HEADS, HeadSpec, TorchHeadClassifier, XGBoostClassifier
+from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
+from fusionfeat.skstate import StateError, dump_estimator, load_estimator
 from fusionfeat.store import now_iso
 
 FORMAT = "fusionfeat-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "bundle.json"
-
-
+REQUIRED = ("head", "classes", "positive", "backbones", "model_file", "model_kind")
 @dataclass
 class Bundle:
     """A fitted estimator, the head it implements and the provenance its features must match."""
@@ -50,59 +57,158 @@ class Bundle:
         return self.info["backbones"][name]
 
 
-def save_bundle(out: str | os.PathLike, estimator: Any, spec: HeadSpec, info: dict[str, Any]) -> Path:
-    """Write a bundle folder atomically (a temporary folder renamed into place)."""
-    out = Path(out).expanduser()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def head_spec(name: str) -> HeadSpec:
+    """The head a bundle names (the one place bundles look heads up)."""
+    if not isinstance(name, str) or name not in HEADS:
+        raise FusionfeatError(f"the bundle holds an unknown head {name!r}; it was not written by this fusionfeat")
+    return HEADS[name]
+
+
+def trunk_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and bytes, in key order)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def random_fingerprint(backbone: str, seed: int) -> str:
+    """The fingerprint of ``backbone`` initialised with random weights from ``seed``."""
+    from fusionfeat.backbones import RANDOM, load_backbone
+
+    return trunk_fingerprint(load_backbone(backbone, RANDOM, int(seed)).trunk)
+
+
+def save_bundle(out: str | os.PathLike, estimator: Any, spec: HeadSpec, info: dict[str, Any],
+                overwrite: bool = False, inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Write a bundle folder under the output rule (built aside, renamed into place; ``fusionfeat.fsio``)."""
+    with output_target(out, BUNDLE, inputs=inputs, overwrite=overwrite) as target:
+        write_bundle_files(target.path, estimator, spec, info)
+    return target.final
+
+
+def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[str, Any]) -> None:
+    """Write the model files and ``bundle.json`` (with their SHA-256s) into ``folder``."""
+    backbones = {name: dict(prov) for name, prov in info["backbones"].items()}
+    for name, prov in backbones.items():
+        if prov.get("weights_kind") == "random":
+            prov["trunk_fingerprint"] = random_fingerprint(name, int(prov.get("seed", 0)))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now_iso(), "head": spec.name,
-            "head_backbones": list(spec.backbones), "head_inputs": spec.inputs, **info}
+            "head_backbones": list(spec.backbones), "head_inputs": spec.inputs, **info, "backbones": backbones}
     if isinstance(estimator, TorchHeadClassifier):
         config, state = estimator.get_state()
-        torch.save(state, tmp / "model.pt")
+        torch.save(state, folder / "model.pt")
         meta.update(model_file="model.pt", model_kind="torch", torch_config=config)
     elif isinstance(estimator, XGBoostClassifier):
-        estimator.model_.save_model(tmp / "model.xgb.json")
+        estimator.model_.save_model(folder / "model.xgb.json")
         meta.update(model_file="model.xgb.json", model_kind="xgboost",
                     xgb_params=estimator.get_params(), xgb_classes=estimator.classes_.tolist(),
                     n_features_in=int(estimator.n_features_in_))
     else:
-        import joblib
+        tree, arrays = dump_estimator(estimator)
+        (folder / "model.sklearn.json").write_text(dumps_json(tree))
+        with open(folder / "model.sklearn.npz", "wb") as fh:
+            np.savez(fh, **arrays)
+        meta.update(model_file="model.sklearn.json", model_kind="sklearn", model_arrays="model.sklearn.npz",
+                    n_features_in=int(estimator.n_features_in_))
+    names = [meta["model_file"], *([meta["model_arrays"]] if "model_arrays" in meta else [])]
+    meta["files"] = {name: sha256_file(folder / name) for name in names}
+    (folder / MANIFEST).write_text(dumps_json(meta))
 
-        joblib.dump(estimator, tmp / "model.joblib")
-        meta.update(model_file="model.joblib", model_kind="joblib")
-    (tmp / MANIFEST).write_text(json.dumps(meta, indent=1, default=_json_default) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
 
+def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
+                warn: Callable[[str], None] | None = None) -> Bundle:
+    """Load a bundle folder; anything that is not one, or was tampered with, gets a one-line error.
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Load a bundle folder; anything that is not one gets a clear error."""
+    A legacy pickle loads only with ``trust_pickle``, after ``warn`` is told (it can run any code).
+    """
     path = Path(path).expanduser()
+    info = _read_manifest(path)
+    kind = info["model_kind"]
+    model_file = bundle_file(path, info["model_file"], "model_file")
+    _verify_files(path, info)
+    try:
+        estimator = _load_model(path, info, kind, model_file, trust_pickle, warn)
+    except FusionfeatError:
+        raise
+    except Exception as exc:  # a damaged model file: whatever the library raises, the user gets one line
+        raise FusionfeatError(f"{path}: cannot load its model {info['model_file']} ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]}); the bundle is damaged, retrain it") from None
+    return Bundle(estimator, head_spec(info["head"]), info)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise FusionfeatError(f"{path} is not a fusionfeat bundle (no {MANIFEST}); make one with `fusionfeat train`")
     try:
         info = json.loads(manifest.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise FusionfeatError(f"{manifest} is not valid JSON; the bundle is damaged") from None
-    if info.get("format") != FORMAT:
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise FusionfeatError(f"{path} is not a fusionfeat bundle ({MANIFEST} lacks format {FORMAT!r})")
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise FusionfeatError(f"{path} was written by a newer fusionfeat (format {info['format_version']}); upgrade")
-    if info.get("head") not in HEADS:
-        raise FusionfeatError(f"{path} holds an unknown head {info.get('head')!r}")
-    model_file = path / info["model_file"]
-    if not model_file.is_file():
-        raise FusionfeatError(f"{path} is missing its model file {info['model_file']}")
-    kind = info["model_kind"]
+    version = info.get("format_version", 0)
+    if not isinstance(version, int):
+        raise FusionfeatError(f"{manifest}: format_version {version!r} is not an integer; the bundle is damaged")
+    if version > FORMAT_VERSION:
+        raise FusionfeatError(f"{path} was written by a newer fusionfeat (format {version}); upgrade")
+    missing = [k for k in REQUIRED if k not in info]
+    if missing:
+        raise FusionfeatError(f"{manifest} lacks {', '.join(missing)}; the bundle is damaged, retrain it")
+    spec = head_spec(info["head"])
+    if not isinstance(info["backbones"], dict) or not all(isinstance(v, dict) for v in info["backbones"].values()):
+        raise FusionfeatError(f"{manifest}: 'backbones' is not a table of provenance; the bundle is damaged")
+    for name in spec.backbones:
+        prov = info["backbones"].get(name)
+        if prov is None:
+            raise FusionfeatError(f"{manifest} has no provenance for backbone {name}; the bundle is damaged")
+        for key in ("input_size", "seed"):
+            value = prov.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise FusionfeatError(f"{manifest}: {name} {key} {value!r} is not a non-negative integer; "
+                                      "the bundle is damaged")
+    return info
+
+
+def bundle_file(folder: Path, name: Any, key: str) -> Path:
+    """A file a bundle names, which must be a plain relative name that stays inside the folder."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in Path(name).parts:
+        raise FusionfeatError(f"{folder}/{MANIFEST}: {key} {name!r} must name a file inside the bundle folder; "
+                              "refusing")
+    target = folder / name
+    if target.is_symlink() or not target.resolve().is_relative_to(folder.resolve()):
+        raise FusionfeatError(f"{folder}/{MANIFEST}: {key} {name!r} leads outside the bundle folder; refusing")
+    if not target.is_file():
+        raise FusionfeatError(f"{folder} is missing its model file {name}")
+    return target
+
+
+def _verify_files(folder: Path, info: dict[str, Any]) -> None:
+    files = info.get("files")
+    if files is None:
+        if info.get("format_version", 0) >= 2:
+            raise FusionfeatError(f"{folder}/{MANIFEST} lacks the files' SHA-256s; the bundle is damaged")
+        return  # format 1: written before checksums
+    if not isinstance(files, dict):
+        raise FusionfeatError(f"{folder}/{MANIFEST}: 'files' is not a table; the bundle is damaged")
+    for key in ("model_file", "model_arrays"):
+        if key in info and info[key] not in files:
+            raise FusionfeatError(f"{folder}/{MANIFEST}: {info[key]!r} has no recorded SHA-256; refusing")
+    for name, digest in files.items():
+        file = bundle_file(folder, name, "files")
+        if sha256_file(file) != digest:
+            raise FusionfeatError(f"{file} does not match the SHA-256 in {MANIFEST} (changed or truncated); "
+                                  "refusing to use the bundle, retrain it")
+
+
+def _load_model(path: Path, info: dict[str, Any], kind: str, model_file: Path, trust_pickle: bool,
+                warn: Callable[[str], None] | None) -> Any:
     if kind == "torch":
         state = torch.load(model_file, map_location="cpu", weights_only=True)
-        estimator = TorchHeadClassifier.from_state(info["torch_config"], state, device="cpu")
-    elif kind == "xgboost":
+        return TorchHeadClassifier.from_state(info["torch_config"], state, device="cpu")
+    if kind == "xgboost":
         from xgboost import XGBClassifier
 
         estimator = XGBoostClassifier(**info["xgb_params"])
@@ -110,16 +216,26 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         estimator.model_.load_model(model_file)
         estimator.classes_ = np.asarray(info["xgb_classes"])
         estimator.n_features_in_ = int(info["n_features_in"])
-    else:
+        return estimator
+    if kind == "sklearn":
+        arrays_file = bundle_file(path, info.get("model_arrays"), "model_arrays")
+        with np.load(arrays_file, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        try:
+            return load_estimator(json.loads(model_file.read_text()), arrays)
+        except StateError as exc:
+            raise FusionfeatError(f"{model_file}: {exc}; refusing (the bundle is damaged or not fusionfeat's)") \
+                from None
+    if kind == "joblib":
+        if not trust_pickle:
+            raise FusionfeatError(f"{path} holds a pickle ({info['model_file']}), which can run any code when "
+                                  "loaded; retrain the bundle, or pass --trust-pickle if you trust its source")
         import joblib
 
+        if warn is not None:
+            warn(f"warning: loading the pickle {model_file} because of --trust-pickle (it can run any code)")
         estimator = joblib.load(model_file)
-    return Bundle(estimator, HEADS[info["head"]], info)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+        if not hasattr(estimator, "predict_proba"):
+            raise FusionfeatError(f"{model_file} is not a fitted classifier ({type(estimator).__name__})")
+        return estimator
+    raise FusionfeatError(f"{path}/{MANIFEST}: unknown model_kind {kind!r}; the bundle is damaged")

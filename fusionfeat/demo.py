@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,11 @@ from fusionfeat.data.synthetic import generate_cnmc_like
 from fusionfeat.estimators import HEAD_NAMES
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.extract import ExtractConfig, extract
+from fusionfeat.fsio import DEMO, check_output, marker_name, output_lock
 from fusionfeat.report import write_run
 from fusionfeat.store import FeatureStore
+
+DEMO_DATA, DEMO_STORE, DEMO_RUN = "data", "features.h5", "run"
 
 
 @dataclass
@@ -27,12 +31,33 @@ class DemoResult:
 
 def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_subject: int = 12,
              image_size: int = 160, input_size: int = 128, weights: str | None = None, device: str = "auto",
-             progress: bool = True, echo=print) -> DemoResult:
-    """Generate data → extract both backbones → 5-fold subject-grouped CV of every head → run folder."""
-    out = Path(out)
-    data = out / "data"
-    if data.exists():
-        shutil.rmtree(data)
+             progress: bool = True, echo=print, overwrite: bool = False) -> DemoResult:
+    """Generate data → extract both backbones → 5-fold subject-grouped CV of every head → run folder.
+
+    ``out`` must be new, empty, or (with ``overwrite``) a previous demo folder: only then is its content replaced.
+    """
+    out = check_output(Path(out), DEMO, overwrite=overwrite)
+    with output_lock(out, "demo folder"):
+        check_output(out, DEMO, overwrite=overwrite)
+        if (out / marker_name(DEMO)).is_file():  # a previous demo: ours to replace
+            for name in (DEMO_DATA, DEMO_STORE, DEMO_RUN):
+                _remove(out / name)
+        out.mkdir(exist_ok=True)
+        (out / marker_name(DEMO)).write_text("written by fusionfeat demo\n")
+        return _run_demo(out, subjects_all, subjects_hem, cells_per_subject, image_size, input_size, weights, device,
+                         progress, echo)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _run_demo(out: Path, subjects_all: int, subjects_hem: int, cells_per_subject: int, image_size: int,
+              input_size: int, weights: str | None, device: str, progress: bool, echo) -> DemoResult:
+    data = out / DEMO_DATA
     generate_cnmc_like(data, n_subjects_all=subjects_all, n_subjects_hem=subjects_hem,
                        cells_per_subject=cells_per_subject, size=image_size, n_folds=3, seed=0)
     manifest = build_manifest(data)
@@ -44,7 +69,7 @@ def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_
     counts = ", ".join(f"{k} {v}" for k, v in manifest.counts().items())
     echo(f"demo data: {len(manifest)} synthetic cells ({counts}) from "
          f"{subjects_all + subjects_hem} subjects in {data}")
-    store = out / "features.h5"
+    store = out / DEMO_STORE
     config = ExtractConfig(backbones=["resnet18", "vgg16"], weights={"resnet18": weights, "vgg16": weights},
                            preprocess=Preprocess(input_size=input_size), device=device, overwrite=True,
                            progress=progress)
@@ -52,5 +77,5 @@ def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_
     with FeatureStore.open(store) as fs:
         result = cross_validate(fs, list(HEAD_NAMES), protocol="grouped", folds=5, seed=0, device=device,
                                 progress=progress)
-    run_dir = write_run(result, out / "run")
+    run_dir = write_run(result, out / DEMO_RUN)
     return DemoResult(run_dir, store, weights, len(manifest))

@@ -29,6 +29,7 @@ from fusionfeat.chunks import ChunkEncoder, write_chunks
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, StoreError
+from fusionfeat.fsio import clean_stale
 from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
 from fusionfeat.store import (
     STR_DTYPE,
@@ -143,6 +144,8 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
 
     lock = store_lock(out) if world_size == 1 else contextlib.nullcontext()
     with lock:
+        if world_size == 1:
+            clean_stale(out)  # e.g. a `.<store>.<pid>.assemble` of a killed run; we hold the lock
         if out.exists() and not config.overwrite:
             _check_finished(out, settings)
             return ExtractResult(out, len(manifest), 0, 0, already_complete=True)

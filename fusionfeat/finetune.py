@@ -13,8 +13,10 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,17 +25,18 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from fusionfeat.backbones import get_backbone, load_backbone, sha256_file
+from fusionfeat.backbones import get_backbone, load_backbone
 from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
 from fusionfeat.extract import _progress, manifest_fingerprint
+from fusionfeat.fsio import FINETUNE, atomic_write_bytes, marker_name, sha256_file, write_json
 from fusionfeat.image_bank import ImageBank, build_bank, open_bank
 from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
-from fusionfeat.store import FeatureStore, atomic_write_bytes, create_feature_datasets, rewrite, store_lock
-from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, write_json
+from fusionfeat.store import FeatureStore, create_feature_datasets, rewrite, store_lock
+from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, trunk_stages
 
 PROTOCOLS = ("grouped", "stratified", "predefined")
 
@@ -124,13 +127,18 @@ def work_dir(store: Path) -> Path:
     return store.with_name(store.name + ".finetune")
 
 
-def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig,
-             ctx: DistContext = SINGLE) -> FinetuneResult | None:
-    """Fine-tune every backbone on every fold and store the embeddings; returns the result on rank 0 only."""
+def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig, ctx: DistContext = SINGLE,
+             on_ready: Callable[[], None] | None = None) -> FinetuneResult | None:
+    """Fine-tune every backbone on every fold and store the embeddings; returns the result on rank 0 only.
+
+    ``on_ready`` is called on rank 0 once every option is validated, before the long work (e.g. to warn).
+    """
     start = time.perf_counter()
     store = Path(store).expanduser()
     with contextlib.ExitStack() as stack:
         job = ctx.run_on_main(lambda: _prepare(manifest, store, config, stack))
+        if ctx.is_main and on_ready is not None:
+            on_ready()
         device = ctx.device(config.device)
         precision = resolve_precision(config.precision, device)
         reports = [TaskReport(t.fold, t.backbone, "stored") for t in job.tasks if t.stored]
@@ -182,7 +190,12 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
             )
         existing = {}
     train_config = replace(config.train, seed=plan["seed"])
-    provenance = {b: load_backbone(b, config.weights[b], plan["seed"]).provenance() for b in config.backbones}
+    loaded = {b: load_backbone(b, config.weights[b], plan["seed"]) for b in config.backbones}
+    for name, model in loaded.items():  # validate before anything is written
+        n_stages = len(trunk_stages(model.trunk))
+        if config.train.freeze_stages > n_stages:
+            raise FusionfeatError(f"--freeze-stages {config.train.freeze_stages}: {name} has {n_stages} stages")
+    provenance = {b: m.provenance() for b, m in loaded.items()}
     work = work_dir(store)
     tasks = []
     for fold in sorted(int(k) for k in np.unique(plan["fold"][plan["fold"] >= 0])):
@@ -197,11 +210,29 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
                     "settings; rerun with the same options, or add --overwrite to redo them"
                 )
             if not task.stored:
+                _claim_work_folder(work)
                 _prepare_task_folder(work, task, config.overwrite)
             tasks.append(task)
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
     return _Job(store, work, paths, rel_paths, labels, groups, ok, sha, classes, preprocess, plan, train_config,
                 provenance, tasks)
+
+
+def _claim_work_folder(work: Path) -> None:
+    """Use ``<store>.finetune`` only if fusionfeat made it (marker, or only fold_*/images inside); mark it."""
+    marker = work / marker_name(FINETUNE)
+    if marker.is_file():
+        return
+    if os.path.lexists(work):
+        if not work.is_dir() or work.is_symlink() or \
+                any(not (p.name.startswith("fold_") or p.name == "images") for p in work.iterdir()):
+            raise StoreError(f"{work} exists but is not a fusionfeat fine-tuning work folder; move it away "
+                             "(fusionfeat keeps checkpoints there)")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by fusionfeat as a fine-tuning work folder\n")
+    except OSError as exc:
+        raise StoreError(f"cannot create the fine-tuning work folder {work}: {exc.strerror or exc}") from None
 
 
 def _stored_tasks(store: Path) -> dict[tuple[int, str], str]:

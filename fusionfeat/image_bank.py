@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from fusionfeat.data.images import Preprocess
 from fusionfeat.extract import _collate, _ImageDataset, _progress, default_workers
-from fusionfeat.store import _fsync_dir, atomic_write_bytes
+from fusionfeat.fsio import atomic_write_bytes, fsync_dir
 
 GPU_SHARE = 0.25  # copy the bank to the GPU when it takes at most this share of the free GPU memory
 
@@ -114,7 +114,7 @@ def build_bank(paths: Sequence[str], preprocess: Preprocess, folder: Path, worke
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, data_path)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     index = {"key": key, "n": len(paths), "input_size": size, "ok": ok.tolist(), "sha256": sha256, "errors": errors}
     atomic_write_bytes(index_path, lambda fh: fh.write(json.dumps(index).encode()))
     return index_path

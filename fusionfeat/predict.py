@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from fusionfeat.backbones import IMAGENET, RANDOM, LoadedBackbone, load_backbone, parse_weights
-from fusionfeat.bundle import Bundle
+from fusionfeat.bundle import Bundle, trunk_fingerprint
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
 from fusionfeat.extract import iter_embeddings
+from fusionfeat.fsio import CSV, output_target
 from fusionfeat.runtime import resolve_device, resolve_precision
 
 
@@ -57,6 +58,8 @@ def bundle_backbones(bundle: Bundle, weights: str | None = None) -> list[LoadedB
             raise WeightsError(f"the bundle's {name} weights file {prov['weights_path']} is missing; "
                                f"pass --weights {name}=FILE (SHA-256 {prov['weights_sha256']})")
         model = load_backbone(name, choice, int(prov.get("seed", 0)))
+        if kind == RANDOM:
+            check_fingerprint(bundle, name, model)
         if model.weights_sha256 != prov["weights_sha256"]:
             raise WeightsError(
                 f"{name} weights {model.weights} (sha256 {model.weights_sha256[:12]}…) differ from the ones the "
@@ -64,6 +67,19 @@ def bundle_backbones(bundle: Bundle, weights: str | None = None) -> list[LoadedB
             )
         models.append(model)
     return models
+
+
+def check_fingerprint(bundle: Bundle, name: str, model: LoadedBackbone) -> None:
+    """A random-weights backbone must be the very trunk the bundle was trained on (seed and fingerprint)."""
+    recorded = bundle.backbone_provenance(name).get("trunk_fingerprint")
+    if recorded is None:
+        if int(bundle.info.get("format_version", 1)) >= 2:
+            raise WeightsError(f"the bundle's {name} uses random weights but records no trunk fingerprint; "
+                               "the bundle is damaged, retrain it")
+        return
+    if trunk_fingerprint(model.trunk) != recorded:
+        raise WeightsError(f"the bundle's {name} random weights (seed {model.seed}) do not match its recorded "
+                           "trunk fingerprint: bundle.json was edited or torch initialises differently; refusing")
 
 
 def bundle_preprocess(bundle: Bundle) -> Preprocess:
@@ -74,9 +90,25 @@ def bundle_preprocess(bundle: Bundle) -> Preprocess:
 
 def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLike, weights: str | None = None,
                    device: str = "auto", precision: str | None = None, batch_size: int = 32,
-                   workers: int | None = None, on_error: str = "fail", progress: bool = True) -> dict[str, int]:
-    """Write ``path,p_<positive>,label[,error]`` for every image; returns counts per predicted label."""
-    models = bundle_backbones(bundle, weights)
+                   workers: int | None = None, on_error: str = "fail", progress: bool = True,
+                   overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> dict[str, int]:
+    """Write ``path,p_<positive>,label[,error]`` for every image; returns counts per predicted label.
+
+    ``out`` follows the output rule (``fusionfeat.fsio``): it may not be or be inside an image or a folder in
+    ``inputs``/``images``, an existing file is replaced only with ``overwrite``, and it appears atomically.
+    """
+    if batch_size < 1:
+        raise FusionfeatError(f"--batch-size {batch_size}: give 1 or more")
+    with output_target(out, CSV, inputs=[*inputs, *images], overwrite=overwrite) as target:
+        models = bundle_backbones(bundle, weights)
+        counts = _write_predictions(bundle, images, target.path, models, device, precision, batch_size, workers,
+                                    on_error, progress)
+    return counts
+
+
+def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models: list[LoadedBackbone], device: str,
+                       precision: str | None, batch_size: int, workers: int | None, on_error: str,
+                       progress: bool) -> dict[str, int]:
     preprocess = bundle_preprocess(bundle)
     dev = resolve_device(device)
     prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
@@ -89,8 +121,6 @@ def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLik
     batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
     counts = {name: 0 for name in bundle.classes}
     counts["error"] = 0
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress)
@@ -114,10 +144,8 @@ def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLik
                     counts[label] += 1
                     writer.writerow([paths[row], f"{p:.6f}", label, ""])
                 bar.update(len(rows))
-        os.replace(tmp, out)
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
     return counts
 
 
@@ -139,4 +167,9 @@ def _positive_proba(estimator, bundle: Bundle, arrays: dict, positive_col: int) 
     X = np.concatenate(blocks, axis=1)
     if bundle.spec.inputs == "tokens":
         X = X.astype(np.float16)
-    return estimator.predict_proba(X)[:, positive_col]
+    try:
+        return estimator.predict_proba(X)[:, positive_col]
+    except (ValueError, RuntimeError) as exc:
+        width = getattr(estimator, "n_features_in_", "?")
+        raise FusionfeatError(f"the bundle's model expects {width} features but its backbones give {X.shape[1]} "
+                              f"({' '.join(str(exc).split())[:120]}); the bundle is damaged or edited") from None

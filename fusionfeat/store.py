@@ -23,6 +23,7 @@ import numpy as np
 
 from fusionfeat.chunks import DEFLATE_LEVEL
 from fusionfeat.errors import StoreError
+from fusionfeat.fsio import atomic_write_bytes, fsync_dir
 
 SCHEMA_VERSION = 1
 STR_DTYPE = h5py.string_dtype("utf-8")
@@ -51,25 +52,6 @@ def store_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         fh.close()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fh)`` on a temporary file, fsync it, and rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class PartialStore:
@@ -156,7 +138,7 @@ def finish_store(h5: h5py.File, tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ several processes sees the same batches and augmentations as a single process.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,9 @@ from torch.nn import functional as F
 from fusionfeat.backbones import ResNetTrunk, VGGTrunk
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.fsio import atomic_write_bytes, write_json
 from fusionfeat.image_bank import ImageBank
 from fusionfeat.runtime import autocast
-from fusionfeat.store import atomic_write_bytes
 
 BALANCES = ("weight", "sampler", "none")
 AUGMENTS = ("flip", "rot90", "jitter")
@@ -448,18 +447,6 @@ def best_checkpoint(model: FineTuneNet, task: TrainTask, epoch: int) -> dict:
 
 def save_atomic(path: Path, obj: object) -> None:
     atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
-
-
-def write_json(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(json.dumps(obj, indent=1, default=_jsonable).encode()))
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
 def _bar(total: int, enabled: bool, desc: str):

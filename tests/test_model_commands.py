@@ -66,7 +66,7 @@ def test_fit_missing_store(tmp_path):
     assert result.exit_code == 2 and "no feature store" in result.output
 
 
-@pytest.mark.parametrize("head", ["logreg", "xgboost", "attention"])
+@pytest.mark.parametrize("head", ["logreg", "svm", "xgboost", "attention"])
 def test_train_bundle_predict_round_trip(store, tmp_path, head):
     bundle_dir = tmp_path / "bundle"
     result = run("train", store, "--head", head, "-o", bundle_dir, "--quiet", "--device", "cpu")

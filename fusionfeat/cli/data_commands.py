@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
 from fusionfeat.backbones import parse_backbones, parse_weights
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, layout_option, positive_option, root_option
+from fusionfeat.cli.options import device_option, layout_option, overwrite_option, positive_option, root_option
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.extract import ExtractConfig, extract
+from fusionfeat.fsio import CSV, check_not_input, check_output, ensure_parent
 from fusionfeat.runtime import PRECISIONS, cpu_supports_bf16, resolve_device
 
 
 @main.command("manifest")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="CSV file to write.")
 @layout_option
 @positive_option
 @root_option
-def manifest_command(data, output, layout, positive, root):
+@overwrite_option
+def manifest_command(data, output, layout, positive, root, overwrite):
     """Write the manifest (path,label,group,fold) of a data folder or CSV."""
+    sources = [data] if os.path.isfile(data) else []  # a CSV in the data folder is fine; the source CSV is not
+    check_output(output, CSV, inputs=sources, overwrite=overwrite)
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
-    write_manifest(manifest, output)
+    write_manifest(manifest, output, overwrite=overwrite, inputs=sources)
     counts = ", ".join(f"{k} {v}" for k, v in manifest.counts().items())
     groups = len({s.group for s in manifest.samples if s.group})
     click.echo(f"{output}: {len(manifest)} images ({counts}), layout {manifest.layout}, "
@@ -48,7 +53,7 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 
 @main.command("extract")
 @click.argument("data", type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="HDF5 store to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="HDF5 store to write.")
 @click.option("--backbones", default="resnet18,vgg16", show_default=True, help="Comma-separated backbones.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
@@ -74,6 +79,8 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, device,
                     precision, batch_size, workers, on_error, overwrite, quiet, layout, positive, root):
     """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable)."""
+    check_not_input(Path(output), [data])
+    ensure_parent(Path(output), "feature store")
     names = parse_backbones(backbones)
     config = ExtractConfig(
         backbones=names, weights=parse_weights(weights, names), seed=seed,

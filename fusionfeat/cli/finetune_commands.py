@@ -80,11 +80,13 @@ def finetune_command(data, store, backbones, weights, protocol, folds, seed, inp
                             n_folds=folds, seed=seed, input_size=input_size, tokens=not no_tokens, device=device,
                             precision=precision, workers=workers, overwrite=overwrite, progress=not quiet)
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
-    with process_group(device) as ctx:
-        if ctx.is_main and "random" in config.weights.values():
+    def warn_random() -> None:
+        if "random" in config.weights.values():
             randoms = ", ".join(b for b, w in config.weights.items() if w == "random")
             click.echo(f"warning: {randoms} start from RANDOM weights: not ImageNet fine-tuning", err=True)
-        result = finetune(manifest, store, config, ctx)
+
+    with process_group(device) as ctx:
+        result = finetune(manifest, store, config, ctx, on_ready=warn_random)
     if result is None:
         return
     plan = result.plan

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option
+from fusionfeat.cli.options import device_option, overwrite_option
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.runtime import PRECISIONS
 
@@ -34,7 +34,7 @@ def _echo_table(run_dir: Path) -> None:
 @click.option("--head", "heads", default="attention", show_default=True,
               help="Head(s): resnet18, vgg16, concat, attention[-spatial|-pooled], svm, xgboost, logreg; "
                    "a comma list, or all.")
-@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+@click.option("-o", "--output", type=click.Path(), default=None,
               help="Run folder to write [default: runs/<store name>-<heads>].")
 @click.option("--cv", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]), default=None,
               help="Protocol [default: grouped when subjects are known, else stratified]. "
@@ -48,13 +48,15 @@ def _echo_table(run_dir: Path) -> None:
 @click.option("--positive", default=None, help="Positive class [default: the store's, 'all'].")
 @device_option
 @threads_option
+@overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def fit_command(store, heads, output, protocol, folds, seed, repeats, balance, features, positive, device, threads,
-                quiet):
+                overwrite, quiet):
     """Cross-validate heads on cached features and write a run folder with metrics, plots and a report."""
     from fusionfeat.estimators import expand_head_names
     from fusionfeat.evaluate import cross_validate
-    from fusionfeat.report import write_run
+    from fusionfeat.fsio import RUN, output_target
+    from fusionfeat.report import write_run_files
     from fusionfeat.store import FeatureStore
 
     names = expand_head_names(heads)
@@ -63,11 +65,13 @@ def fit_command(store, heads, output, protocol, folds, seed, repeats, balance, f
         raise FusionfeatError("--repeats must be at least 1")
     label = "-".join(names) if len(names) < 3 else "all"
     out = Path(output) if output else Path("runs") / f"{Path(store).stem}-{label}"
-    with FeatureStore.open(store) as fs:
-        result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
-                                balance=balance, features=features, device=device, positive=positive,
-                                progress=not quiet)
-    run_dir = write_run(result, out)
+    with output_target(out, RUN, inputs=[store], overwrite=overwrite) as target:
+        with FeatureStore.open(store) as fs:
+            result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
+                                    balance=balance, features=features, device=device, positive=positive,
+                                    progress=not quiet)
+        write_run_files(result, target.path)
+    run_dir = target.final
     _echo_table(run_dir)
     click.echo(f"report: {run_dir / 'report.md'}")
 
@@ -84,22 +88,27 @@ def report_command(runs):
 @main.command("train")
 @click.argument("store", type=click.Path())
 @click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @device_option
 @threads_option
+@overwrite_option
 @click.option("--quiet", is_flag=True)
-def train_command(store, head, output, balance, seed, device, threads, quiet):
+def train_command(store, head, output, balance, seed, device, threads, overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images."""
     _set_threads(threads)
-    from fusionfeat.bundle import save_bundle
+    from fusionfeat.bundle import write_bundle_files
+    from fusionfeat.fsio import BUNDLE, output_target
     from fusionfeat.store import FeatureStore
     from fusionfeat.train import train_head
 
-    with FeatureStore.open(store) as fs:
-        estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device, progress=not quiet)
-    path = save_bundle(output, estimator, spec, info)
+    with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
+        with FeatureStore.open(store) as fs:
+            estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
+                                               progress=not quiet)
+        write_bundle_files(target.path, estimator, spec, info)
+    path = target.final
     kinds = {b: p.get("weights_kind") for b, p in info["backbones"].items()}
     click.echo(f"{path}: head {spec.name} on {info['training']['n_images']} images; weights {kinds}")
 
@@ -107,7 +116,7 @@ def train_command(store, head, output, balance, seed, device, threads, quiet):
 @main.command("predict")
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="CSV to write.")
+@click.option("-o", "--output", required=True, type=click.Path(), help="CSV to write.")
 @click.option("--weights", default=None, help="Where the bundle's weights files are now (SHA-256 must match).")
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -115,28 +124,36 @@ def train_command(store, head, output, balance, seed, device, threads, quiet):
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--workers", type=int, default=None)
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@overwrite_option
+@click.option("--trust-pickle", is_flag=True,
+              help="Load a legacy bundle's model.joblib (a pickle: it can run any code; only from a trusted source).")
 @click.option("--quiet", is_flag=True)
-def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, quiet):
+def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, overwrite,
+                    trust_pickle, quiet):
     """Label images (files or folders) with a trained bundle: path, P(positive), label."""
     from fusionfeat.bundle import load_bundle
+    from fusionfeat.fsio import CSV, check_output
     from fusionfeat.predict import collect_images, predict_images
 
-    loaded = load_bundle(bundle)
+    check_output(output, CSV, inputs=[bundle, *images], overwrite=overwrite)
+    loaded = load_bundle(bundle, trust_pickle=trust_pickle, warn=lambda message: click.echo(message, err=True))
     paths = collect_images(images)
     counts = predict_images(loaded, paths, output, weights=weights, device=device, precision=precision,
-                            batch_size=batch_size, workers=workers, on_error=on_error, progress=not quiet)
+                            batch_size=batch_size, workers=workers, on_error=on_error, progress=not quiet,
+                            overwrite=overwrite, inputs=[bundle, *images])
     summary = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "error" or v)
     click.echo(f"{output}: {len(paths)} images ({summary})")
 
 
 @main.command("demo")
-@click.option("-o", "--output", type=click.Path(file_okay=False), default="fusionfeat-demo", show_default=True,
+@click.option("-o", "--output", type=click.Path(), default="fusionfeat-demo", show_default=True,
               help="Folder for the generated data, the store and the run.")
 @click.option("--weights", type=click.Choice(["imagenet", "random"]), default=None,
               help="[default: imagenet when cached, else random with a warning]")
 @device_option
+@overwrite_option
 @click.option("--quiet", is_flag=True)
-def demo_command(output, weights, device, quiet):
+def demo_command(output, weights, device, overwrite, quiet):
     """Generate a small C-NMC-like dataset, extract, cross-validate every head, print the table."""
     import time
 
@@ -144,7 +161,7 @@ def demo_command(output, weights, device, quiet):
 
     start = time.perf_counter()
     result = run_demo(Path(output), weights=weights, device=device, progress=not quiet,
-                      echo=lambda m: click.echo(m, err=True))
+                      echo=lambda m: click.echo(m, err=True), overwrite=overwrite)
     _echo_table(result.run_dir)
     click.echo(f"report: {result.run_dir / 'report.md'}  ({time.perf_counter() - start:.0f} s, "
                f"{result.n_images} images, {result.weights} weights)")

@@ -13,3 +13,5 @@ positive_option = click.option("--positive", default=DEFAULT_POSITIVE, show_defa
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
                            help="Folder a manifest CSV's relative paths start from (default: the CSV's folder).")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:K.")
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace a previous fusionfeat output of the same kind (never anything else).")

@@ -16,10 +16,12 @@ import csv
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionfeat.errors import DatasetError
+from fusionfeat.fsio import CSV, output_target
 
 IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LAYOUTS = ("cnmc", "allidb", "folders", "csv")
@@ -135,19 +137,19 @@ def build_manifest(
     return manifest
 
 
-def write_manifest(manifest: Manifest, out: str | os.PathLike) -> Path:
-    """Write ``path,label,group,fold`` with paths relative to the CSV's own folder."""
+def write_manifest(manifest: Manifest, out: str | os.PathLike, overwrite: bool = False,
+                   inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Write ``path,label,group,fold`` with paths relative to the CSV's own folder (atomically, under the
+    output rule of ``fusionfeat.fsio``: an existing file is replaced only with ``overwrite``)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    base = out.parent.resolve()
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "group", "fold"])
-        for s in manifest.samples:
-            path = _relative_to(manifest.absolute(s).resolve(), base)
-            writer.writerow([path, manifest.classes[s.label], s.group, s.fold])
-    os.replace(tmp, out)
+    with output_target(out, CSV, inputs=inputs, overwrite=overwrite) as target:
+        base = out.parent.resolve()
+        with open(target.path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "label", "group", "fold"])
+            for s in manifest.samples:
+                path = _relative_to(manifest.absolute(s).resolve(), base)
+                writer.writerow([path, manifest.classes[s.label], s.group, s.fold])
     return out
 
 

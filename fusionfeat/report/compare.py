@@ -10,7 +10,7 @@ from typing import Any
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.metrics import LABELS, METRICS
 from fusionfeat.report.markdown import describe_weights, md_row, pm, random_backbones
-from fusionfeat.report.run import load_run
+from fusionfeat.report.run import METRICS_FILE, load_run, looks_like_run
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> str:
@@ -18,6 +18,15 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> str:
     if not run_dirs:
         raise FusionfeatError("compare_runs needs at least one run folder")
     runs = [(Path(d).name or str(d), load_run(d)) for d in run_dirs]
+    try:
+        return _compare_table(runs)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        bad = next((name for name, data in runs if not looks_like_run(data)), runs[0][0])
+        raise FusionfeatError(f"{bad}/{METRICS_FILE} does not have the shape fusionfeat writes ({type(exc).__name__}: "
+                              f"{exc}); pass run folders written by `fusionfeat fit`") from None
+
+
+def _compare_table(runs: list[tuple[str, Any]]) -> str:
     header = ["run", "protocol", "features", "head", *[LABELS[m] for m in METRICS]]
     lines = [md_row(header), md_row(["---"] * 4 + ["---:"] * len(METRICS))]
     notes = []

@@ -19,6 +19,7 @@ import fusionfeat
 from fusionfeat import paper
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult
+from fusionfeat.fsio import RUN, dumps_json, output_target
 from fusionfeat.report.markdown import render_report
 from fusionfeat.report.plots import write_plots
 
@@ -27,18 +28,24 @@ PREDICTIONS_FILE = "predictions.csv"
 REPORT_FILE = "report.md"
 
 
-def write_run(result: CVResult, out_dir: str | Path) -> Path:
-    """Write the run folder (created if needed; our files in it are replaced) and return its path."""
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+def write_run(result: CVResult, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write the run folder atomically under the output rule (``fusionfeat.fsio``) and return its path.
+
+    A previous run folder at ``out_dir`` is replaced only with ``overwrite``; any other non-empty folder is refused.
+    """
+    with output_target(out_dir, RUN, overwrite=overwrite) as target:
+        write_run_files(result, target.path)
+    return target.final
+
+
+def write_run_files(result: CVResult, out: Path) -> None:
+    """Write metrics.json, predictions.csv, report.md and the plots into the (temporary) folder ``out``."""
     data = run_json(result)
     plots = write_plots(data, out)
     data["plots"] = plots
-    (out / METRICS_FILE).write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
+    (out / METRICS_FILE).write_text(dumps_json(data))
     write_predictions(result, out / PREDICTIONS_FILE)
     (out / REPORT_FILE).write_text(render_report(data))
-    return out
-
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -115,21 +122,6 @@ def _fmt_prob(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.6f}"
 
 
-def jsonable(value: Any) -> Any:
-    """numpy → Python, NaN/inf → None, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 
 
 
@@ -142,6 +134,18 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
             "pass folders written by a fusionfeat evaluation"
         )
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise FusionfeatError(f"{path} is not valid JSON ({exc.msg}); rerun the evaluation that wrote it") from None
+    except UnicodeDecodeError:
+        raise FusionfeatError(f"{path} is not UTF-8 text; rerun the evaluation that wrote it") from None
+    if not looks_like_run(data):
+        raise FusionfeatError(f"{path} does not have the shape fusionfeat writes (heads, protocol, summaries); "
+                              "pass run folders written by `fusionfeat fit`")
+    return data
+
+
+def looks_like_run(data: Any) -> bool:
+    """Whether parsed ``metrics.json`` data has the shape ``write_run`` gives it."""
+    return (isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get("protocol"), dict)
+            and all(isinstance(h, dict) and isinstance(h.get("summary"), dict) for h in data["heads"].values()))

@@ -1,0 +1,340 @@
+"""File-system rules every writer follows: atomic writes, one JSON encoder, file hashes, and the output rule.
+
+The output rule (``output_target``): a command never deletes or overwrites anything it did not create. It
+refuses an output that is, is inside, or contains one of its inputs; it refuses an existing non-empty folder
+that is not a previous output of the same kind (a marker file ``.fusionfeat-<kind>`` says what fusionfeat
+wrote), and replaces a previous output of the same kind only with ``--overwrite``. The output is built
+under a temporary sibling ``.<name>.<pid>.tmp`` and renamed into place; a replaced output is first renamed
+aside (``.<name>.<pid>.old``) and deleted only once the new one is in place. The output is locked for the
+whole command (``.<name>.lock``), and temporary siblings left by dead processes are cleaned on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from fusionfeat.errors import FusionfeatError
+
+RUN, BUNDLE, DEMO, FINETUNE, CSV = "run", "bundle", "demo", "finetune", "csv"
+_WHAT = {RUN: "run folder", BUNDLE: "bundle", DEMO: "demo folder", FINETUNE: "fine-tuning work folder",
+         CSV: "file"}
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>tmp|old|assemble|rewrite)$")
+
+
+# ----------------------------------------------------------------------------------------------- atomic writes
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_sibling(path: Path, kind: str = "tmp") -> Path:
+    """``.<name>.<pid>.<kind>`` next to ``path``: what ``clean_stale`` recognises after a kill."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+
+
+def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(fh)`` on a temporary file, fsync it, and rename it to ``path``."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------------------------- JSON
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy → Python, tuples → lists, paths → strings, NaN/inf → None, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def dumps_json(obj: Any, indent: int | None = 1) -> str:
+    """The one JSON dumper: strict JSON of ``to_jsonable(obj)``, ending in a newline."""
+    return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (temporary file, fsync, rename)."""
+    text = dumps_json(obj).encode()
+    atomic_write_bytes(Path(path), lambda fh: fh.write(text))
+
+
+# ----------------------------------------------------------------------------------------------- hashing
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- locks and stale temps
+
+
+@contextlib.contextmanager
+def output_lock(path: Path, what: str = "output") -> Iterator[None]:
+    """An exclusive POSIX lock on ``.<name>.lock`` beside ``path``; a second writer gets a one-line error.
+
+    ``lockf`` locks belong to the process (children do not inherit them) and the kernel drops them when it dies.
+    """
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        fh = open(lock_path, "a+")
+    except OSError as exc:
+        raise FusionfeatError(f"cannot write {what} {path}: {exc.strerror} ({lock_path})") from None
+    try:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise FusionfeatError(f"{path} is being written by another fusionfeat process (lock {lock_path}); "
+                                  "wait for it to finish or choose another -o") from None
+        yield
+    finally:
+        fh.close()
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(path: Path) -> list[Path]:
+    """Remove temporary siblings of ``path`` left by dead processes (call while holding its lock).
+
+    An aside copy (``.old``) of a killed swap is put back when ``path`` itself is missing, so the previous
+    output survives a kill between the two renames. Returns what was removed or restored.
+    """
+    touched = []
+    parent = path.parent
+    if not parent.is_dir():
+        return touched
+    for entry in sorted(parent.glob(f".{glob_escape(path.name)}.*")):
+        match = _TEMP.match(entry.name)
+        if not match or match["name"] != path.name:
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or pid_alive(pid):
+            continue
+        if match["kind"] == "old" and not os.path.lexists(path):
+            os.replace(entry, path)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        touched.append(entry)
+    return touched
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+# ----------------------------------------------------------------------------------------------- the output rule
+
+
+def marker_name(kind: str) -> str:
+    return f".fusionfeat-{kind}"
+
+
+def _within(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or inside it (resolved paths)."""
+    return a == b or b in a.parents
+
+
+def check_not_input(out: Path, inputs: Sequence[str | os.PathLike], option: str = "-o") -> None:
+    """Refuse an output that is, is inside, or contains one of the inputs (compared as resolved paths)."""
+    target = out.expanduser().resolve()
+    for item in inputs:
+        source = Path(item).expanduser()
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if _within(target, source) or _within(source, target):
+            relation = "is" if target == source else "is inside" if _within(target, source) else "contains"
+            raise FusionfeatError(f"{option} {out} {relation} the input {item}; writing there could destroy it, "
+                                  f"choose another {option}")
+
+
+def is_previous_output(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` is one fusionfeat wrote as ``kind`` (marker file, or a legacy bundle/run)."""
+    if (folder / marker_name(kind)).is_file():
+        return True
+    if kind == BUNDLE:
+        try:
+            return json.loads((folder / "bundle.json").read_text()).get("format") == "fusionfeat-bundle"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return False
+
+
+def ensure_parent(out: Path, what: str) -> None:
+    """Create the missing folders above ``out``; a one-line error when that is impossible."""
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FusionfeatError(f"cannot create the folder {parent} for {what} {out}: "
+                              f"{exc.strerror or exc}; choose another -o") from None
+    if not os.access(parent, os.W_OK):
+        raise FusionfeatError(f"cannot write {what} {out}: {parent} is not writable; choose another -o")
+
+
+def check_output(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
+                 overwrite: bool = False, option: str = "-o") -> Path:
+    """Validate an output path against the rule (before any work); returns it. Creates only missing parents."""
+    out = Path(out).expanduser()
+    what = _WHAT[kind]
+    check_not_input(out, inputs, option)
+    if os.path.lexists(out):
+        if out.is_symlink():
+            raise FusionfeatError(f"{option} {out} is a symbolic link; give a real path for the {what}")
+        if kind == CSV:
+            if out.is_dir():
+                raise FusionfeatError(f"{option} {out} is a folder; give a file name for the {what}")
+            if not overwrite:
+                raise FusionfeatError(f"{option} {out} already exists; add --overwrite to replace it, "
+                                      "or choose another name")
+        else:
+            if not out.is_dir():
+                raise FusionfeatError(f"{option} {out} is a file, not a folder; choose another {option} "
+                                      f"for the {what}")
+            if any(out.iterdir()):
+                if not is_previous_output(out, kind):
+                    raise FusionfeatError(f"{option} {out} is a non-empty folder that fusionfeat did not write as "
+                                          f"a {what}; choose another {option} (--overwrite only replaces a "
+                                          f"previous fusionfeat {what})")
+                if not overwrite:
+                    raise FusionfeatError(f"{option} {out} holds a previous fusionfeat {what}; add --overwrite to "
+                                          "replace it, or choose another name")
+    ensure_parent(out, what)
+    return out
+
+
+@dataclass
+class OutputTarget:
+    """Where a command writes its output: ``path`` (a temporary sibling) until ``commit`` swaps it in."""
+
+    final: Path
+    kind: str
+    path: Path
+
+    def commit(self) -> Path:
+        """Rename the finished output into place; a replaced one is renamed aside first, deleted last."""
+        final, tmp = self.final, self.path
+        if self.kind == CSV:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+            return final
+        _fsync_tree(tmp)
+        aside = None
+        if os.path.lexists(final):
+            aside = temp_sibling(final, "old")
+            os.replace(final, aside)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(Path(root))
+
+
+@contextlib.contextmanager
+def output_target(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
+                  overwrite: bool = False, option: str = "-o") -> Iterator[OutputTarget]:
+    """Check the output rule, lock the output, clean stale temps, and yield a temporary place to build it.
+
+    On success the output is swapped in atomically; on any error (or a kill) nothing at ``out`` changes.
+    """
+    out = check_output(out, kind, inputs, overwrite, option)
+    with output_lock(out, _WHAT[kind]):
+        clean_stale(out)
+        check_output(out, kind, inputs, overwrite, option)  # again, now that we hold the lock
+        tmp = temp_sibling(out)
+        try:
+            if kind != CSV:
+                tmp.mkdir()
+                (tmp / marker_name(kind)).write_text(f"written by fusionfeat as a {_WHAT[kind]}\n")
+            target = OutputTarget(out, kind, tmp)
+            yield target
+            target.commit()
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRORS:
+                raise
+            raise disk_error(exc, out) from None
+        finally:
+            if os.path.lexists(tmp):
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+
+
+def disk_error(exc: OSError, out: Path) -> FusionfeatError:
+    """A one-line error for a failed write: names the output and what was kept."""
+    reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+        "the file system is read-only" if exc.errno == errno.EROFS else (exc.strerror or str(exc))
+    kept = "the previous output is kept unchanged" if os.path.lexists(out) else "nothing was written"
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return FusionfeatError(f"cannot write {out}: {reason}{where}; {kept}")
