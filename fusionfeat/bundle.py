@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import HEADS, HeadSpec, TorchHeadClassifier, XGBoostClassifier
+from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier
 from fusionfeat.store import now_iso
+from fusionfeat.zoo import HeadSpec, head_from_record
 
 FORMAT = "fusionfeat-bundle"
 FORMAT_VERSION = 1
@@ -93,8 +94,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise FusionfeatError(f"{path} is not a fusionfeat bundle ({MANIFEST} lacks format {FORMAT!r})")
     if info.get("format_version", 0) > FORMAT_VERSION:
         raise FusionfeatError(f"{path} was written by a newer fusionfeat (format {info['format_version']}); upgrade")
-    if info.get("head") not in HEADS:
-        raise FusionfeatError(f"{path} holds an unknown head {info.get('head')!r}")
+    try:
+        spec = head_from_record(info.get("head"), info.get("head_backbones"), info.get("head_inputs"))
+    except FusionfeatError as exc:
+        raise FusionfeatError(f"{path} holds an unknown head ({exc})") from None
     model_file = path / info["model_file"]
     if not model_file.is_file():
         raise FusionfeatError(f"{path} is missing its model file {info['model_file']}")
@@ -114,7 +117,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         import joblib
 
         estimator = joblib.load(model_file)
-    return Bundle(estimator, HEADS[info["head"]], info)
+    return Bundle(estimator, spec, info)
 
 
 def _json_default(value: Any) -> Any:

@@ -16,6 +16,7 @@ from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
 from fusionfeat.extract import iter_embeddings
+from fusionfeat.head_inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
 
 
@@ -84,7 +85,6 @@ def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLik
     if hasattr(estimator, "device"):
         estimator.set_params(device=str(dev))
         estimator.module_.to(dev)
-    positive_col = list(estimator.classes_).index(bundle.classes.index(bundle.positive))
     paths = [str(p) for p in images]
     batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
     counts = {name: 0 for name in bundle.classes}
@@ -103,7 +103,7 @@ def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLik
                 bad = [i for i, e in enumerate(errors) if e]
                 if bad and on_error == "fail":
                     raise ImageDecodeError(paths[rows[bad[0]]], f"{errors[bad[0]]} (use --on-error skip)")
-                probs = iter(_positive_proba(estimator, bundle, arrays, positive_col) if arrays else [])
+                probs = iter(positive_proba(bundle, arrays) if arrays else [])
                 for row, error in zip(rows, errors, strict=True):
                     if error:
                         writer.writerow([paths[row], "", "", error])
@@ -130,13 +130,8 @@ def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
     return "auto" if recorded == "fp16" and device.type == "cpu" else recorded
 
 
-def _positive_proba(estimator, bundle: Bundle, arrays: dict, positive_col: int) -> np.ndarray:
-    blocks = []
-    for name in bundle.spec.backbones:
-        pooled, tokens = arrays[name]
-        block = tokens[:, 0] if bundle.spec.inputs == "tokens" else pooled[:, 0]
-        blocks.append(block.reshape(len(block), -1))
-    X = np.concatenate(blocks, axis=1)
-    if bundle.spec.inputs == "tokens":
-        X = X.astype(np.float16)
-    return estimator.predict_proba(X)[:, positive_col]
+def positive_proba(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """P(positive class) per image from fresh embeddings ``{backbone: (pooled, tokens)}`` (view 0), laid out
+    exactly as the head was trained (``fusionfeat.head_inputs``)."""
+    column = list(bundle.estimator.classes_).index(bundle.classes.index(bundle.positive))
+    return bundle.estimator.predict_proba(embedding_matrix(bundle.spec, embeddings))[:, column]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from fusionfeat.bundle import load_bundle
 from fusionfeat.cli import main
-from fusionfeat.evaluate import feature_matrix
+from fusionfeat.head_inputs import feature_matrix
 from fusionfeat.store import FeatureStore
 from tests.conftest import write_cells
 
