@@ -497,7 +497,7 @@ def test_bad_requests_raise_clear_errors(change, kwargs, match):
 
 
 def test_attention_resolves_to_the_variant_the_store_supports():
-    from fusionfeat.evaluate import resolve_heads
+    from fusionfeat.zoo import resolve_heads
 
     assert [s.name for s in resolve_heads(fake_store(), ["attention"], backbones=PAIR)] == ["attention-spatial"]
     no_tokens = fake_store(tokens=False)
