@@ -139,3 +139,12 @@ def test_compare_runs_lines_runs_up(grouped_run, tmp_path):
     assert table.count("`logreg`") == 2 and "`attention-pooled`" in table
     with pytest.raises(FusionfeatError, match="not a fusionfeat run folder"):
         compare_runs([tmp_path])
+
+
+def test_paper_fusion_row_only_beside_a_fusion_of_its_own_pair():
+    from fusionfeat.report import paper_key
+
+    assert paper_key("attention-spatial", ["vgg16", "resnet18"]) == "attention"
+    assert paper_key("attention-pooled") == "attention" and paper_key("vgg16", ["vgg16"]) == "vgg16"
+    assert paper_key("attention-spatial", ["resnet18", "vgg16", "densenet121"]) is None
+    assert paper_key("concat", ["resnet18", "vgg16"]) is None
