@@ -51,10 +51,11 @@ import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.estimators import HEAD_NAMES, TorchHeadClassifier, expand_head_names
+from fusionfeat.estimators import TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.runtime import resolve_device, resolve_precision
 from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store, now_iso
+from fusionfeat.zoo import HEAD_NAMES, expand_head_names
 
 BACKBONES = ("resnet18", "vgg16")
 INPUT_SIZE = 224

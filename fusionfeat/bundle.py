@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import HEADS, HeadSpec, TorchHeadClassifier, XGBoostClassifier
+from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier
 from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
 from fusionfeat.skstate import StateError, dump_estimator, load_estimator
 from fusionfeat.store import now_iso
+from fusionfeat.zoo import HeadSpec, head_from_record
 
 FORMAT = "fusionfeat-bundle"
 FORMAT_VERSION = 2
@@ -57,11 +58,13 @@ class Bundle:
         return self.info["backbones"][name]
 
 
-def head_spec(name: str) -> HeadSpec:
-    """The head a bundle names (the one place bundles look heads up)."""
-    if not isinstance(name, str) or name not in HEADS:
-        raise FusionfeatError(f"the bundle holds an unknown head {name!r}; it was not written by this fusionfeat")
-    return HEADS[name]
+def head_spec(info: dict[str, Any]) -> HeadSpec:
+    """The head a bundle records (the one place bundles look heads up): name, backbones in column order, inputs."""
+    try:
+        return head_from_record(info.get("head"), info.get("head_backbones"), info.get("head_inputs"))
+    except FusionfeatError as exc:
+        raise FusionfeatError(f"the bundle holds an unknown head ({exc}); it was not written by this fusionfeat") \
+            from None
 
 
 def trunk_fingerprint(module: torch.nn.Module) -> str:
@@ -136,7 +139,7 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     except Exception as exc:  # a damaged model file: whatever the library raises, the user gets one line
         raise FusionfeatError(f"{path}: cannot load its model {info['model_file']} ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]}); the bundle is damaged, retrain it") from None
-    return Bundle(estimator, head_spec(info["head"]), info)
+    return Bundle(estimator, head_spec(info), info)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in info]
     if missing:
         raise FusionfeatError(f"{manifest} lacks {', '.join(missing)}; the bundle is damaged, retrain it")
-    spec = head_spec(info["head"])
+    spec = head_spec(info)
     if not isinstance(info["backbones"], dict) or not all(isinstance(v, dict) for v in info["backbones"].values()):
         raise FusionfeatError(f"{manifest}: 'backbones' is not a table of provenance; the bundle is damaged")
     for name in spec.backbones:

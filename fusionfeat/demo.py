@@ -11,12 +11,12 @@ from fusionfeat.backbones import BACKBONES, IMAGENET, RANDOM, imagenet_cache_pat
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.data.synthetic import generate_cnmc_like
-from fusionfeat.estimators import HEAD_NAMES
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.extract import ExtractConfig, extract
 from fusionfeat.fsio import DEMO, check_output, marker_name, output_lock
 from fusionfeat.report import write_run
 from fusionfeat.store import FeatureStore
+from fusionfeat.zoo import HEAD_NAMES
 
 DEMO_DATA, DEMO_STORE, DEMO_RUN = "data", "features.h5", "run"
 

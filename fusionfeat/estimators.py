@@ -1,4 +1,4 @@
-"""scikit-learn classifiers over cached features: the torch heads, the classical baselines, the registry.
+"""scikit-learn classifiers over cached features: the torch heads and the classical baselines.
 
 Every model here follows the scikit-learn contract (hyper-parameters only in ``__init__``, fitted state in
 attributes ending in ``_``, ``clone`` works), so one cross-validation loop serves them all. ``X`` is a 2D
@@ -12,9 +12,7 @@ import copy
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -480,89 +478,3 @@ def make_logreg(class_weight: str | None = None, random_state: int | None = None
         StandardScaler(),
         LogisticRegression(C=C, class_weight=class_weight, random_state=random_state, max_iter=5000),
     )
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """A named head: which stored backbones it reads (in column order), pooled or token input, its builder.
-
-    ``build(blocks=..., class_weight=..., random_state=..., device=..., progress=...)`` returns an unfitted
-    estimator; the classical baselines ignore ``blocks``, ``device`` and ``progress``.
-    """
-
-    name: str
-    backbones: tuple[str, ...]
-    inputs: str
-    is_torch: bool
-    build: Callable[..., BaseEstimator]
-
-
-def _baseline(factory: Callable[..., BaseEstimator]) -> Callable[..., BaseEstimator]:
-    def build(
-        *,
-        blocks: Any = None,
-        class_weight: str | None = None,
-        random_state: int | None = None,
-        device: str = "auto",
-        progress: bool = False,
-    ) -> BaseEstimator:
-        return factory(class_weight=class_weight, random_state=random_state)
-
-    return build
-
-
-_PAIR = ("resnet18", "vgg16")
-HEADS: dict[str, HeadSpec] = {
-    spec.name: spec
-    for spec in (
-        HeadSpec("resnet18", ("resnet18",), "pooled", True, partial(TorchHeadClassifier, architecture="mlp")),
-        HeadSpec("vgg16", ("vgg16",), "pooled", True, partial(TorchHeadClassifier, architecture="mlp")),
-        HeadSpec("concat", _PAIR, "pooled", True, partial(TorchHeadClassifier, architecture="mlp")),
-        HeadSpec(
-            "attention-spatial",
-            _PAIR,
-            "tokens",
-            True,
-            partial(TorchHeadClassifier, architecture="attention-spatial"),
-        ),
-        HeadSpec(
-            "attention-pooled",
-            _PAIR,
-            "pooled",
-            True,
-            partial(TorchHeadClassifier, architecture="attention-pooled"),
-        ),
-        HeadSpec("svm", _PAIR, "pooled", False, _baseline(make_svm)),
-        HeadSpec("xgboost", _PAIR, "pooled", False, _baseline(XGBoostClassifier)),
-        HeadSpec("logreg", _PAIR, "pooled", False, _baseline(make_logreg)),
-    )
-}
-HEAD_NAMES = ("resnet18", "vgg16", "concat", "attention", "svm", "xgboost", "logreg")
-_VALID = HEAD_NAMES + ("attention-spatial", "attention-pooled")
-
-
-def resolve_head(name: str, has_tokens: bool) -> HeadSpec:
-    """The spec for a head; ``"attention"`` is the spatial variant when tokens are stored, else pooled."""
-    if name == "attention":
-        name = "attention-spatial" if has_tokens else "attention-pooled"
-    if name not in HEADS:
-        raise FusionfeatError(f"unknown head {name!r}; choose from {', '.join(_VALID)} or 'all'")
-    if HEADS[name].inputs == "tokens" and not has_tokens:
-        raise FusionfeatError(
-            f"head {name!r} needs token maps but the store has pooled features only; "
-            "re-extract without --no-tokens, or use 'attention-pooled'"
-        )
-    return HEADS[name]
-
-
-def expand_head_names(spec: str) -> list[str]:
-    """``"all"`` → ``HEAD_NAMES``; ``"a,b"`` → ``["a", "b"]`` (validated, duplicates dropped, order kept)."""
-    names = [part.strip() for part in spec.split(",") if part.strip()]
-    if names == ["all"]:
-        return list(HEAD_NAMES)
-    unknown = [n for n in names if n not in _VALID]
-    if unknown or not names:
-        raise FusionfeatError(
-            f"unknown head(s) {', '.join(map(repr, unknown)) or repr(spec)}; choose from {', '.join(_VALID)} or 'all'"
-        )
-    return list(dict.fromkeys(names))

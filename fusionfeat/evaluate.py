@@ -18,67 +18,20 @@ from tqdm.auto import tqdm
 
 from fusionfeat import metrics as fm
 from fusionfeat.errors import FusionfeatError, StoreError
-from fusionfeat.estimators import HeadSpec, expand_head_names, resolve_head
+from fusionfeat.head_inputs import head_blocks, rows_matrix
 from fusionfeat.protocols import (
     BALANCES,
     DEFAULT_FOLDS,
     DEFAULT_SEED,
-    Rows,
     Split,
     SplitPlan,
     check_choice,
     default_protocol,
     make_plan,
 )
+from fusionfeat.zoo import HeadSpec, resolve_heads
 
 FEATURES: tuple[str, ...] = ("frozen", "finetuned")
-
-
-# ----------------------------------------------------------------------------------------------- features
-
-
-def feature_matrix(store: Any, spec: Any, index: np.ndarray, view: int = 0, fold: int | None = None) -> np.ndarray:
-    """X for a head: per row of ``index`` (in that order) its backbones' blocks, flattened, in spec order.
-
-    Pooled inputs give float32, token inputs stay float16 to halve memory. ``fold=k`` reads the features
-    fine-tuned for CV fold k instead of the frozen ones.
-    """
-    index = np.asarray(index, dtype=np.int64)
-    out = np.empty((len(index), _width(store, spec)), dtype=_dtype(spec))
-    _fill(store, spec, index, view, fold, out)
-    return out
-
-
-def _width(store: Any, spec: Any) -> int:
-    return sum(int(np.prod(store.block_shape(b, spec.inputs))) for b in spec.backbones)
-
-
-def _dtype(spec: Any) -> type:
-    return np.float16 if spec.inputs == "tokens" else np.float32
-
-
-def _fill(store: Any, spec: Any, index: np.ndarray, view: int, fold: int | None, out: np.ndarray) -> None:
-    """Write the rows ``index`` of one view into ``out`` (same order), reading each stored row once."""
-    if len(index) == 0:
-        return
-    uniq, inverse = np.unique(index, return_inverse=True)
-    start = 0
-    for backbone in spec.backbones:
-        read = store.tokens if spec.inputs == "tokens" else store.pooled
-        block = np.asarray(read(backbone, view=view, index=uniq, fold=fold)).reshape(len(uniq), -1)
-        out[:, start : start + block.shape[1]] = block[inverse]
-        start += block.shape[1]
-
-
-def rows_matrix(store: Any, spec: Any, rows: Rows, fold: int | None = None) -> np.ndarray:
-    """X for rows that mix views (originals and their rotated/mirrored copies), in row order."""
-    out = np.empty((len(rows), _width(store, spec)), dtype=_dtype(spec))
-    for view in np.unique(rows.view):
-        at = np.flatnonzero(rows.view == view)
-        part = np.empty((len(at), out.shape[1]), dtype=out.dtype)
-        _fill(store, spec, rows.sample[at], int(view), fold, part)
-        out[at] = part
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -163,12 +116,14 @@ def cross_validate(
     device: str = "auto",
     positive: str | None = None,
     progress: bool = True,
+    backbones: str | Sequence[str] | None = None,
 ) -> CVResult:
     """Cross-validate heads on a store's cached features under one protocol; one loop for every head.
 
     ``protocol=None`` means ``grouped`` when subjects are known, else ``stratified``. ``folds``/``seed``
     default to 5 and 0, or, with ``features="finetuned"``, to the stored fine-tuning plan (which any
-    other request contradicts). ``heads`` are names (see ``fusionfeat.estimators``) or ``HeadSpec``s.
+    other request contradicts). ``heads`` are names (see ``fusionfeat.zoo``) or ``HeadSpec``s; the named
+    fusion heads and baselines read ``backbones`` (default: every stored backbone, in store order).
     Each fold fits ``sklearn.base.clone`` of the head's estimator.
     """
     check_choice("balance", balance, BALANCES)
@@ -179,7 +134,7 @@ def cross_validate(
         raise FusionfeatError(f"positive class {positive!r} is not in the store's classes {classes}")
     if len(classes) != 2:
         raise FusionfeatError(f"fusionfeat evaluates binary tasks; the store has classes {classes}")
-    specs = resolve_heads(store, heads, features)
+    specs = resolve_heads(store, heads, features, backbones)
     plan, fixed = _plan_for_store(store, protocol, folds, seed, repeats, balance, features)
     labels = np.asarray(store.labels, dtype=np.int64)
     if len(np.unique(labels[plan.rows.sample[: plan.n_eval]])) < 2:
@@ -206,65 +161,6 @@ def cross_validate(
     finally:
         bar.close()
     return result
-
-
-def resolve_heads(store: Any, heads: Sequence[str | HeadSpec], features: str = "frozen") -> list[HeadSpec]:
-    """HeadSpecs for head names (``"all"`` and comma lists expand) or ready specs, checked against the store.
-
-    ``"attention"`` becomes ``attention-spatial`` when the store holds token maps, else ``attention-pooled``.
-    """
-    if isinstance(heads, str):
-        heads = [heads]
-    specs: list[HeadSpec] = []
-    for entry in heads:
-        for spec in [entry] if isinstance(entry, HeadSpec) else _specs_named(store, str(entry), features):
-            if spec.name not in [s.name for s in specs]:
-                specs.append(spec)
-    if not specs:
-        raise FusionfeatError("no heads given: name at least one head, e.g. --head attention or --head all")
-    for spec in specs:
-        _check_store_has(store, spec)
-    return specs
-
-
-def _specs_named(store: Any, entry: str, features: str) -> list[HeadSpec]:
-    names = [n for part in entry.split(",") if part.strip() for n in expand_head_names(part.strip())]
-    return [_resolve(store, name, features) for name in names]
-
-
-def _resolve(store: Any, name: str, features: str) -> HeadSpec:
-    """The token variant of a head when the store holds its backbones' tokens, else the pooled one."""
-    spec = resolve_head(name, True)
-    if spec.inputs == "tokens" and not _has_tokens(store, spec.backbones, features):
-        spec = resolve_head(name, False)
-    return spec
-
-
-def _has_tokens(store: Any, backbones: Sequence[str], features: str) -> bool:
-    """Whether every backbone is stored with token maps (in the first fine-tuned fold, if fine-tuned)."""
-    folds = store.finetuned_folds() if features == "finetuned" else []
-    extra = {"fold": folds[0]} if folds else {}
-    try:
-        return all(b in store.backbones and store.has_tokens(b, **extra) for b in backbones)
-    except StoreError:  # a backbone that was not fine-tuned: reported with the head's name later
-        return False
-
-
-def _check_store_has(store: Any, spec: HeadSpec) -> None:
-    where = getattr(store, "path", "the feature store")
-    missing = [b for b in spec.backbones if b not in store.backbones]
-    if missing:
-        raise FusionfeatError(
-            f"head {spec.name!r} needs backbone(s) {', '.join(missing)} but {where} holds "
-            f"{', '.join(store.backbones) or 'none'}: extract them first (fusionfeat extract --backbones ...)"
-        )
-    if spec.inputs == "tokens":
-        lacking = [b for b in spec.backbones if not store.has_tokens(b)]
-        if lacking:
-            raise FusionfeatError(
-                f"head {spec.name!r} reads token grids, but {where} has no tokens for {', '.join(lacking)}: "
-                "re-extract with tokens, or choose a pooled head"
-            )
 
 
 def _plan_for_store(
@@ -388,7 +284,7 @@ def _run_head(
     """Fit and score one head on every split, filling ``result``."""
     y = labels[plan.rows.sample]
     finetuned = features == "finetuned"
-    blocks = _blocks(store, spec, plan.splits[0].fold if finetuned else None)
+    blocks = head_blocks(store, spec, plan.splits[0].fold if finetuned else None)
     X = None if finetuned else rows_matrix(store, spec, plan.rows)  # read once, shared by every split
     templates: dict[int, Any] = {}
     for split in plan.splits:
@@ -406,18 +302,12 @@ def _run_head(
         bar.update(1)
 
 
-def _blocks(store: Any, spec: Any, fold: int | None) -> tuple[tuple[int, int], ...]:
-    """Block shapes in spec order (of fine-tuned fold ``fold`` when given)."""
-    extra = {} if fold is None else {"fold": fold}
-    return tuple(tuple(int(x) for x in store.block_shape(b, spec.inputs, **extra)) for b in spec.backbones)
-
-
 def _check_finetuned_features(store: Any, specs: list[HeadSpec], plan: SplitPlan) -> None:
     """Fail before any fit when a fold lacks a backbone or tokens a head needs."""
     for fold in sorted({s.fold for s in plan.splits}):
         for spec in specs:
             try:
-                _blocks(store, spec, fold)
+                head_blocks(store, spec, fold)
             except StoreError as exc:
                 raise StoreError(
                     f"head {spec.name!r} reads {' + '.join(spec.backbones)} {spec.inputs}, which fold {fold} "

@@ -17,6 +17,7 @@ from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
 from fusionfeat.extract import iter_embeddings
 from fusionfeat.fsio import CSV, output_target
+from fusionfeat.head_inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
 
 
@@ -116,7 +117,6 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     if hasattr(estimator, "device"):
         estimator.set_params(device=str(dev))
         estimator.module_.to(dev)
-    positive_col = list(estimator.classes_).index(bundle.classes.index(bundle.positive))
     paths = [str(p) for p in images]
     batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
     counts = {name: 0 for name in bundle.classes}
@@ -133,7 +133,7 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
                 bad = [i for i, e in enumerate(errors) if e]
                 if bad and on_error == "fail":
                     raise ImageDecodeError(paths[rows[bad[0]]], f"{errors[bad[0]]} (use --on-error skip)")
-                probs = iter(_positive_proba(estimator, bundle, arrays, positive_col) if arrays else [])
+                probs = iter(positive_proba(bundle, arrays) if arrays else [])
                 for row, error in zip(rows, errors, strict=True):
                     if error:
                         writer.writerow([paths[row], "", "", error])
@@ -158,18 +158,14 @@ def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
     return "auto" if recorded == "fp16" and device.type == "cpu" else recorded
 
 
-def _positive_proba(estimator, bundle: Bundle, arrays: dict, positive_col: int) -> np.ndarray:
-    blocks = []
-    for name in bundle.spec.backbones:
-        pooled, tokens = arrays[name]
-        block = tokens[:, 0] if bundle.spec.inputs == "tokens" else pooled[:, 0]
-        blocks.append(block.reshape(len(block), -1))
-    X = np.concatenate(blocks, axis=1)
-    if bundle.spec.inputs == "tokens":
-        X = X.astype(np.float16)
+def positive_proba(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """P(positive class) per image from fresh embeddings ``{backbone: (pooled, tokens)}`` (view 0), laid out
+    exactly as the head was trained (``fusionfeat.head_inputs``)."""
+    column = list(bundle.estimator.classes_).index(bundle.classes.index(bundle.positive))
+    X = embedding_matrix(bundle.spec, embeddings)
     try:
-        return estimator.predict_proba(X)[:, positive_col]
+        return bundle.estimator.predict_proba(X)[:, column]
     except (ValueError, RuntimeError) as exc:
-        width = getattr(estimator, "n_features_in_", "?")
+        width = getattr(bundle.estimator, "n_features_in_", "?")
         raise FusionfeatError(f"the bundle's model expects {width} features but its backbones give {X.shape[1]} "
                               f"({' '.join(str(exc).split())[:120]}); the bundle is damaged or edited") from None

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from fusionfeat import evaluate, protocols
+from fusionfeat import protocols
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import HeadSpec
 from fusionfeat.extract import software_versions
+from fusionfeat.head_inputs import head_blocks, rows_matrix
 from fusionfeat.store import FeatureStore
+from fusionfeat.zoo import HeadSpec, resolve_heads
 
 
 def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: int = 0, device: str = "auto",
-               progress: bool = True) -> tuple[Any, HeadSpec, dict[str, Any]]:
+               progress: bool = True,
+               backbones: str | Sequence[str] | None = None) -> tuple[Any, HeadSpec, dict[str, Any]]:
     """Fit ``head`` on all kept samples (view 0; ``balance="augment"`` adds minority-class stored views).
 
+    A fusion head or baseline reads ``backbones`` (default: every stored backbone, in store order).
     Returns the fitted estimator, its spec and the bundle info (classes, provenance, training summary).
     """
     if balance not in protocols.BALANCES:
         raise FusionfeatError(f"--balance {balance!r}: choose one of {', '.join(protocols.BALANCES)}")
     if "," in head or head == "all":
         raise FusionfeatError("`train` fits one head; name one, e.g. --head attention")
-    (spec,) = evaluate.resolve_heads(store, [head])
+    (spec,) = resolve_heads(store, [head], backbones=backbones)
     kept = np.flatnonzero(store.ok)
     labels = store.labels
     if len(np.unique(labels[kept])) < 2:
@@ -34,9 +38,9 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
             raise FusionfeatError("--balance augment needs stored views; re-extract with --views dihedral8")
         copies = protocols.minority_copies(labels, store.ok, store.n_views, seed, rows, np.arange(len(kept)))
         rows = protocols.Rows(np.concatenate([rows.sample, copies.sample]), np.concatenate([rows.view, copies.view]))
-    X = evaluate.rows_matrix(store, spec, rows)
+    X = rows_matrix(store, spec, rows)
     y = labels[rows.sample]
-    blocks = tuple(store.block_shape(b, spec.inputs) for b in spec.backbones)
+    blocks = head_blocks(store, spec)
     estimator = spec.build(blocks=blocks, class_weight="balanced" if balance == "weight" else None,
                            random_state=seed, device=device, progress=progress)
     estimator.fit(X, y)

@@ -17,13 +17,17 @@ from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
-from fusionfeat.evaluate import cross_validate, feature_matrix
+from fusionfeat.estimators import TorchHeadClassifier
+from fusionfeat.evaluate import cross_validate
+from fusionfeat.head_inputs import feature_matrix
 from fusionfeat.metrics import binary_metrics, confidence_interval, confusion, summarize
 from fusionfeat.protocols import LeakageError, check_split, make_plan, plan_folds
+from fusionfeat.zoo import HeadSpec
 from tests.conftest import one_torch_thread
 
 # ----------------------------------------------------------------------------------------------- fakes
+
+PAIR = ("resnet18", "vgg16")  # the fake store also holds the probe backbone "ident": named heads read the pair
 
 
 @dataclass
@@ -309,9 +313,9 @@ def test_skipped_images_are_excluded_everywhere():
 
 def test_same_seed_same_splits_and_numbers_other_seed_other_splits():
     store = fake_store()
-    a = cross_validate(store, ["logreg"], seed=3, progress=False)
-    b = cross_validate(store, ["logreg"], seed=3, progress=False)
-    c = cross_validate(store, ["logreg"], seed=4, progress=False)
+    a = cross_validate(store, ["logreg"], seed=3, progress=False, backbones=PAIR)
+    b = cross_validate(store, ["logreg"], seed=3, progress=False, backbones=PAIR)
+    c = cross_validate(store, ["logreg"], seed=4, progress=False, backbones=PAIR)
     assert np.array_equal(a.test_fold, b.test_fold)
     np.testing.assert_array_equal(a.oof["logreg"], b.oof["logreg"])
     assert [f.metrics["roc_auc"] for f in a.folds] == [f.metrics["roc_auc"] for f in b.folds]
@@ -368,7 +372,7 @@ def test_summary_mean_std_and_repeat_interval():
 
 def test_real_logreg_and_svm_through_cross_validate():
     store = fake_store(n_subjects=15, cells=8)
-    result = cross_validate(store, ["logreg", "svm"], repeats=2, progress=False)
+    result = cross_validate(store, ["logreg", "svm"], repeats=2, progress=False, backbones=PAIR)
     assert result.heads == ["logreg", "svm"]
     assert result.test_fold.shape == (2, store.n_samples)
     summary = result.summary()
@@ -388,8 +392,8 @@ def test_real_logreg_and_svm_through_cross_validate():
 
 def test_positive_class_is_configurable():
     store = fake_store()
-    a = cross_validate(store, ["logreg"], progress=False)
-    b = cross_validate(store, ["logreg"], positive="hem", progress=False)
+    a = cross_validate(store, ["logreg"], progress=False, backbones=PAIR)
+    b = cross_validate(store, ["logreg"], positive="hem", progress=False, backbones=PAIR)
     np.testing.assert_allclose(a.oof["logreg"], 1 - b.oof["logreg"], atol=1e-6)
     ra, rb = a.fold_results("logreg")[0].metrics, b.fold_results("logreg")[0].metrics
     assert ra["recall"] == pytest.approx(rb["specificity"])
@@ -484,15 +488,19 @@ def test_bad_requests_raise_clear_errors(change, kwargs, match):
         store.ok[:] = False
     heads = kwargs.pop("heads")
     with pytest.raises(FusionfeatError, match=match):
-        cross_validate(store, heads, progress=False, **kwargs)
+        cross_validate(store, heads, progress=False, backbones=PAIR, **kwargs)
 
 
 def test_attention_resolves_to_the_variant_the_store_supports():
-    from fusionfeat.evaluate import resolve_heads
+    from fusionfeat.zoo import resolve_heads
 
-    assert [s.name for s in resolve_heads(fake_store(), ["attention"])] == ["attention-spatial"]
-    assert [s.name for s in resolve_heads(fake_store(tokens=False), ["attention"])] == ["attention-pooled"]
-    assert len(resolve_heads(fake_store(), ["all"])) == 7
+    assert [s.name for s in resolve_heads(fake_store(), ["attention"], backbones=PAIR)] == ["attention-spatial"]
+    no_tokens = fake_store(tokens=False)
+    assert [s.name for s in resolve_heads(no_tokens, ["attention"], backbones=PAIR)] == ["attention-pooled"]
+    assert len(resolve_heads(fake_store(), ["all"], backbones=PAIR)) == 7
+    # by default fusion heads read every stored backbone; the probe "ident" has no tokens, so attention is pooled
+    (spec,) = resolve_heads(fake_store(), ["attention"])
+    assert spec.name == "attention-pooled" and spec.backbones == ("resnet18", "vgg16", "ident")
 
 
 # ----------------------------------------------------------------------------------------------- real store
@@ -534,7 +542,7 @@ def test_cross_validate_on_a_real_hdf5_store(tmp_path):
     fake = fake_store()
     path = write_real_store(tmp_path / "features.h5", fake)
     with FeatureStore.open(path) as store:
-        result = cross_validate(store, ["logreg"], balance="augment", progress=False)
+        result = cross_validate(store, ["logreg"], balance="augment", progress=False, backbones=PAIR)
         X = feature_matrix(store, HeadSpec("t", ("resnet18", "vgg16"), "tokens", True, None), np.array([3, 1]))
     np.testing.assert_array_equal(X[0, :20], fake.tokens_data["resnet18"][3, 0].reshape(-1))
     assert result.protocol["name"] == "grouped"

@@ -11,14 +11,9 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import (
-    HEAD_NAMES,
-    TorchHeadClassifier,
-    XGBoostClassifier,
-    expand_head_names,
-    resolve_head,
-)
+from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier
 from fusionfeat.heads import AttentionFusion
+from fusionfeat.zoo import HEAD_NAMES, expand_head_names, resolve_head
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from fusionfeat.bundle import load_bundle
 from fusionfeat.cli import main
-from fusionfeat.evaluate import feature_matrix
+from fusionfeat.head_inputs import feature_matrix
 from fusionfeat.store import FeatureStore
 from tests.conftest import write_cells
 
@@ -114,3 +114,104 @@ def test_demo_pipeline_small(tmp_path):
     data = json.loads((result.run_dir / "metrics.json").read_text())
     assert set(data["heads"]) == {"resnet18", "vgg16", "concat", "attention-spatial", "svm", "xgboost", "logreg"}
     assert "grouped" in json.dumps(data["protocol"]).lower()
+
+
+# ----------------------------------------------------------------------------------------------- K backbones
+
+
+@pytest.fixture(scope="module")
+def store3(tmp_path_factory):
+    from tests.test_zoo import BLOCKS3, write_synthetic_store
+
+    return write_synthetic_store(tmp_path_factory.mktemp("k3") / "k3.h5", BLOCKS3)
+
+
+def test_fit_all_over_three_backbones_reports_every_head_and_three_fusion_weights(store3, tmp_path):
+    out = tmp_path / "run"
+    result = run("fit", store3, "--head", "all", "--backbones", "gamma,alpha,beta", "--cv", "stratified",
+                 "--folds", "2", "-o", out, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    heads = ["gamma", "alpha", "beta", "concat", "attention-spatial", "svm", "xgboost", "logreg"]
+    data = json.loads((out / "metrics.json").read_text())
+    assert list(data["heads"]) == heads
+    for head in heads:
+        assert f"| {head} " in result.output or f"`{head}`" in result.output, result.output
+    weights = data["heads"]["attention-spatial"]["fusion_weights_by_class"]
+    for by_backbone in weights.values():
+        assert list(by_backbone) == ["gamma", "alpha", "beta"]
+        assert sum(by_backbone.values()) == pytest.approx(1.0)
+    report = (out / "report.md").read_text()
+    assert "| head | true class | gamma | alpha | beta |" in report
+    with open(out / "predictions.csv", newline="") as fh:
+        columns = next(csv.reader(fh))
+    expected = [f"w_attention-spatial_{b}" for b in ("gamma", "alpha", "beta")]
+    assert [c for c in columns if c.startswith("w_")] == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--head", "concat", "--backbones", "alpha,delta"], "--backbones delta: not in"),
+    (["fit", "--head", "concat", "--backbones", "alpha"], "fuses two or more backbones"),
+    (["train", "--head", "svm", "--backbones", "resnet18"], "which holds alpha, beta, gamma"),
+])
+def test_backbones_option_refuses_what_the_store_lacks(store3, tmp_path, args, message):
+    command, *rest = args
+    result = run(command, store3, *rest, "-o", tmp_path / "out", "--quiet")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_train_backbones_records_the_fused_backbones(store3, tmp_path):
+    result = run("train", store3, "--head", "logreg", "--backbones", "beta,alpha", "-o", tmp_path / "b", "--quiet")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert (meta["head"], meta["head_backbones"], meta["head_inputs"]) == ("logreg", ["beta", "alpha"], "pooled")
+    assert load_bundle(tmp_path / "b").spec.backbones == ("beta", "alpha")
+
+
+# Small CNNs first: they run at a tiny input size; any registered backbone may stand in.
+_PREFERRED = ("resnet18", "vgg16", "densenet121", "efficientnet_b0", "mobilenet_v3_large", "regnet_y_400mf",
+              "convnext_tiny")
+
+
+def three_registered_backbones() -> list[str]:
+    from fusionfeat.backbones import BACKBONES
+
+    names = [n for n in _PREFERRED if n in BACKBONES] + [n for n in BACKBONES if n not in _PREFERRED]
+    if len(names) < 3:
+        pytest.skip(f"needs 3 registered backbones for K=3 predict-from-images; the registry has {', '.join(names)}")
+    return names[:3]
+
+
+@pytest.fixture(scope="module")
+def image_store3(tmp_path_factory):
+    names = three_registered_backbones()
+    root = tmp_path_factory.mktemp("k3img")
+    data = write_cells(root / "cells", per_class=8, size=40)
+    path = root / "s3.h5"
+    result = run("extract", data, "-o", path, "--backbones", ",".join(names), "--weights", "random",
+                 "--input-size", "32", "--quiet", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    return path, names
+
+
+@pytest.mark.parametrize("head", ["concat", "attention-spatial", "attention-pooled", "svm", "xgboost", "logreg",
+                                  "single"])
+def test_predict_from_images_equals_store_probabilities_with_three_backbones(image_store3, tmp_path, head):
+    path, names = image_store3
+    head = names[2] if head == "single" else head
+    bundle_dir = tmp_path / "bundle"
+    result = run("train", path, "--head", head, "--backbones", ",".join(names), "-o", bundle_dir, "--quiet",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(bundle_dir)
+    assert bundle.spec.backbones == ((head,) if head in names else tuple(names))
+    with FeatureStore.open(path) as fs:
+        expected = bundle.estimator.predict_proba(feature_matrix(fs, bundle.spec, np.arange(fs.n_samples)))[:, 1]
+        paths = [fs.path.parent / "cells" / p for p in fs.paths]
+    out = tmp_path / "pred.csv"
+    result = run("predict", bundle_dir, paths[0].parent.parent, "-o", out, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    with open(out, newline="") as fh:
+        rows = {r["path"]: r for r in csv.DictReader(fh)}
+    got = np.array([float(rows[str(p)]["p_all"]) for p in paths])
+    np.testing.assert_allclose(got, expected, atol=2e-3)  # features recomputed from the images

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
+from fusionfeat.estimators import TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.report import compare_runs, describe_weights, write_run
+from fusionfeat.zoo import HeadSpec
 from tests.conftest import one_torch_thread
-from tests.test_evaluate import RECORDER, fake_store
+from tests.test_evaluate import PAIR, RECORDER, fake_store
 
 TINY_ATTENTION = HeadSpec(
     "attention-pooled",
@@ -29,7 +30,7 @@ TINY_ATTENTION = HeadSpec(
 def grouped_run(tmp_path_factory):
     store = fake_store()
     with one_torch_thread():
-        result = cross_validate(store, ["logreg", TINY_ATTENTION], folds=3, repeats=2, progress=False)
+        result = cross_validate(store, ["logreg", TINY_ATTENTION], folds=3, repeats=2, progress=False, backbones=PAIR)
     return result, write_run(result, tmp_path_factory.mktemp("run") / "grouped")
 
 
@@ -97,7 +98,7 @@ def test_report_is_table1_with_the_papers_numbers(grouped_run):
 def test_random_weights_and_leaky_protocol_are_flagged_at_the_top(tmp_path):
     store = fake_store()
     store.weights_kind = "random"
-    result = cross_validate(store, ["logreg"], protocol="paper", progress=False)
+    result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
     text = (write_run(result, tmp_path / "paper") / "report.md").read_text()
     head = text[: text.index("## Results")]
     assert "**WARNING: RANDOM-WEIGHT FEATURES.**" in head and "NOT comparable" in head
@@ -114,7 +115,7 @@ def test_random_warning_only_for_backbones_the_heads_used(tmp_path):
 
 
 def test_unknown_subjects_make_an_image_level_note(tmp_path):
-    result = cross_validate(fake_store(subjects_known=False), ["logreg"], progress=False)
+    result = cross_validate(fake_store(subjects_known=False), ["logreg"], progress=False, backbones=PAIR)
     text = (write_run(result, tmp_path / "s") / "report.md").read_text()
     assert "image-level folds** (subjects are unknown)" in text
     assert "chosen by default" in text
@@ -130,10 +131,20 @@ def test_compare_runs_lines_runs_up(grouped_run, tmp_path):
     _, grouped = grouped_run
     store = fake_store()
     store.weights_kind = "random"
-    leaky = write_run(cross_validate(store, ["logreg"], protocol="paper", progress=False), tmp_path / "leaky")
+    leaky = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
+    leaky = write_run(leaky, tmp_path / "leaky")
     table = compare_runs([grouped, leaky])
     assert "`grouped`" in table and "`leaky`" in table
     assert "**LEAKY RANDOM**" in table
     assert table.count("`logreg`") == 2 and "`attention-pooled`" in table
     with pytest.raises(FusionfeatError, match="not a fusionfeat run folder"):
         compare_runs([tmp_path])
+
+
+def test_paper_fusion_row_only_beside_a_fusion_of_its_own_pair():
+    from fusionfeat.report.markdown import paper_key
+
+    assert paper_key("attention-spatial", ["vgg16", "resnet18"]) == "attention"
+    assert paper_key("attention-pooled") == "attention" and paper_key("vgg16", ["vgg16"]) == "vgg16"
+    assert paper_key("attention-spatial", ["resnet18", "vgg16", "densenet121"]) is None
+    assert paper_key("concat", ["resnet18", "vgg16"]) is None

@@ -11,6 +11,10 @@ from fusionfeat.cli.options import device_option, overwrite_option
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.runtime import PRECISIONS
 
+backbones_option = click.option(
+    "--backbones", default=None,
+    help="Stored backbones the fusion heads and baselines read, in this order (comma list) [default: all in the "
+         "store, in store order].")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="CPU threads for torch [default: torch's]. On a shared machine, 1 is often much faster for the heads.")
@@ -32,8 +36,9 @@ def _echo_table(run_dir: Path) -> None:
 @main.command("fit")
 @click.argument("store", type=click.Path())
 @click.option("--head", "heads", default="attention", show_default=True,
-              help="Head(s): resnet18, vgg16, concat, attention[-spatial|-pooled], svm, xgboost, logreg; "
-                   "a comma list, or all.")
+              help="Head(s): a stored backbone's name (its single-backbone MLP), concat, attention[-spatial|-pooled], "
+                   "svm, xgboost, logreg; a comma list, or all.")
+@backbones_option
 @click.option("-o", "--output", type=click.Path(), default=None,
               help="Run folder to write [default: runs/<store name>-<heads>].")
 @click.option("--cv", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]), default=None,
@@ -50,27 +55,28 @@ def _echo_table(run_dir: Path) -> None:
 @threads_option
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def fit_command(store, heads, output, protocol, folds, seed, repeats, balance, features, positive, device, threads,
-                overwrite, quiet):
+def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats, balance, features, positive, device,
+                threads, overwrite, quiet):
     """Cross-validate heads on cached features and write a run folder with metrics, plots and a report."""
-    from fusionfeat.estimators import expand_head_names
     from fusionfeat.evaluate import cross_validate
     from fusionfeat.fsio import RUN, output_target
     from fusionfeat.report import write_run_files
     from fusionfeat.store import FeatureStore
+    from fusionfeat.zoo import expand_head_names, select_backbones
 
-    names = expand_head_names(heads)
     _set_threads(threads)
     if repeats < 1:
         raise FusionfeatError("--repeats must be at least 1")
-    label = "-".join(names) if len(names) < 3 else "all"
-    out = Path(output) if output else Path("runs") / f"{Path(store).stem}-{label}"
-    with output_target(out, RUN, inputs=[store], overwrite=overwrite) as target:
-        with FeatureStore.open(store) as fs:
+    with FeatureStore.open(store) as fs:
+        selected = select_backbones(fs, backbones)
+        names = expand_head_names(heads, selected, fs.backbones)
+        label = "-".join(names) if len(names) < 3 else "all"
+        out = Path(output) if output else Path("runs") / f"{Path(store).stem}-{label}"
+        with output_target(out, RUN, inputs=[store], overwrite=overwrite) as target:
             result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
                                     balance=balance, features=features, device=device, positive=positive,
-                                    progress=not quiet)
-        write_run_files(result, target.path)
+                                    progress=not quiet, backbones=selected)
+            write_run_files(result, target.path)
     run_dir = target.final
     _echo_table(run_dir)
     click.echo(f"report: {run_dir / 'report.md'}")
@@ -88,6 +94,7 @@ def report_command(runs):
 @main.command("train")
 @click.argument("store", type=click.Path())
 @click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
+@backbones_option
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -95,7 +102,7 @@ def report_command(runs):
 @threads_option
 @overwrite_option
 @click.option("--quiet", is_flag=True)
-def train_command(store, head, output, balance, seed, device, threads, overwrite, quiet):
+def train_command(store, head, backbones, output, balance, seed, device, threads, overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images."""
     _set_threads(threads)
     from fusionfeat.bundle import write_bundle_files
@@ -106,7 +113,7 @@ def train_command(store, head, output, balance, seed, device, threads, overwrite
     with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
         with FeatureStore.open(store) as fs:
             estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
-                                               progress=not quiet)
+                                               progress=not quiet, backbones=backbones)
         write_bundle_files(target.path, estimator, spec, info)
     path = target.final
     kinds = {b: p.get("weights_kind") for b, p in info["backbones"].items()}

@@ -92,7 +92,7 @@ def _results_section(data: dict[str, Any]) -> str:
     for head, info in data["heads"].items():
         s = info["summary"]
         lines.append(md_row([f"`{head}`", "ours", *[pm(s[m]["mean"], s[m]["std"]) for m in METRICS]]))
-        key = paper_key(head)
+        key = paper_key(head, info.get("backbones"))
         if key and key not in shown_paper:
             shown_paper.add(key)
             lines.append(_paper_row(key))
@@ -109,11 +109,13 @@ def _results_section(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def paper_key(head: str) -> str | None:
-    """The paper's Table 1 row a head corresponds to (the attention variants share the fusion row)."""
+def paper_key(head: str, backbones: list[str] | None = None) -> str | None:
+    """The paper's Table 1 row a head corresponds to (the attention variants share the fusion row, which
+    fused ResNet18 and VGG16 only: an attention head over other ``backbones`` has no paper row)."""
     if head in paper.TABLE1:
         return head
-    return "attention" if head.startswith("attention") else None
+    fuses_the_pair = backbones is None or sorted(backbones) == ["resnet18", "vgg16"]
+    return "attention" if head.startswith("attention") and fuses_the_pair else None
 
 
 def _paper_row(key: str) -> str:

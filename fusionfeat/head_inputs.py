@@ -1,0 +1,100 @@
+"""The one X layout of a head, for cross-validation, training and prediction alike.
+
+Row ``i`` of X is, for each backbone of the head's spec in order, that backbone's block for image ``i``
+flattened and laid end to end: its pooled vector ``(1, D)`` for pooled heads (float32), or its token map
+``(T, C)`` flattened row-major for token heads (float16, to halve memory). Blocks come either from a
+feature store (rows × views, frozen or one fine-tuned fold) or from fresh embeddings
+``{backbone: (pooled (N, V, D), tokens (N, V, T, C) | None)}`` as ``fusionfeat.extract.iter_embeddings``
+yields them; both go through ``_place`` so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from fusionfeat.errors import FusionfeatError
+
+
+class RowsLike(Protocol):
+    """Rows of a store that mix views: the stored sample and the view of each row."""
+
+    sample: np.ndarray
+    view: np.ndarray
+
+
+def input_dtype(inputs: str) -> type:
+    """float16 for token inputs, float32 for pooled ones."""
+    return np.float16 if inputs == "tokens" else np.float32
+
+
+def head_blocks(store: Any, spec: Any, fold: int | None = None) -> tuple[tuple[int, int], ...]:
+    """``(n_tokens, dim)`` of each of the spec's backbones in column order (of fine-tuned ``fold`` if given)."""
+    extra = {} if fold is None else {"fold": fold}
+    return tuple(tuple(int(x) for x in store.block_shape(b, spec.inputs, **extra)) for b in spec.backbones)
+
+
+def feature_matrix(store: Any, spec: Any, index: np.ndarray, view: int = 0, fold: int | None = None) -> np.ndarray:
+    """X for the store rows ``index`` (in that order) of one ``view``; ``fold=k`` reads fold k's fine-tuned
+    features instead of the frozen ones."""
+    index = np.asarray(index, dtype=np.int64)
+    out = np.empty((len(index), _width(head_blocks(store, spec, fold))), dtype=input_dtype(spec.inputs))
+    _fill(store, spec, index, view, fold, out)
+    return out
+
+
+def rows_matrix(store: Any, spec: Any, rows: RowsLike, fold: int | None = None) -> np.ndarray:
+    """X for rows that mix views (originals and their rotated/mirrored copies), in row order."""
+    out = np.empty((len(rows.sample), _width(head_blocks(store, spec, fold))), dtype=input_dtype(spec.inputs))
+    for view in np.unique(rows.view):
+        at = np.flatnonzero(rows.view == view)
+        part = np.empty((len(at), out.shape[1]), dtype=out.dtype)
+        _fill(store, spec, np.asarray(rows.sample)[at], int(view), fold, part)
+        out[at] = part
+    return out
+
+
+def embedding_matrix(
+    spec: Any, embeddings: Mapping[str, tuple[np.ndarray, np.ndarray | None]], view: int = 0
+) -> np.ndarray:
+    """X for freshly embedded images: ``embeddings[backbone] = (pooled (N, V, D), tokens (N, V, T, C) or None)``."""
+    blocks = []
+    for backbone in spec.backbones:
+        if backbone not in embeddings:
+            raise FusionfeatError(f"head {spec.name!r} reads {backbone}, which was not embedded")
+        pooled, tokens = embeddings[backbone]
+        if spec.inputs == "tokens" and tokens is None:
+            raise FusionfeatError(f"head {spec.name!r} reads {backbone} token maps, which were not kept")
+        blocks.append(np.asarray(tokens if spec.inputs == "tokens" else pooled)[:, view])
+    n = len(blocks[0]) if blocks else 0
+    out = np.empty((n, sum(int(np.prod(b.shape[1:])) for b in blocks)), dtype=input_dtype(spec.inputs))
+    _place(out, blocks)
+    return out
+
+
+def _width(blocks: tuple[tuple[int, int], ...]) -> int:
+    return sum(t * c for t, c in blocks)
+
+
+def _fill(store: Any, spec: Any, index: np.ndarray, view: int, fold: int | None, out: np.ndarray) -> None:
+    """Write the rows ``index`` of one view into ``out`` (same order), reading each stored row once."""
+    if len(index) == 0:
+        return
+    uniq, inverse = np.unique(index, return_inverse=True)
+    read = store.tokens if spec.inputs == "tokens" else store.pooled
+    blocks = (read(backbone, view=view, index=uniq, fold=fold) for backbone in spec.backbones)
+    _place(out, blocks, inverse)
+
+
+def _place(out: np.ndarray, blocks: Any, inverse: np.ndarray | None = None) -> None:
+    """Lay per-backbone blocks ``(n, ...)`` end to end into ``out``, each flattened row-major and cast to
+    ``out``'s dtype; ``inverse`` picks (and repeats) rows of every block."""
+    start = 0
+    for block in blocks:
+        block = np.asarray(block).reshape(len(block), -1)
+        out[:, start : start + block.shape[1]] = block if inverse is None else block[inverse]
+        start += block.shape[1]
+    if start != out.shape[1]:
+        raise FusionfeatError(f"the blocks fill {start} of X's {out.shape[1]} columns: their shapes changed")
