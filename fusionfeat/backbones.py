@@ -337,11 +337,11 @@ class WeightsChoice:
     seed: int = 0
 
     @classmethod
-    def parse(cls, value: str | WeightsChoice, seed: int = 0) -> WeightsChoice:
-        """``imagenet`` | ``random`` | a file path (a ``WeightsChoice`` gets ``seed``)."""
+    def parse(cls, value: str | WeightsChoice, seed: int | None = None) -> WeightsChoice:
+        """``imagenet`` | ``random`` | a file path; ``seed`` (default: a choice's own, else 0) seeds random weights."""
         if isinstance(value, WeightsChoice):
-            return replace(value, seed=seed)
-        value = value.strip()
+            return value if seed is None else replace(value, seed=seed)
+        value, seed = value.strip(), seed or 0
         if value in (IMAGENET, RANDOM):
             return cls(value, "", seed)
         return cls(FILE, value, seed)
@@ -420,8 +420,11 @@ class LoadedBackbone:
         }
 
 
-def load_backbone(name: str, weights: str | WeightsChoice = IMAGENET, seed: int = 0) -> LoadedBackbone:
-    """Build a backbone's trunk with ``imagenet``, ``random`` (seeded) or a state-dict file's weights."""
+def load_backbone(name: str, weights: str | WeightsChoice = IMAGENET, seed: int | None = None) -> LoadedBackbone:
+    """Build a backbone's trunk with ``imagenet``, ``random`` (seeded) or a state-dict file's weights.
+
+    ``seed`` (default: the ``WeightsChoice``'s own, else 0) seeds random weights and is recorded in any case.
+    """
     spec = get_backbone(name)
     choice = WeightsChoice.parse(weights, seed)
     with torch.random.fork_rng(devices=[]):
