@@ -151,11 +151,11 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
     device = resolve_device(config.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    precision = resolve_precision(config.precision, device)
     randoms = random_backbones(config.weights)
     if randoms:
         warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not ImageNet "
                       "features", RandomWeightsWarning, stacklevel=2)
+    precision = resolve_precision(config.precision, device)
     models = [load_backbone(name, config.weights[name]) for name in config.backbones]
     settings = _settings(manifest, config, models, device, precision)
 
