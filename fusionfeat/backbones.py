@@ -487,11 +487,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _head_prefixes(name: str) -> tuple[str, ...]:
     """Top-level names of the full torchvision model's keys that the trunk does not use (its classifier)."""
     spec = get_backbone(name)
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        full = get_model_builder(spec.builder or spec.name)(weights=None).state_dict()
-        trunk = spec.trunk(spec.build_model()).state_dict()
+    full_model = get_model_builder(spec.builder or spec.name)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            with torch.device("meta"):  # keys only: no memory, no initialisation time
+                full, trunk = full_model(weights=None).state_dict(), spec.trunk(spec.build_model()).state_dict()
+        except Exception:  # an architecture that cannot be built on the meta device
+            full, trunk = full_model(weights=None).state_dict(), spec.trunk(spec.build_model()).state_dict()
     used = {k.split(".")[0] for k in trunk}
-    return tuple(sorted(f"{top}." for top in {k.split(".")[0] for k in full} | {"fc", "classifier"} - used))
+    return tuple(sorted(f"{top}." for top in ({k.split(".")[0] for k in full} | {"fc", "classifier"}) - used))
 
 
 def load_trunk_state(trunk: nn.Module, spec: BackboneSpec, state: dict[str, torch.Tensor], source: str) -> None:

@@ -116,6 +116,10 @@ def test_trunk_only_file_loads_for_a_features_backbone(tmp_path):
     torch.save({k.removeprefix("features."): v for k, v in trunk.items()}, tmp_path / "t.pth")
     loaded = load_backbone("densenet121", str(tmp_path / "t.pth")).trunk.state_dict()
     assert all(torch.equal(loaded[k], trunk[k]) for k in trunk)
+    full = {**trunk, "classifier.weight": torch.zeros(2, 1024), "features.extra.weight": torch.zeros(1)}
+    torch.save(full, tmp_path / "f.pth")  # a classifier is ignored, a stray trunk key is not
+    with pytest.raises(WeightsError, match=r"does not fit densenet121: 1 unexpected key\(s\) \(first features.extra"):
+        load_backbone("densenet121", str(tmp_path / "f.pth"))
 
 
 def test_backbones_with_other_normalisation_cannot_share_a_store(monkeypatch):
