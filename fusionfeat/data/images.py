@@ -42,6 +42,8 @@ class Preprocess:
             raise FusionfeatError(f"--normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
         if self.views not in VIEWS:
             raise FusionfeatError(f"--views {self.views!r}: choose 1 or dihedral8")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
+            raise FusionfeatError(f"normalisation mean {self.mean} / std {self.std}: give 3 values each, std > 0")
         if len(self.fill) != 3 or not all(0 <= c <= 255 for c in self.fill):
             raise FusionfeatError(f"--fill {self.fill!r}: give one grey level or R,G,B values in 0..255")
 
