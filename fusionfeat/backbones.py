@@ -23,6 +23,7 @@ grid (as torchvision's ``interpolate_embeddings``), any other size is refused.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import math
@@ -169,8 +170,6 @@ def _has_params(stage: Stage) -> bool:
 
 
 def _meta_copy(module: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(module).to("meta").eval()
 
 
