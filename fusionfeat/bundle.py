@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusionfeat.backbones import BACKBONES, RANDOM, load_backbone
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier
 from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
@@ -79,8 +80,6 @@ def trunk_fingerprint(module: torch.nn.Module) -> str:
 
 def random_fingerprint(backbone: str, seed: int) -> str:
     """The fingerprint of ``backbone`` initialised with random weights from ``seed``."""
-    from fusionfeat.backbones import RANDOM, load_backbone
-
     return trunk_fingerprint(load_backbone(backbone, RANDOM, int(seed)).trunk)
 
 
@@ -96,7 +95,7 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
     """Write the model files and ``bundle.json`` (with their SHA-256s) into ``folder``."""
     backbones = {name: dict(prov) for name, prov in info["backbones"].items()}
     for name, prov in backbones.items():
-        if prov.get("weights_kind") == "random":
+        if prov.get("weights_kind") == "random" and name in BACKBONES:  # an unregistered one can't predict anyway
             prov["trunk_fingerprint"] = random_fingerprint(name, int(prov.get("seed", 0)))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now_iso(), "head": spec.name,
             "head_backbones": list(spec.backbones), "head_inputs": spec.inputs, **info, "backbones": backbones}

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionfeat.backbones import BACKBONES, IMAGENET, RANDOM, imagenet_cache_path
+from fusionfeat.backbones import IMAGENET, RANDOM, get_backbone, imagenet_cache_path
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.data.synthetic import generate_cnmc_like
+from fusionfeat.errors import RandomWeightsWarning
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.extract import ExtractConfig, extract
 from fusionfeat.fsio import DEMO, check_output, marker_name, output_lock
@@ -19,6 +21,8 @@ from fusionfeat.store import FeatureStore
 from fusionfeat.zoo import HEAD_NAMES
 
 DEMO_DATA, DEMO_STORE, DEMO_RUN = "data", "features.h5", "run"
+
+DEMO_BACKBONES = ("resnet18", "vgg16")
 
 
 @dataclass
@@ -62,7 +66,7 @@ def _run_demo(out: Path, subjects_all: int, subjects_hem: int, cells_per_subject
                        cells_per_subject=cells_per_subject, size=image_size, n_folds=3, seed=0)
     manifest = build_manifest(data)
     if weights is None:
-        weights = IMAGENET if all(imagenet_cache_path(s).is_file() for s in BACKBONES.values()) else RANDOM
+        weights = IMAGENET if all(imagenet_cache_path(get_backbone(b)).is_file() for b in DEMO_BACKBONES) else RANDOM
     if weights == RANDOM:
         echo("WARNING: ImageNet weights are not in the torch hub cache, so the demo uses RANDOM weights "
              "(seeded). Its numbers show the pipeline working, not what ImageNet features achieve.")
@@ -70,10 +74,12 @@ def _run_demo(out: Path, subjects_all: int, subjects_hem: int, cells_per_subject
     echo(f"demo data: {len(manifest)} synthetic cells ({counts}) from "
          f"{subjects_all + subjects_hem} subjects in {data}")
     store = out / DEMO_STORE
-    config = ExtractConfig(backbones=["resnet18", "vgg16"], weights={"resnet18": weights, "vgg16": weights},
+    config = ExtractConfig(backbones=list(DEMO_BACKBONES), weights=dict.fromkeys(DEMO_BACKBONES, weights),
                            preprocess=Preprocess(input_size=input_size), device=device, overwrite=True,
                            progress=progress)
-    extract(manifest, store, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # said above, in the demo's own words
+        extract(manifest, store, config)
     with FeatureStore.open(store) as fs:
         result = cross_validate(fs, list(HEAD_NAMES), protocol="grouped", folds=5, seed=0, device=device,
                                 progress=progress)

@@ -31,3 +31,15 @@ class ImageDecodeError(DatasetError):
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class FusionfeatWarning(UserWarning):
+    """Something the user should know but that does not stop the work; the CLI prints it as ``warning: …``."""
+
+
+class RandomWeightsWarning(FusionfeatWarning):
+    """Backbones run with random weights: their features are not ImageNet features."""
+
+
+class PrecisionWarning(FusionfeatWarning):
+    """The requested precision runs emulated (slowly) on this machine."""

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,11 +25,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import fusionfeat
-from fusionfeat.backbones import LoadedBackbone, load_backbone
+from fusionfeat.backbones import (
+    IMAGENET,
+    LoadedBackbone,
+    WeightsChoice,
+    embed,
+    input_stats,
+    load_backbone,
+    probe,
+    random_backbones,
+)
 from fusionfeat.chunks import ChunkEncoder, write_chunks
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.errors import FusionfeatError, ImageDecodeError, StoreError
+from fusionfeat.errors import FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import clean_stale
 from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
 from fusionfeat.store import (
@@ -50,7 +60,7 @@ class ExtractConfig:
     """Options of one extraction; everything that changes the numbers is recorded in the store."""
 
     backbones: list[str]
-    weights: dict[str, str]
+    weights: dict[str, WeightsChoice | str]  # strings are parsed (``WeightsChoice.parse``) with ``seed``
     seed: int = 0
     preprocess: Preprocess = field(default_factory=Preprocess)
     tokens: bool = True
@@ -69,6 +79,10 @@ class ExtractConfig:
             raise FusionfeatError("--batch-size must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise FusionfeatError("--workers must be 0 or more")
+        self.weights = {b: WeightsChoice.parse(self.weights.get(b, IMAGENET), self.seed) for b in self.backbones}
+        self.preprocess = self.preprocess.with_stats(*input_stats(self.backbones))
+        for name in self.backbones:
+            probe(name, self.preprocess.input_size)  # an input size the backbone cannot take is refused here
 
 
 @dataclass
@@ -138,8 +152,12 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
     device = resolve_device(config.device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    randoms = random_backbones(config.weights)
+    if randoms:
+        warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not ImageNet "
+                      "features", RandomWeightsWarning, stacklevel=2)
     precision = resolve_precision(config.precision, device)
-    models = [load_backbone(name, config.weights[name], config.seed) for name in config.backbones]
+    models = [load_backbone(name, config.weights[name]) for name in config.backbones]
     settings = _settings(manifest, config, models, device, precision)
 
     lock = store_lock(out) if world_size == 1 else contextlib.nullcontext()
@@ -283,13 +301,9 @@ def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: 
     out = {}
     with torch.inference_mode(), autocast(device, precision):
         for m in models:
-            fmap = torch.cat([m.trunk(part) for part in x.split(b)])  # (B*V, C, h, w)
-            pooled = fmap.float().mean(dim=(2, 3)).reshape(b, v, -1)
-            tokens = None
-            if keep_tokens:
-                tokens = fmap.flatten(2).transpose(1, 2).to(torch.float16).reshape(b, v, -1, fmap.shape[1])
-                tokens = tokens.cpu().numpy()
-            out[m.spec.name] = (pooled.cpu().numpy(), tokens)
+            pooled, tokens = embed(m.trunk, x, keep_tokens, chunk=b)
+            out[m.spec.name] = (pooled.reshape(b, v, -1).cpu().numpy(),
+                                None if tokens is None else tokens.reshape(b, v, *tokens.shape[1:]).cpu().numpy())
     return out
 
 
@@ -297,7 +311,8 @@ def _batch_record(rows, digests, errors, arrays, n_views, models, keep_tokens, i
     ok = np.array([not e for e in errors], dtype=bool)
     record = {"rows": rows, "ok": ok, "sha256": np.array(digests, dtype="U64"), "error": np.array(errors, dtype=str)}
     for m in models:
-        dim, n_tok = m.spec.dim, m.spec.n_tokens(input_size)
+        shape = probe(m.spec.name, input_size)
+        dim, n_tok = shape.dim, shape.n_tokens
         pooled = np.zeros((len(rows), n_views, dim), np.float32)
         tokens = np.zeros((len(rows), n_views, n_tok, dim), np.float16) if keep_tokens else None
         if m.spec.name in arrays:
@@ -345,12 +360,12 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         size = config.preprocess.input_size
         datasets = {}
         for m in models:
+            shape = probe(m.spec.name, size)
             attrs = {**m.provenance(), **config.preprocess.as_attrs(), "precision": precision,
-                     "device": describe_device(device), "token_grid": m.spec.token_grid(size),
-                     "pooling": "global average of the last conv stage"}
+                     "device": describe_device(device), "token_grid": shape.grid, "pooling": m.spec.pooling}
             datasets[m.spec.name] = create_feature_datasets(
-                features, m.spec.name, n, config.preprocess.n_views, m.spec.dim,
-                m.spec.n_tokens(size) if config.tokens else None, attrs)
+                features, m.spec.name, n, config.preprocess.n_views, shape.dim,
+                shape.n_tokens if config.tokens else None, attrs)
         skipped = 0
         for b in range(n_batches):
             record = partial.read(b)

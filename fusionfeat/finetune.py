@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,11 +25,20 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from fusionfeat.backbones import get_backbone, load_backbone
+from fusionfeat.backbones import (
+    IMAGENET,
+    WeightsChoice,
+    embed,
+    get_backbone,
+    input_stats,
+    load_backbone,
+    probe,
+    random_backbones,
+)
 from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import SINGLE, DistContext
-from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
+from fusionfeat.errors import DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
 from fusionfeat.extract import _progress, manifest_fingerprint
 from fusionfeat.fsio import FINETUNE, atomic_write_bytes, marker_name, sha256_file, write_json
 from fusionfeat.image_bank import ImageBank, build_bank, open_bank
@@ -46,7 +55,7 @@ class FinetuneConfig:
     """Options of one ``fusionfeat finetune`` run. ``None`` plan options mean: the store's plan, else defaults."""
 
     backbones: list[str]
-    weights: dict[str, str]
+    weights: dict[str, WeightsChoice | str]
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: str | None = None
     n_folds: int | None = None
@@ -127,18 +136,22 @@ def work_dir(store: Path) -> Path:
     return store.with_name(store.name + ".finetune")
 
 
-def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig, ctx: DistContext = SINGLE,
-             on_ready: Callable[[], None] | None = None) -> FinetuneResult | None:
+def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig,
+             ctx: DistContext = SINGLE) -> FinetuneResult | None:
     """Fine-tune every backbone on every fold and store the embeddings; returns the result on rank 0 only.
 
-    ``on_ready`` is called on rank 0 once every option is validated, before the long work (e.g. to warn).
+    Random starting weights raise a ``RandomWeightsWarning`` once every option is validated (so a rejected
+    run says only why it was rejected).
     """
     start = time.perf_counter()
     store = Path(store).expanduser()
     with contextlib.ExitStack() as stack:
         job = ctx.run_on_main(lambda: _prepare(manifest, store, config, stack))
-        if ctx.is_main and on_ready is not None:
-            on_ready()
+        randoms = random_backbones({b: WeightsChoice.parse(config.weights.get(b, IMAGENET))
+                                    for b in config.backbones})
+        if randoms and ctx.is_main:
+            warnings.warn(f"{', '.join(randoms)} start from RANDOM weights: not ImageNet fine-tuning",
+                          RandomWeightsWarning, stacklevel=2)
         device = ctx.device(config.device)
         precision = resolve_precision(config.precision, device)
         reports = [TaskReport(t.fold, t.backbone, "stored") for t in job.tasks if t.stored]
@@ -175,7 +188,7 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
         stale.unlink(missing_ok=True)
     with FeatureStore.open(store) as fs:
         _check_manifest(manifest, fs)
-        preprocess = _store_preprocess(fs, config.input_size)
+        preprocess = _store_preprocess(fs, config.input_size, config.backbones)
         plan = _fold_plan(fs, config)
         stored_plan = fs.fold_plan()
         info = (fs.labels, fs.groups, fs.ok, fs.sha256, fs.paths, fs.classes)
@@ -260,11 +273,17 @@ def _check_manifest(manifest: Manifest, fs: FeatureStore) -> None:
         raise DatasetError(f"{where} gives other subjects or folds than {fs.path}; use the same layout/manifest")
 
 
-def _store_preprocess(fs: FeatureStore, input_size: int | None) -> Preprocess:
-    """The store's preprocessing (so fine-tuned features are comparable), with an optional new input size."""
-    attrs = fs.attrs(fs.backbones[0])
-    return Preprocess(input_size=int(input_size or attrs["input_size"]), fill=tuple(int(c) for c in attrs["fill"]),
-                      normalize=str(attrs["normalization"]), views=str(attrs["views"]))
+def _store_preprocess(fs: FeatureStore, input_size: int | None, backbones: list[str]) -> Preprocess:
+    """The store's preprocessing (so fine-tuned features are comparable), with an optional new input size;
+    the fine-tuned backbones' weights must expect the store's normalisation."""
+    stored = Preprocess.from_attrs(fs.attrs(fs.backbones[0]))
+    preprocess = replace(stored, input_size=int(input_size or stored.input_size))
+    if preprocess.normalize == "imagenet" and input_stats(backbones) != preprocess.mean_std():
+        raise FusionfeatError(f"--backbones {','.join(backbones)} expect mean/std {input_stats(backbones)}, but "
+                              f"{fs.path} was extracted with {preprocess.mean_std()}; extract a store for them first")
+    for name in backbones:
+        probe(name, preprocess.input_size)  # an input size the backbone cannot take is refused here
+    return preprocess
 
 
 def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> dict:
@@ -423,9 +442,10 @@ def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, d
            "val_sha256": job.sha256[val].tolist()}
     if ctx.is_main:
         write_json(folder / "train_ids.json", ids)
-    spec = get_backbone(task.backbone)
     start = load_backbone(task.backbone, config.weights[task.backbone], job.train.seed)
-    model = FineTuneNet(start.trunk, spec.dim, len(job.classes), job.train.head_dropout, job.train.seed + task.fold)
+    dim = probe(task.backbone, job.preprocess.input_size).dim
+    model = FineTuneNet(start.trunk, dim, len(job.classes), job.train.head_dropout, job.train.seed + task.fold,
+                        task.backbone)
     mean, std = job.preprocess.mean_std()
     payload = {"config": task.settings, "fold": task.fold, "backbone": task.backbone,
                "train_ids": ids["train"], "val_ids": ids["val"], "classes": list(job.classes)}
@@ -464,12 +484,10 @@ def _embed(job: _Job, task: _Task, trunk: torch.nn.Module, bank: ImageBank, devi
         views = dihedral_views(images).transpose(0, 1) if job.preprocess.n_views == 8 else images.unsqueeze(1)
         x = normalize_batch(views.flatten(0, 1), mean, std).contiguous(memory_format=layout)
         with autocast(device, precision):
-            fmap = trunk(x)
-        pooled = fmap.float().mean(dim=(2, 3)).reshape(len(rows), views.shape[1], -1).cpu().numpy()
-        arrays = {"rows": rows, "pooled": pooled}
-        if config.tokens:
-            tokens = fmap.flatten(2).transpose(1, 2).to(torch.float16)
-            arrays["tokens"] = tokens.reshape(len(rows), views.shape[1], -1, fmap.shape[1]).cpu().numpy()
+            pooled, tokens = embed(trunk, x, config.tokens)
+        arrays = {"rows": rows, "pooled": pooled.reshape(len(rows), views.shape[1], -1).cpu().numpy()}
+        if tokens is not None:
+            arrays["tokens"] = tokens.reshape(len(rows), views.shape[1], *tokens.shape[1:]).cpu().numpy()
         for key in ("pooled", "tokens"):
             if key in arrays:
                 arrays[key][~job.ok[rows]] = 0  # images the store skipped stay zero, as in /features
@@ -518,15 +536,14 @@ def _write_plan(h5: h5py.File, plan: dict) -> None:
 
 def _write_task(parent: h5py.Group, job: _Job, task: _Task, report: TaskReport, device: torch.device,
                 precision: str) -> None:
-    spec = get_backbone(task.backbone)
-    size = job.preprocess.input_size
+    shape = probe(task.backbone, job.preprocess.input_size)
     folder = _task_folder(job.work, task.fold, task.backbone)
     best = folder / "best.pt"
     n_train = len(json.loads((folder / "train_ids.json").read_text())["train"])
     attrs = {
         **job.provenance[task.backbone], **job.preprocess.as_attrs(),
-        "precision": precision, "device": describe_device(device), "token_grid": spec.token_grid(size),
-        "pooling": "global average of the last conv stage",
+        "precision": precision, "device": describe_device(device), "token_grid": shape.grid,
+        "pooling": get_backbone(task.backbone).pooling,
         "finetuned": True, "fold": task.fold, "fold_plan_sha256": job.plan["sha256"],
         "protocol": job.plan["protocol"], "checkpoint": str(best.resolve()), "checkpoint_sha256": sha256_file(best),
         "best_epoch": report.best_epoch, "epochs_run": report.epochs_run, "stopped_early": report.stopped_early,
@@ -534,8 +551,8 @@ def _write_task(parent: h5py.Group, job: _Job, task: _Task, report: TaskReport, 
         "settings": task.settings, "started_from": job.provenance[task.backbone]["weights"],
     }
     n, views = len(job.labels), job.preprocess.n_views
-    group = create_feature_datasets(parent, task.backbone, n, views, spec.dim,
-                                    spec.n_tokens(size) if task.settings["tokens"] else None, attrs)
+    group = create_feature_datasets(parent, task.backbone, n, views, shape.dim,
+                                    shape.n_tokens if task.settings["tokens"] else None, attrs)
     embedded = _embed_folder(job, task)
     covered = np.zeros(n, dtype=bool)
     for path in sorted(embedded.glob("batch_*.npz")):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fusionfeat.backbones import IMAGENET, RANDOM, LoadedBackbone, load_backbone, parse_weights
+from fusionfeat.backbones import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.bundle import Bundle, trunk_fingerprint
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
@@ -46,20 +47,12 @@ def bundle_backbones(bundle: Bundle, weights: str | None = None) -> list[LoadedB
     must still match the bundle's record.
     """
     names = list(bundle.spec.backbones)
-    override = parse_weights(weights, names) if weights else {}
+    override = {b: str(w) for b, w in parse_weights(weights, names).items()} if weights else {}
     models = []
     for name in names:
         prov = bundle.backbone_provenance(name)
-        kind = prov["weights_kind"]
-        choice = override.get(name) or {"random": RANDOM, "imagenet": IMAGENET}.get(kind, prov["weights_path"])
-        if kind == RANDOM and choice != RANDOM or kind != RANDOM and choice == RANDOM:
-            raise WeightsError(f"the bundle's {name} was trained on {kind} weights; --weights {name}={choice} "
-                               "does not match")
-        if kind not in (RANDOM, IMAGENET) and not Path(choice).is_file():
-            raise WeightsError(f"the bundle's {name} weights file {prov['weights_path']} is missing; "
-                               f"pass --weights {name}=FILE (SHA-256 {prov['weights_sha256']})")
-        model = load_backbone(name, choice, int(prov.get("seed", 0)))
-        if kind == RANDOM:
+        model = load_backbone(name, WeightsChoice.from_provenance(name, prov, override.get(name)))
+        if prov["weights_kind"] == RANDOM:
             check_fingerprint(bundle, name, model)
         if model.weights_sha256 != prov["weights_sha256"]:
             raise WeightsError(
@@ -84,9 +77,8 @@ def check_fingerprint(bundle: Bundle, name: str, model: LoadedBackbone) -> None:
 
 
 def bundle_preprocess(bundle: Bundle) -> Preprocess:
-    prov = bundle.backbone_provenance(bundle.spec.backbones[0])
-    return Preprocess(input_size=int(prov["input_size"]), fill=tuple(prov.get("fill", (0, 0, 0))),
-                      normalize=prov["normalization"], views="1")
+    """The bundle's training store's preprocessing, one view per image."""
+    return replace(Preprocess.from_attrs(bundle.backbone_provenance(bundle.spec.backbones[0])), views="1")
 
 
 def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLike, weights: str | None = None,

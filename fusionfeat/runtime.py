@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 
 import torch
 
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.errors import FusionfeatError, PrecisionWarning
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,12 +45,18 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → bf16 on CUDA cards and CPUs that support it, fp16 on older CUDA cards, else fp32."""
+    """``auto`` → bf16 on CUDA cards and CPUs that support it, fp16 on older CUDA cards, else fp32.
+
+    An explicit bf16 on a CPU without native bf16 works but warns (``PrecisionWarning``).
+    """
     if precision not in PRECISIONS:
         raise FusionfeatError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise FusionfeatError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+        if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+            warnings.warn("this CPU has no native bf16 (avx512_bf16/amx); bf16 will be several times slower than "
+                          "fp32 here (--precision auto picks fp32)", PrecisionWarning, stacklevel=2)
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

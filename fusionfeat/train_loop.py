@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fusionfeat.backbones import ResNetTrunk, VGGTrunk
+from fusionfeat.backbones import Stage, embed, get_backbone
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import atomic_write_bytes, write_json
@@ -102,43 +102,38 @@ def parse_augment(value: str) -> tuple[tuple[str, ...], float]:
 
 
 class FineTuneNet(nn.Module):
-    """A backbone trunk, global average pooling and a dropout + linear head (the head is thrown away later)."""
+    """A backbone trunk, its pooled vector (``backbones.embed``) and a dropout + linear head (thrown away later)."""
 
-    def __init__(self, trunk: nn.Module, dim: int, n_classes: int = 2, dropout: float = 0.2, seed: int = 0):
+    def __init__(self, trunk: nn.Module, dim: int, n_classes: int = 2, dropout: float = 0.2, seed: int = 0,
+                 backbone: str = ""):
         super().__init__()
         self.trunk = trunk
+        self.backbone = backbone  # registry name: where --freeze-stages finds the stages
         with torch.random.fork_rng(devices=[]):  # the same head on every rank and every rerun
             torch.manual_seed(seed)
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(x).mean(dim=(2, 3)))
+        return self.head(embed(self.trunk, x, tokens=False)[0])
 
 
-def trunk_stages(trunk: nn.Module) -> list[list[nn.Module]]:
-    """The trunk's stages, input first: ResNet stem + 4 layers; VGG's 5 conv blocks (split at max-pools)."""
-    if isinstance(trunk, ResNetTrunk):
-        return [[trunk.conv1, trunk.bn1], [trunk.layer1], [trunk.layer2], [trunk.layer3], [trunk.layer4]]
-    if isinstance(trunk, VGGTrunk):
-        stages, current = [], []
-        for module in trunk.features:
-            current.append(module)
-            if isinstance(module, nn.MaxPool2d):
-                stages.append(current)
-                current = []
-        return stages + ([current] if current else [])
-    raise FusionfeatError(f"--freeze-stages does not know the stages of {type(trunk).__name__}")
+def trunk_stages(trunk: nn.Module, backbone: str) -> list[Stage]:
+    """The trunk's stages, input first, as its registry entry defines them (ResNet: stem + 4 layers; VGG: 5 conv
+    blocks); items are modules or bare parameters (a ViT's class token)."""
+    return get_backbone(backbone).stages(trunk)
 
 
 def freeze_stages(model: FineTuneNet, n: int) -> list[nn.Module]:
     """Freeze the first ``n`` stages (no gradients, batch norm statistics kept); returns the frozen modules."""
-    stages = trunk_stages(model.trunk)
+    if n == 0:
+        return []
+    stages = trunk_stages(model.trunk, model.backbone)
     if n > len(stages):
-        raise FusionfeatError(f"--freeze-stages {n}: the backbone has {len(stages)} stages")
+        raise FusionfeatError(f"--freeze-stages {n}: the {model.backbone} backbone has {len(stages)} stages")
     frozen = [m for stage in stages[:n] for m in stage]
-    for module in frozen:
-        module.requires_grad_(False)
-    return frozen
+    for item in frozen:
+        item.requires_grad_(False)
+    return [m for m in frozen if isinstance(m, nn.Module)]
 
 
 def param_groups(model: FineTuneNet, config: TrainConfig) -> list[dict]:

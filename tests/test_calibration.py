@@ -188,8 +188,8 @@ class SampleSpy(ClassifierMixin, BaseEstimator):
 
 @pytest.mark.parametrize("balance", ["weight", "augment"])
 def test_calibration_and_threshold_inside_cross_validate_never_see_the_test_fold(balance):
-    from fusionfeat.zoo import HeadSpec
     from fusionfeat.evaluate import cross_validate
+    from fusionfeat.zoo import HeadSpec
     from tests.test_evaluate import fake_store
 
     def build(**_: Any) -> InnerOperatingPoint:

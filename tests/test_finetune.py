@@ -267,8 +267,8 @@ def test_freezing_and_differential_learning_rates():
 
     for name in ("resnet18", "vgg16"):
         trunk = load_backbone(name, "random").trunk
-        assert len(trunk_stages(trunk)) == 5
-        model = FineTuneNet(trunk, 512)
+        assert len(trunk_stages(trunk, name)) == 5
+        model = FineTuneNet(trunk, 512, backbone=name)
         frozen = freeze_stages(model, 2)
         assert frozen and all(not p.requires_grad for m in frozen for p in m.parameters())
         groups = param_groups(model, TrainConfig(lr=1e-3, backbone_lr_scale=0.1))

@@ -6,24 +6,38 @@ Each command lives in its own module in this package and only parses options and
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.errors import FusionfeatError, FusionfeatWarning
 
 
 class _Group(click.Group):
-    """A click group that turns user-facing errors into one line on stderr and exit code 2."""
+    """A click group that turns user-facing errors into one line on stderr and exit code 2, and fusionfeat's
+    warnings into one ``warning: …`` line each."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("default", FusionfeatWarning)
+                warnings.showwarning = _show_warning(warnings.showwarning)
+                return super().invoke(ctx)
         except FusionfeatError as exc:
             click.echo(f"fusionfeat: error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("fusionfeat: interrupted; work committed so far is kept (rerun to resume)", err=True)
             ctx.exit(130)
+
+
+def _show_warning(fallback):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FusionfeatWarning):
+            click.echo(f"warning: {_one_line(str(message))}", err=True)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
 
 
 def _one_line(message: str) -> str:

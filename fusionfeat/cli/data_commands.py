@@ -15,7 +15,7 @@ from fusionfeat.data.manifest import build_manifest, write_manifest
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.extract import ExtractConfig, extract
 from fusionfeat.fsio import CSV, check_not_input, check_output, ensure_parent
-from fusionfeat.runtime import PRECISIONS, cpu_supports_bf16, resolve_device
+from fusionfeat.runtime import PRECISIONS
 
 
 @main.command("manifest")
@@ -83,7 +83,7 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
     ensure_parent(Path(output), "feature store")
     names = parse_backbones(backbones)
     config = ExtractConfig(
-        backbones=names, weights=parse_weights(weights, names), seed=seed,
+        backbones=names, weights=parse_weights(weights, names, seed), seed=seed,
         preprocess=Preprocess(input_size=input_size, fill=_parse_fill(fill), normalize=normalize, views=views),
         tokens=not no_tokens, device=device, precision=precision, batch_size=batch_size, workers=workers,
         on_error=on_error, overwrite=overwrite, progress=not quiet,
@@ -91,13 +91,6 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
     for note in manifest.notes:
         click.echo(f"note: {note}", err=True)
-    if "random" in config.weights.values():
-        randoms = ", ".join(b for b, w in config.weights.items() if w == "random")
-        click.echo(f"warning: {randoms} use RANDOM weights (seed {seed}): features are not ImageNet features",
-                   err=True)
-    if precision == "bf16" and resolve_device(device).type == "cpu" and not cpu_supports_bf16():
-        click.echo("warning: this CPU has no native bf16 (avx512_bf16/amx); bf16 will be several times slower "
-                   "than fp32 here (--precision auto picks fp32)", err=True)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         from fusionfeat.distributed import extract_distributed

@@ -38,7 +38,8 @@ _D = TrainConfig()
 @click.option("--warmup-epochs", default=_D.warmup_epochs, show_default=True,
               help="Linear warm-up before the cosine decay (fractions allowed).")
 @click.option("--freeze-stages", default=_D.freeze_stages, show_default=True,
-              help="Freeze the first N stages (ResNet: stem, layer1-4; VGG: 5 conv blocks).")
+              help="Freeze the first N stages of each backbone (ResNet: stem, layer1-4; VGG: 5 conv blocks; others: "
+              "a stage per resolution, ViT: patch embedding then one per block).")
 @click.option("--label-smoothing", default=_D.label_smoothing, show_default=True)
 @click.option("--balance", type=click.Choice(BALANCES), default=_D.balance, show_default=True,
               help="weight: class-weighted loss; sampler: class-balanced sampling; none.")
@@ -80,13 +81,8 @@ def finetune_command(data, store, backbones, weights, protocol, folds, seed, inp
                             n_folds=folds, seed=seed, input_size=input_size, tokens=not no_tokens, device=device,
                             precision=precision, workers=workers, overwrite=overwrite, progress=not quiet)
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
-    def warn_random() -> None:
-        if "random" in config.weights.values():
-            randoms = ", ".join(b for b, w in config.weights.items() if w == "random")
-            click.echo(f"warning: {randoms} start from RANDOM weights: not ImageNet fine-tuning", err=True)
-
     with process_group(device) as ctx:
-        result = finetune(manifest, store, config, ctx, on_ready=warn_random)
+        result = finetune(manifest, store, config, ctx)
     if result is None:
         return
     plan = result.plan

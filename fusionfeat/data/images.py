@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ class Preprocess:
     fill: tuple[int, int, int] = (0, 0, 0)
     normalize: str = "imagenet"
     views: str = "1"
+    mean: tuple[float, ...] = IMAGENET_MEAN  # the backbones' weights' statistics, used when normalize="imagenet"
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self):
         if self.input_size < 32:
@@ -40,6 +42,8 @@ class Preprocess:
             raise FusionfeatError(f"--normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
         if self.views not in VIEWS:
             raise FusionfeatError(f"--views {self.views!r}: choose 1 or dihedral8")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(s > 0 for s in self.std):
+            raise FusionfeatError(f"normalisation mean {self.mean} / std {self.std}: give 3 values each, std > 0")
         if len(self.fill) != 3 or not all(0 <= c <= 255 for c in self.fill):
             raise FusionfeatError(f"--fill {self.fill!r}: give one grey level or R,G,B values in 0..255")
 
@@ -49,8 +53,21 @@ class Preprocess:
 
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.normalize == "imagenet":
-            return IMAGENET_MEAN, IMAGENET_STD
+            return tuple(self.mean), tuple(self.std)
         return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+    def with_stats(self, mean: tuple[float, ...], std: tuple[float, ...]) -> Preprocess:
+        """The same preprocessing with the weights' own mean/std (see ``backbones.input_stats``)."""
+        return replace(self, mean=tuple(mean), std=tuple(std))
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> Preprocess:
+        """The preprocessing recorded by ``as_attrs`` (a store's feature attributes or a bundle's provenance)."""
+        stats = {}
+        if str(attrs["normalization"]) == "imagenet" and "mean" in attrs:
+            stats = {"mean": tuple(float(v) for v in attrs["mean"]), "std": tuple(float(v) for v in attrs["std"])}
+        return cls(input_size=int(attrs["input_size"]), fill=tuple(int(c) for c in attrs.get("fill", (0, 0, 0))),
+                   normalize=str(attrs["normalization"]), views=str(attrs.get("views", "1")), **stats)
 
     def as_attrs(self) -> dict:
         mean, std = self.mean_std()
