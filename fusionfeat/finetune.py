@@ -205,7 +205,7 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     train_config = replace(config.train, seed=plan["seed"])
     loaded = {b: load_backbone(b, config.weights[b], plan["seed"]) for b in config.backbones}
     for name, model in loaded.items():  # validate before anything is written
-        n_stages = len(trunk_stages(model.trunk))
+        n_stages = len(trunk_stages(model.trunk, name))
         if config.train.freeze_stages > n_stages:
             raise FusionfeatError(f"--freeze-stages {config.train.freeze_stages}: {name} has {n_stages} stages")
     provenance = {b: m.provenance() for b, m in loaded.items()}
