@@ -52,8 +52,8 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--backbones", default="resnet18,vgg16", show_default=True, help="Comma-separated backbones.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
-@click.option("--seed", default=0, show_default=True, help="Seed for random weights.")
-@click.option("--input-size", default=224, show_default=True, help="Square input side in pixels.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for random weights.")
+@click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True, help="Square input side in pixels.")
 @click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default="imagenet", show_default=True,
               help="imagenet: the weights' mean/std; unit: [0,1] (the paper's).")
 @click.option("--fill", default="0", show_default=True, help="Padding colour: grey level or R,G,B.")
@@ -62,8 +62,8 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--no-tokens", is_flag=True, help="Store pooled vectors only (no 7x7 token maps).")
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="fail: stop at an unreadable image (resumable); skip: record it in the store and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store or unfinished run made with other settings.")

@@ -39,9 +39,9 @@ def _echo_table(run_dir: Path) -> None:
 @click.option("--cv", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]), default=None,
               help="Protocol [default: grouped when subjects are known, else stratified]. "
                    "'paper' is the paper's leaky protocol, reproduced by name.")
-@click.option("--folds", type=int, default=None, help="Number of folds [default: 5].")
-@click.option("--seed", type=int, default=None, help="Seed for splits and heads [default: 0].")
-@click.option("--repeats", type=int, default=1, show_default=True, help="Repeated CV, for 95% intervals.")
+@click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of folds [default: 5].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for splits and heads [default: 0].")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Repeated CV, for 95% intervals.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True,
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
 @click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
@@ -86,7 +86,7 @@ def report_command(runs):
 @click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @threads_option
 @click.option("--quiet", is_flag=True)
@@ -112,8 +112,8 @@ def train_command(store, head, output, balance, seed, device, threads, quiet):
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="[default: the training store's precision]")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--workers", type=int, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None)
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @click.option("--quiet", is_flag=True)
 def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, quiet):
