@@ -41,7 +41,8 @@ def _echo_table(run_dir: Path) -> None:
                    "'paper' is the paper's leaky protocol, reproduced by name.")
 @click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of folds [default: 5].")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for splits and heads [default: 0].")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True, help="Repeated CV, for 95% intervals.")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeated CV, for 95% intervals.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True,
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
 @click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
