@@ -179,7 +179,7 @@ def disk_errors(out: Path, partial: PartialStore):
             raise
         where = exc.filename or out
         kept = len(partial.candidates()) if partial.folder.is_dir() else 0
-        raise StoreError(f"cannot write {where}: {exc.strerror or exc}; the {kept} committed batch(es) in "
+        raise StoreError(f"cannot write {where}: {os.strerror(exc.errno)}; the {kept} committed batch(es) in "
                          f"{partial.folder} are kept, free space (or fix permissions) and rerun to resume") from None
 
 
@@ -394,11 +394,12 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
                     write_chunks(group["tokens"], lo, record[f"{name}.tokens_blob"], record[f"{name}.tokens_offsets"])
         h5.attrs["n_skipped"] = skipped
         record_checksums(h5)
+        finish_store(h5, tmp, out)
     except BaseException:
-        h5.close()
+        with contextlib.suppress(Exception):  # closing flushes, which fails again on a full disk
+            h5.close()
         tmp.unlink(missing_ok=True)
         raise
-    finish_store(h5, tmp, out)
     partial.remove()
     return skipped
 

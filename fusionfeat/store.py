@@ -84,11 +84,15 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(fh)`` on a temporary file, fsync it, and rename it to ``path``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a half-written temporary behind
+        raise
     _fsync_dir(path.parent)
 
 
