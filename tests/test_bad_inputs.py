@@ -129,7 +129,7 @@ def _smashed_verify(ws: Path) -> list:
 
 def _smashed_fit(ws: Path) -> list:
     smash_chunk(ws / "s.h5", "features/resnet18/tokens")
-    return ["fit", ws / "s.h5", "--head", "attention", "-o", ws / "run", "--quiet", "--threads", "1"]
+    return ["fit", ws / "s.h5", "--head", "attention", "--folds", "2", "-o", ws / "run", "--quiet", "--threads", "1"]
 
 
 def _bundle(ws: Path) -> Path:
