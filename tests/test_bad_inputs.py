@@ -397,6 +397,9 @@ LINGER = textwrap.dedent("""
     with store_lock(Path(sys.argv[1])):
         child = os.fork()  # like a DataLoader worker: it inherits the descriptors, then outlives its parent
         if child == 0:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)  # let the test read the parent's output without waiting for this one
             time.sleep(60)
             os._exit(0)
         print(child, flush=True)
