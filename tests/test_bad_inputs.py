@@ -191,6 +191,8 @@ CASES = [
                                              "--batch-size", "0"], "--batch-size"),
     Case("predict-workers-negative", lambda ws: ["predict", _bundle(ws), ws / "cells", "-o", ws / "p.csv",
                                                  "--workers", "-1"], "--workers"),
+    Case("predict-non-utf8-name", lambda ws: ["predict", _bundle(ws), _non_utf8_name(ws)[1], "-o", ws / "p.csv"],
+         "not valid UTF-8"),
     Case("predict-device-cuda", lambda ws: ["predict", _bundle(ws), ws / "cells", "-o", ws / "p.csv",
                                             "--device", "cuda:99"], "--device"),
     Case("finetune-batch-size-0", lambda ws: ["finetune", ws / "cells", "--store", ws / "s.h5", "--batch-size", "0"],

@@ -122,8 +122,8 @@ def predict_command(bundle, images, output, weights, device, precision, batch_si
     from fusionfeat.bundle import load_bundle
     from fusionfeat.predict import collect_images, predict_images
 
+    paths = collect_images(images)  # the inputs are checked before the bundle is loaded
     loaded = load_bundle(bundle)
-    paths = collect_images(images)
     counts = predict_images(loaded, paths, output, weights=weights, device=device, precision=precision,
                             batch_size=batch_size, workers=workers, on_error=on_error, progress=not quiet)
     summary = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "error" or v)
