@@ -153,7 +153,7 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
         partial = PartialStore.open(out, settings, overwrite=config.overwrite and world_size == 1)
         n_batches = math.ceil(len(manifest) / config.batch_size)
         done = partial.done()
-        warn_damaged(partial)
+        warn_damaged(partial, world_size, rank)
         todo = [b for b in range(n_batches) if b % world_size == rank and b not in done]
         with disk_errors(out, partial):
             computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
@@ -163,9 +163,11 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
     return ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
 
 
-def warn_damaged(partial: PartialStore) -> None:
-    """One warning line per damaged batch file: it will be recomputed, never assembled."""
+def warn_damaged(partial: PartialStore, world_size: int = 1, rank: int = 0) -> None:
+    """One warning line per damaged batch file of this rank: it will be recomputed, never assembled."""
     for batch, problem in sorted(partial.damaged.items()):
+        if batch % world_size != rank:
+            continue
         print(f"warning: {partial.batch_path(batch)} is damaged ({problem}); recomputing it", file=sys.stderr)
 
 
