@@ -31,7 +31,7 @@ _D = TrainConfig()
               help="Seed of the fold plan, of training and of random weights [default: the store's plan, else 0].")
 @click.option("--input-size", type=click.IntRange(min=32), default=None,
               help="Square input side [default: the store's].")
-@click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs, show_default=True)
+@click.option("--epochs", default=_D.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, show_default=True,
               help="Images per step, over all processes.")
 @click.option("--lr", default=_D.lr, show_default=True, help="Learning rate of the head (AdamW).")
