@@ -73,9 +73,12 @@ def _describe_unfinished(path: Path) -> str:
     folder = partial_dir(path)
     head = f"store      {path}\n"
     settings = read_settings(folder)
+    if settings is None and not (folder / "settings.json").exists():
+        return head + ("status     UNFINISHED and NOT RESUMABLE: no settings.json in "
+                       f"{folder}; a rerun of `fusionfeat extract` starts over")
     if settings is None:
-        return (head + f"status     UNFINISHED and NOT RESUMABLE: {folder / 'settings.json'} is missing or damaged; "
-                "rerun `fusionfeat extract` with --overwrite to start over")
+        return head + (f"status     UNFINISHED and NOT RESUMABLE: {folder / 'settings.json'} is damaged; "
+                       "rerun `fusionfeat extract` with --overwrite to start over")
     n = int(settings.get("n_samples", 0))
     batch = int(settings.get("batch_size", 1)) or 1
     total = math.ceil(n / batch) if n else 0

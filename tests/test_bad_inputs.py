@@ -355,6 +355,18 @@ def test_damaged_partial_batches_are_recomputed_and_the_store_equals_an_uninterr
         assert h5["features/resnet18/pooled"].attrs["sha256"] == ref["features/resnet18/pooled"].attrs["sha256"]
 
 
+def test_info_says_a_damaged_settings_file_cannot_be_resumed(tmp_path, monkeypatch):
+    cells = write_cells(tmp_path / "cells", size=32)
+    store = tmp_path / "s.h5"
+    _interrupted(cells, store, monkeypatch)
+    (partial_dir(store) / "settings.json").write_bytes(b"\xff\xfe not json")
+    info = run("info", store)
+    assert info.exit_code == 0 and "NOT RESUMABLE" in info.output and "--overwrite" in info.output
+    rerun = run("extract", cells, "-o", store, *FAST, "--batch-size", "2")
+    assert rerun.exit_code == 2 and "cannot be resumed" in rerun.stderr
+    assert run("extract", cells, "-o", store, *FAST, "--batch-size", "2", "--overwrite").exit_code == 0
+
+
 def test_a_batch_damaged_after_the_check_is_never_assembled(tmp_path, monkeypatch):
     cells = write_cells(tmp_path / "cells", size=32)
     store = tmp_path / "s.h5"
