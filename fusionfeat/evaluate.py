@@ -197,6 +197,7 @@ def _plan_for_store(
         repeats=repeats,
         balance=balance,
         fixed_folds=None if fixed is None else np.where(ok, fixed["fold"], -1),
+        sha256=getattr(store, "sha256", None),
     )
     plan.protocol["defaulted"] = defaulted
     return plan, fixed

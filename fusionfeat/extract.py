@@ -7,6 +7,7 @@ the batches that were not committed, with the same shapes, and ends with the sam
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ from fusionfeat.backbones import (
 from fusionfeat.chunks import ChunkEncoder, write_chunks
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.errors import FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
+from fusionfeat.errors import DatasetError, FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import clean_stale
 from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
 from fusionfeat.store import (
@@ -49,6 +50,7 @@ from fusionfeat.store import (
     create_store_file,
     finish_store,
     now_iso,
+    record_checksums,
     store_lock,
 )
 
@@ -71,6 +73,7 @@ class ExtractConfig:
     on_error: str = "fail"
     overwrite: bool = False
     progress: bool = True
+    dedupe: bool = False  # keep the first of images with equal SHA-256 (others recorded as skipped)
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
@@ -170,12 +173,37 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
         # with world_size > 1 the caller (fusionfeat.distributed) prepares the folder before any rank writes
         partial = PartialStore.open(out, settings, overwrite=config.overwrite and world_size == 1)
         n_batches = math.ceil(len(manifest) / config.batch_size)
-        todo = [b for b in range(n_batches) if b % world_size == rank and b not in partial.done()]
-        computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
-        if world_size > 1:
-            return ExtractResult(out, len(manifest), 0, computed, seconds=time.perf_counter() - start)
-        skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
+        done = partial.done()
+        warn_damaged(partial, world_size, rank)
+        todo = [b for b in range(n_batches) if b % world_size == rank and b not in done]
+        with disk_errors(out, partial):
+            computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
+            if world_size > 1:
+                return ExtractResult(out, len(manifest), 0, computed, seconds=time.perf_counter() - start)
+            skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
     return ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
+
+
+def warn_damaged(partial: PartialStore, world_size: int = 1, rank: int = 0) -> None:
+    """One warning line per damaged batch file of this rank: it will be recomputed, never assembled."""
+    for batch, problem in sorted(partial.damaged.items()):
+        if batch % world_size != rank:
+            continue
+        print(f"warning: {partial.batch_path(batch)} is damaged ({problem}); recomputing it", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def disk_errors(out: Path, partial: PartialStore):
+    """A full disk, a read-only folder or a quota becomes one line naming the path and what is kept."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+            raise
+        where = exc.filename or out
+        kept = len(partial.candidates()) if partial.folder.is_dir() else 0
+        raise StoreError(f"cannot write {where}: {os.strerror(exc.errno)}; the {kept} committed batch(es) in "
+                         f"{partial.folder} are kept, free space (or fix permissions) and rerun to resume") from None
 
 
 def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone],
@@ -333,7 +361,9 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
     n_batches = math.ceil(n / config.batch_size)
     missing = sorted(set(range(n_batches)) - partial.done())
     if missing:
-        raise StoreError(f"cannot assemble {out}: {len(missing)} batch(es) are not computed yet (first {missing[0]})")
+        raise StoreError(f"cannot assemble {out}: {len(missing)} batch(es) are not computed or damaged "
+                         f"(first {missing[0]}); rerun the same `fusionfeat extract` to compute them")
+    duplicate_of = _duplicates(manifest, partial, n_batches, config.dedupe)
     samples = {
         "path": np.array([s.path for s in manifest.samples], dtype=str),
         "label": np.array([s.label for s in manifest.samples], dtype=np.int64),
@@ -370,22 +400,52 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         for b in range(n_batches):
             record = partial.read(b)
             lo, hi = int(record["rows"][0]), int(record["rows"][-1]) + 1
+            ok, error = record["ok"].copy(), record["error"].astype(object)
+            for row in range(lo, hi):
+                if row in duplicate_of:
+                    ok[row - lo], error[row - lo] = False, f"duplicate of {duplicate_of[row]}"
             h5["samples/sha256"][lo:hi] = record["sha256"].astype(object)
-            h5["samples/ok"][lo:hi] = record["ok"]
-            h5["samples/error"][lo:hi] = record["error"].astype(object)
-            skipped += int((~record["ok"]).sum())
+            h5["samples/ok"][lo:hi] = ok
+            h5["samples/error"][lo:hi] = error
+            skipped += int((~ok).sum())
             for name, group in datasets.items():
                 group["pooled"][lo:hi] = record[f"{name}.pooled"]
                 if config.tokens:
                     write_chunks(group["tokens"], lo, record[f"{name}.tokens_blob"], record[f"{name}.tokens_offsets"])
         h5.attrs["n_skipped"] = skipped
+        record_checksums(h5)
+        finish_store(h5, tmp, out)
     except BaseException:
-        h5.close()
+        with contextlib.suppress(Exception):  # closing flushes, which fails again on a full disk
+            h5.close()
         tmp.unlink(missing_ok=True)
         raise
-    finish_store(h5, tmp, out)
     partial.remove()
     return skipped
+
+
+def _duplicates(manifest: Manifest, partial: PartialStore, n_batches: int, dedupe: bool) -> dict[int, str]:
+    """Rows whose image SHA-256 equals an earlier row's → that row's path. Without ``dedupe`` the first
+    such pair is refused: one image under two names would land on both sides of a split."""
+    first: dict[str, int] = {}
+    duplicate_of: dict[int, str] = {}
+    for b in range(n_batches):
+        rows, digests = partial.read_field(b, "rows"), partial.read_field(b, "sha256")
+        for row, digest in zip(rows.tolist(), digests.tolist(), strict=True):
+            if not digest:
+                continue
+            if digest not in first:
+                first[digest] = row
+                continue
+            original = manifest.samples[first[digest]].path
+            if not dedupe:
+                raise DatasetError(
+                    f"{original} and {manifest.samples[row].path} are the same image (SHA-256 {digest[:12]}…); "
+                    "remove one, or add --dedupe to keep the first and record the others as skipped "
+                    "(the computed batches are kept)"
+                )
+            duplicate_of[row] = original
+    return duplicate_of
 
 
 def software_versions() -> dict[str, str]:

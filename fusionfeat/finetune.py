@@ -436,7 +436,8 @@ def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, d
     test = np.flatnonzero(job.plan["fold"] == task.fold)
     train_rows = np.flatnonzero((job.plan["fold"] >= 0) & (job.plan["fold"] != task.fold) & job.ok)
     fit, val = inner_split(train_rows, job.labels, job.groups, job.train.val_fraction, job.train.seed + task.fold)
-    check_split(np.concatenate([fit, val]), test, job.groups, by_subject=job.plan["protocol"] == "grouped")
+    check_split(np.concatenate([fit, val]), test, job.groups, by_subject=job.plan["protocol"] == "grouped",
+                sha256=job.sha256)
     ids = {"fold": task.fold, "backbone": task.backbone, "train": job.rel_paths[fit].tolist(),
            "val": job.rel_paths[val].tolist(), "train_sha256": job.sha256[fit].tolist(),
            "val_sha256": job.sha256[val].tolist()}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
 
-from fusionfeat.store import FeatureStore, partial_dir
+from fusionfeat.store import FeatureStore, PartialStore, partial_dir, read_settings
 
 
 def describe_store(path: str | Path) -> str:
@@ -70,11 +69,24 @@ def _describe_backbone(store: FeatureStore, name: str) -> list[str]:
 
 
 def _describe_unfinished(path: Path) -> str:
+    """The state of an unfinished run, after checking every committed batch's checksum."""
     folder = partial_dir(path)
-    settings = json.loads((folder / "settings.json").read_text()) if (folder / "settings.json").is_file() else {}
+    head = f"store      {path}\n"
+    settings = read_settings(folder)
+    if settings is None and not (folder / "settings.json").exists():
+        return head + ("status     UNFINISHED and NOT RESUMABLE: no settings.json in "
+                       f"{folder}; a rerun of `fusionfeat extract` starts over")
+    if settings is None:
+        return head + (f"status     UNFINISHED and NOT RESUMABLE: {folder / 'settings.json'} is damaged; "
+                       "rerun `fusionfeat extract` with --overwrite to start over")
     n = int(settings.get("n_samples", 0))
     batch = int(settings.get("batch_size", 1)) or 1
-    done = len(list(folder.glob("batch_*.npz")))
     total = math.ceil(n / batch) if n else 0
-    return (f"store      {path}\nstatus     UNFINISHED: {done}/{total} batches committed "
-            f"(~{min(n, done * batch)}/{n} samples); rerun the same `fusionfeat extract` to resume")
+    partial = PartialStore(folder)
+    done = {b for b in partial.done() if b < total}
+    lines = [head + f"status     UNFINISHED: {len(done)}/{total} batches committed and intact "
+             f"(~{min(n, len(done) * batch)}/{n} samples); rerun the same `fusionfeat extract` to resume"]
+    if partial.damaged:
+        lines.append(f"damaged    {len(partial.damaged)} batch file(s), recomputed on the rerun:")
+        lines.extend(f"  {partial.batch_path(b).name}: {why}" for b, why in sorted(partial.damaged.items()))
+    return "\n".join(lines)

@@ -37,6 +37,13 @@ def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
             raise FusionfeatError(f"no such file or folder: {path}")
     if not found:
         raise FusionfeatError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+    for path in found:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise FusionfeatError(f"the file name {shown!r} is not valid UTF-8, so it cannot be written to the "
+                                  "CSV; rename it (e.g. `convmv -f latin1 -t utf8`)") from None
     return list(dict.fromkeys(found))
 
 

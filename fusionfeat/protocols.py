@@ -142,8 +142,10 @@ def make_plan(
     repeats: int = 1,
     balance: str = "weight",
     fixed_folds: np.ndarray | None = None,
+    sha256: np.ndarray | None = None,
 ) -> SplitPlan:
-    """Every split of a run. ``fixed_folds`` (a stored fine-tuning plan) replaces fold planning."""
+    """Every split of a run. ``fixed_folds`` (a stored fine-tuning plan) replaces fold planning;
+    ``sha256`` (per sample) makes the leakage check compare image content, not only rows."""
     check_choice("cv", protocol, PROTOCOLS)
     check_choice("balance", balance, BALANCES)
     if repeats < 1:
@@ -188,7 +190,8 @@ def make_plan(
     rows = table.rows()
     if protocol != "paper":
         for split in splits:
-            check_split(rows.sample[split.train], rows.sample[split.test], groups, protocol == "grouped")
+            check_split(rows.sample[split.train], rows.sample[split.test], groups, protocol == "grouped",
+                        sha256=sha256)
     described = describe_protocol(
         protocol, labels, groups, ok, rows, n_eval, test_fold, n_folds, seed, repeats, balance, n_copies
     )
@@ -210,11 +213,25 @@ def paper_rows(labels: np.ndarray, ok: np.ndarray, n_views: int, seed: int) -> t
     return Rows(sample.astype(np.int64), view.astype(np.int64)), len(sample) - len(kept)
 
 
-def check_split(train_samples: np.ndarray, test_samples: np.ndarray, groups: np.ndarray, by_subject: bool) -> None:
-    """Raise ``LeakageError`` if an image (any view), or with ``by_subject`` a subject, is on both sides."""
+def check_split(train_samples: np.ndarray, test_samples: np.ndarray, groups: np.ndarray, by_subject: bool,
+                sha256: np.ndarray | None = None) -> None:
+    """Raise ``LeakageError`` if an image (any view), or with ``by_subject`` a subject, is on both sides.
+
+    An image is a row, and, given ``sha256`` (the store's per-sample image hashes), also its content: two rows
+    holding the same bytes under different names count as one image.
+    """
     shared = np.intersect1d(train_samples, test_samples)
     if shared.size:
         raise LeakageError(f"{shared.size} images are in both train and test (first: sample {shared[0]})")
+    if sha256 is not None:
+        sha256 = np.asarray(sha256).astype(str)
+        same = (set(sha256[train_samples]) & set(sha256[test_samples])) - {""}
+        if same:
+            digest = sorted(same)[0]
+            rows = np.flatnonzero(sha256 == digest)
+            raise LeakageError(f"{len(same)} image(s) are in both train and test under different rows (same "
+                               f"SHA-256 {digest[:12]}…, samples {', '.join(map(str, rows[:4]))}); "
+                               "deduplicate the data (`fusionfeat extract --dedupe`)")
     if by_subject:
         groups = np.asarray(groups).astype(str)
         both = (set(groups[train_samples]) & set(groups[test_samples])) - {""}

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from fusionfeat.chunks import DEFLATE_LEVEL
 from fusionfeat.errors import StoreError
-from fusionfeat.fsio import atomic_write_bytes, fsync_dir
+from fusionfeat.fsio import atomic_write_bytes, fsync_dir, sha256_file
 
 SCHEMA_VERSION = 1
 STR_DTYPE = h5py.string_dtype("utf-8")
@@ -33,32 +35,57 @@ def partial_dir(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker), close the inherited lock descriptors: the lock then dies with
+    the process that took it, even when a worker outlives it for a few seconds after a SIGKILL."""
+    for fd in list(_HELD_LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCK_FDS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def store_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock for writing ``path``; a second writer gets a clear error, not a corrupt file.
 
-    The lock is an ``flock`` on ``<store>.lock``: the kernel drops it when the holder dies, even by SIGKILL.
+    The lock is an ``flock`` on ``<store>.lock``, held by the taking process only (forked children close
+    their copy of the descriptor), so the kernel drops it as soon as that process dies, even by SIGKILL.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.with_name(path.name + ".lock")
-    fh = open(lock_path, "a+")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    _HELD_LOCK_FDS.add(fd)
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreError(
                 f"{path} is being written by another fusionfeat process (lock {lock_path}); wait for it to finish"
             ) from None
         yield
     finally:
-        fh.close()
+        _HELD_LOCK_FDS.discard(fd)
+        os.close(fd)
 
 
 class PartialStore:
-    """The committed batches of an unfinished extraction, plus the settings they were made with."""
+    """The committed batches of an unfinished extraction, plus the settings they were made with.
+
+    Each batch is ``batch_<k>.npz`` plus a sidecar ``batch_<k>.json`` written after it, holding the batch
+    index, the byte size and the SHA-256 of the npz. A batch counts as committed only when its sidecar
+    names the same index and the file still has that size and hash: a renamed, truncated or corrupt batch
+    is recomputed, never assembled.
+    """
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self.damaged: dict[int, str] = {}
 
     @classmethod
     def open(cls, store_path: Path, settings: dict, overwrite: bool) -> PartialStore:
@@ -68,7 +95,12 @@ class PartialStore:
         if folder.exists() and (overwrite or not settings_file.is_file()):
             shutil.rmtree(folder)
         if settings_file.is_file():
-            previous = json.loads(settings_file.read_text())
+            previous = read_settings(folder)
+            if previous is None:
+                raise StoreError(
+                    f"the unfinished extraction into {store_path} cannot be resumed: {settings_file} is damaged; "
+                    "add --overwrite to start over"
+                )
             if previous != settings:
                 changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
                 raise StoreError(
@@ -83,18 +115,86 @@ class PartialStore:
     def batch_path(self, batch: int) -> Path:
         return self.folder / f"batch_{batch:06d}.npz"
 
+    def sidecar_path(self, batch: int) -> Path:
+        return self.folder / f"batch_{batch:06d}.json"
+
+    def candidates(self) -> list[int]:
+        """Indices of every ``batch_<k>.npz`` file present, committed or not."""
+        found = []
+        for p in self.folder.glob("batch_*.npz"):
+            with contextlib.suppress(ValueError):
+                found.append(int(p.stem[6:]))
+        return sorted(found)
+
+    def check(self, batch: int) -> str:
+        """'' when batch ``batch`` is committed and intact, else why not."""
+        path, sidecar = self.batch_path(batch), self.sidecar_path(batch)
+        try:
+            record = json.loads(sidecar.read_bytes())
+        except FileNotFoundError:
+            return "no checksum record (renamed or not finished)"
+        except (OSError, ValueError) as exc:
+            return f"unreadable checksum record ({exc})"
+        if not isinstance(record, dict) or record.get("batch") != batch:
+            return f"its record names batch {record.get('batch') if isinstance(record, dict) else '?'} (renamed?)"
+        try:
+            size = path.stat().st_size
+            if size != record.get("size"):
+                return f"size {size} bytes, {record.get('size')} committed (truncated?)"
+            if sha256_file(path) != record.get("sha256"):
+                return "SHA-256 mismatch (corrupt)"
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
+        return ""
+
     def done(self) -> set[int]:
-        return {int(p.stem[6:]) for p in self.folder.glob("batch_*.npz")}
+        """Indices of the intact committed batches; damaged ones are listed in ``self.damaged``."""
+        good = set()
+        self.damaged = {}
+        for batch in self.candidates():
+            problem = self.check(batch)
+            if problem:
+                self.damaged[batch] = problem
+            else:
+                good.add(batch)
+        return good
 
     def write(self, batch: int, arrays: dict[str, np.ndarray]) -> None:
-        atomic_write_bytes(self.batch_path(batch), lambda fh: np.savez(fh, **arrays))
+        path = self.batch_path(batch)
+        self.sidecar_path(batch).unlink(missing_ok=True)  # never leave an old record beside new bytes
+        atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+        record = {"batch": batch, "size": path.stat().st_size, "sha256": sha256_file(path)}
+        atomic_write_bytes(self.sidecar_path(batch), lambda fh: fh.write(json.dumps(record).encode()))
 
-    def read(self, batch: int) -> dict[str, np.ndarray]:
+    def read(self, batch: int, verify: bool = True) -> dict[str, np.ndarray]:
+        """The arrays of one committed batch; with ``verify`` its checksum is checked first."""
+        problem = self.check(batch) if verify else ""
+        if problem:
+            raise StoreError(f"batch {self.batch_path(batch)} is damaged ({problem}); rerun the same "
+                             "`fusionfeat extract` to recompute it")
+        try:
+            with np.load(self.batch_path(batch), allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise StoreError(f"batch {self.batch_path(batch)} is unreadable ({exc}); rerun the same "
+                             "`fusionfeat extract` to recompute it") from None
+
+    def read_field(self, batch: int, name: str) -> np.ndarray:
+        """One small array of a batch (no checksum: callers verified the batch first)."""
         with np.load(self.batch_path(batch), allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            return data[name]
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_settings(folder: Path) -> dict | None:
+    """The settings of an unfinished run, or None when ``settings.json`` is damaged."""
+    try:
+        value = json.loads((folder / "settings.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def create_store_file(tmp: Path, samples: dict[str, np.ndarray], classes: list[str], root_attrs: dict) -> h5py.File:
@@ -141,6 +241,52 @@ def finish_store(h5: h5py.File, tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def dataset_sha256(dataset: h5py.Dataset, rows: int = 256) -> str:
+    """SHA-256 of a dataset's array bytes (C order, as stored), read ``rows`` rows at a time."""
+    digest = hashlib.sha256()
+    for lo in range(0, dataset.shape[0], rows):
+        digest.update(np.ascontiguousarray(dataset[lo:lo + rows]).tobytes())
+    return digest.hexdigest()
+
+
+def feature_datasets(h5: h5py.File) -> list[h5py.Dataset]:
+    """Every dataset under ``/features`` (pooled and tokens of every backbone), in a stable order."""
+    found: list[h5py.Dataset] = []
+    if "features" in h5:
+        h5["features"].visititems(lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(found, key=lambda d: d.name)
+
+
+def record_checksums(h5: h5py.File) -> None:
+    """Store each feature dataset's SHA-256 as its ``sha256`` attribute (checked by ``info --verify``)."""
+    for dataset in feature_datasets(h5):
+        dataset.attrs["sha256"] = dataset_sha256(dataset)
+
+
+def verify_checksums(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(dataset, status)`` for every feature dataset: OK, MISMATCH, UNREADABLE (…) or NO CHECKSUM."""
+    path = Path(path).expanduser()
+    FeatureStore.open(path).close()  # the usual clear errors for a missing, foreign or unfinished file
+    results = []
+    with h5py.File(path, "r") as h5:
+        for dataset in feature_datasets(h5):
+            recorded = _attr(dataset.attrs.get("sha256", ""))
+            try:
+                actual = dataset_sha256(dataset)
+            except OSError as exc:
+                results.append((dataset.name, f"UNREADABLE ({_one_line(exc)})"))
+                continue
+            if not recorded:
+                results.append((dataset.name, "NO CHECKSUM"))
+            else:
+                results.append((dataset.name, "OK" if actual == recorded else "MISMATCH"))
+    return results
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 @contextlib.contextmanager
 def rewrite(path: Path) -> Iterator[h5py.File]:
     """Edit a finished store on a copy that replaces it only if the block succeeds (crash-safe append)."""
@@ -182,6 +328,14 @@ class FeatureStore:
     def __init__(self, h5: h5py.File, path: Path):
         self._h5 = h5
         self.path = path
+        try:
+            self._load_samples(h5)
+        except (OSError, KeyError) as exc:
+            h5.close()
+            raise StoreError(f"{path}: cannot read its /samples table ({_one_line(exc)}); the store is damaged: "
+                             "re-extract it") from None
+
+    def _load_samples(self, h5: h5py.File) -> None:
         samples = h5["samples"]
         self.classes: list[str] = [str(c) for c in _attr(samples.attrs["classes"])]
         self.positive_class: str = str(_attr(samples.attrs["positive"]))
@@ -313,6 +467,13 @@ class FeatureStore:
     def _read(self, dataset: h5py.Dataset, view: int, index: np.ndarray | None) -> np.ndarray:
         if not 0 <= view < dataset.shape[1]:
             raise StoreError(f"view {view} is not stored (the store has {dataset.shape[1]} view(s))")
+        try:
+            return self._read_rows(dataset, view, index)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read {dataset.name} ({_one_line(exc)}); the store is damaged: "
+                             "check it with `fusionfeat info --verify` and re-extract it") from None
+
+    def _read_rows(self, dataset: h5py.Dataset, view: int, index: np.ndarray | None) -> np.ndarray:
         if index is None:
             return dataset[:, view]
         index = np.asarray(index, dtype=np.int64)

@@ -516,7 +516,7 @@ def write_real_store(path, store: FakeStore):
         "label": store.labels,
         "group": store.groups.astype(str),
         "fold": store.folds,
-        "sha256": np.array(["0" * 64] * store.n_samples),
+        "sha256": np.array([f"{i:064x}" for i in range(store.n_samples)]),
         "ok": store.ok,
         "error": np.array([""] * store.n_samples),
     }

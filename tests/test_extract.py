@@ -29,10 +29,15 @@ def run(*args: str):
 
 def test_allidb2_store_shapes_labels_and_provenance(allidb2, tmp_path):
     store = tmp_path / "s.h5"
-    result = run("extract", allidb2, "-o", store, "--backbones", "resnet18,vgg16", *FAST, "--batch-size", "64")
+    args = ("extract", allidb2, "-o", store, "--backbones", "resnet18,vgg16", *FAST, "--batch-size", "64")
+    refused = run(*args)  # ALL-IDB2 holds one image twice: Im223_0.tif and Im257_0.tif are byte-identical
+    assert refused.exit_code == 2 and "img/Im223_0.tif and img/Im257_0.tif are the same image" in refused.output
+    result = run(*args, "--dedupe")  # the computed batches were kept: this run only assembles
     assert result.exit_code == 0, result.output
+    assert "0 computed" in result.output and "(1 skipped)" in result.output
     with FeatureStore.open(store) as fs:
         assert fs.n_samples == 260 and fs.backbones == ["resnet18", "vgg16"]
+        assert fs.errors[list(fs.paths).index("img/Im257_0.tif")] == "duplicate of img/Im223_0.tif"
         assert np.bincount(fs.labels).tolist() == [130, 130]
         for name in ("resnet18", "vgg16"):
             assert fs.pooled(name).shape == (260, 512) and fs.tokens(name).shape == (260, 1, 512)
@@ -40,7 +45,7 @@ def test_allidb2_store_shapes_labels_and_provenance(allidb2, tmp_path):
         assert fs.sha256[0] == hashlib.sha256((allidb2 / fs.paths[0]).read_bytes()).hexdigest()
     info = run("info", store)
     assert info.exit_code == 0
-    assert "hem 130, all 130" in info.output and "RANDOM (seed 0)" in info.output
+    assert "hem 129, all 130" in info.output and "RANDOM (seed 0)" in info.output
 
 
 def test_store_round_trip_matches_a_direct_forward(tiny_folders, tmp_path):

@@ -26,6 +26,11 @@ class _Group(click.Group):
         except FusionfeatError as exc:
             click.echo(f"fusionfeat: error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:  # a bad option value: one line too, naming the command and --help
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            click.echo(f"fusionfeat: error: {where}{_one_line(exc.format_message())}{hint}", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("fusionfeat: interrupted; work committed so far is kept (rerun to resume)", err=True)
             ctx.exit(130)

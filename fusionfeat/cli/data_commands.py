@@ -12,7 +12,7 @@ from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option, layout_option, overwrite_option, positive_option, root_option
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.extract import ExtractConfig, extract
 from fusionfeat.fsio import CSV, check_not_input, check_output, ensure_parent
 from fusionfeat.runtime import PRECISIONS
@@ -57,8 +57,9 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--backbones", default="resnet18,vgg16", show_default=True, help="Comma-separated backbones.")
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
-@click.option("--seed", default=0, show_default=True, help="Seed for random weights.")
-@click.option("--input-size", default=224, show_default=True, help="Square input side in pixels.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for random weights.")
+@click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True,
+              help="Square input side in pixels.")
 @click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default="imagenet", show_default=True,
               help="imagenet: the weights' mean/std; unit: [0,1] (the paper's).")
 @click.option("--fill", default="0", show_default=True, help="Padding colour: grey level or R,G,B.")
@@ -67,17 +68,21 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--no-tokens", is_flag=True, help="Store pooled vectors only (no 7x7 token maps).")
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="fail: stop at an unreadable image (resumable); skip: record it in the store and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store or unfinished run made with other settings.")
+@click.option("--dedupe", is_flag=True,
+              help="Images with equal content (SHA-256): keep the first, record the others as skipped "
+                   "[default: refuse].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @layout_option
 @positive_option
 @root_option
 def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, device,
-                    precision, batch_size, workers, on_error, overwrite, quiet, layout, positive, root):
+                    precision, batch_size, workers, on_error, overwrite, dedupe, quiet, layout, positive, root):
     """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable)."""
     check_not_input(Path(output), [data])
     ensure_parent(Path(output), "feature store")
@@ -86,7 +91,7 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
         backbones=names, weights=parse_weights(weights, names, seed), seed=seed,
         preprocess=Preprocess(input_size=input_size, fill=_parse_fill(fill), normalize=normalize, views=views),
         tokens=not no_tokens, device=device, precision=precision, batch_size=batch_size, workers=workers,
-        on_error=on_error, overwrite=overwrite, progress=not quiet,
+        on_error=on_error, overwrite=overwrite, progress=not quiet, dedupe=dedupe,
     )
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
     for note in manifest.notes:
@@ -110,8 +115,20 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
 
 @main.command("info")
 @click.argument("store", type=click.Path())
-def info_command(store):
+@click.option("--verify", is_flag=True,
+              help="Recompute every feature dataset's SHA-256 and compare it with the one recorded at extraction.")
+def info_command(store, verify):
     """Print a readable summary of a feature store: samples, labels, provenance, skipped files."""
     from fusionfeat.info import describe_store
+    from fusionfeat.store import verify_checksums
 
     click.echo(describe_store(store))
+    if not verify:
+        return
+    results = verify_checksums(store)
+    for name, status in results:
+        click.echo(f"verify     {name}: {status}")
+    bad = [(n, s) for n, s in results if s not in ("OK", "NO CHECKSUM")]
+    if bad:
+        raise StoreError(f"{store}: {len(bad)} feature dataset(s) failed verification (first {bad[0][0]}: "
+                         f"{bad[0][1]}); the store is damaged: re-extract it")

@@ -25,12 +25,15 @@ _D = TrainConfig()
 @click.option("--cv", "--protocol", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]),
               default=None, help="Fold protocol, as for fit [default: the store's fold plan, else grouped when "
               "subjects are known, else stratified]. paper is refused (leaky).")
-@click.option("--folds", type=int, default=None, help="Number of folds [default: the store's plan, else 5].")
-@click.option("--seed", type=int, default=None,
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="Number of folds [default: the store's plan, else 5].")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the fold plan, of training and of random weights [default: the store's plan, else 0].")
-@click.option("--input-size", type=int, default=None, help="Square input side [default: the store's].")
+@click.option("--input-size", type=click.IntRange(min=32), default=None,
+              help="Square input side [default: the store's].")
 @click.option("--epochs", default=_D.epochs, show_default=True)
-@click.option("--batch-size", default=_D.batch_size, show_default=True, help="Images per step, over all processes.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, show_default=True,
+              help="Images per step, over all processes.")
 @click.option("--lr", default=_D.lr, show_default=True, help="Learning rate of the head (AdamW).")
 @click.option("--backbone-lr-scale", default=_D.backbone_lr_scale, show_default=True,
               help="Backbone learning rate = lr x this (0 trains the head only).")
@@ -52,7 +55,8 @@ _D = TrainConfig()
 @click.option("--head-dropout", default=_D.head_dropout, show_default=True)
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
 @click.option("--no-tokens", is_flag=True, help="Store pooled vectors only (no token maps).")
 @click.option("--overwrite", is_flag=True,
               help="Redo folds made with other settings (and replace all of them if the fold plan changes).")

@@ -44,9 +44,10 @@ def _echo_table(run_dir: Path) -> None:
 @click.option("--cv", "protocol", type=click.Choice(["grouped", "stratified", "predefined", "paper"]), default=None,
               help="Protocol [default: grouped when subjects are known, else stratified]. "
                    "'paper' is the paper's leaky protocol, reproduced by name.")
-@click.option("--folds", type=int, default=None, help="Number of folds [default: 5].")
-@click.option("--seed", type=int, default=None, help="Seed for splits and heads [default: 0].")
-@click.option("--repeats", type=int, default=1, show_default=True, help="Repeated CV, for 95% intervals.")
+@click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of folds [default: 5].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for splits and heads [default: 0].")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeated CV, for 95% intervals.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True,
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
 @click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
@@ -97,7 +98,7 @@ def report_command(runs):
 @backbones_option
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @threads_option
 @overwrite_option
@@ -128,8 +129,8 @@ def train_command(store, head, backbones, output, balance, seed, device, threads
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="[default: the training store's precision]")
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--workers", type=int, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None)
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @overwrite_option
 @click.option("--trust-pickle", is_flag=True,
@@ -143,8 +144,8 @@ def predict_command(bundle, images, output, weights, device, precision, batch_si
     from fusionfeat.predict import collect_images, predict_images
 
     check_output(output, CSV, inputs=[bundle, *images], overwrite=overwrite)
+    paths = collect_images(images)  # the inputs are checked before the bundle is loaded
     loaded = load_bundle(bundle, trust_pickle=trust_pickle, warn=lambda message: click.echo(message, err=True))
-    paths = collect_images(images)
     counts = predict_images(loaded, paths, output, weights=weights, device=device, precision=precision,
                             batch_size=batch_size, workers=workers, on_error=on_error, progress=not quiet,
                             overwrite=overwrite, inputs=[bundle, *images])

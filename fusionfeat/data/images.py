@@ -115,8 +115,9 @@ def read_rgb(path: str, fill: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.I
 def _to_rgb(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image).astype(np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float_scale_top(array) if mode == "F" else (
+            65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0)
         image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         mode = "L"
     if mode == "P" and "transparency" in image.info:
@@ -127,6 +128,17 @@ def _to_rgb(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
     return image if mode == "RGB" else image.convert("RGB")
+
+
+def float_scale_top(array: np.ndarray) -> float:
+    """The value that maps to white for a float image: 1 when every value is in [0, 1] (the usual float
+    convention), 255 when the maximum is at most 255 (8-bit values stored as floats), else the maximum.
+    NaN and infinities count as 0; negative values clip to black."""
+    finite = array[np.isfinite(array)]
+    top = float(finite.max()) if finite.size else 0.0
+    if top <= 1.0:
+        return 1.0
+    return 255.0 if top <= 255.0 else top
 
 
 def to_square(image: Image.Image, size: int, fill: tuple[int, int, int]) -> Image.Image:

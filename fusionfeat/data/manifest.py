@@ -31,6 +31,8 @@ DEFAULT_POSITIVE = "all"
 _CNMC_NAME = re.compile(r"UID_(H?\d+)_(\d+)_(\d+)_(all|hem)\.(bmp|png|tiff?|jpe?g)", re.IGNORECASE)
 _ALLIDB_NAME = re.compile(r"Im\d+_([01])\.(tif|tiff|jpg|jpeg|png|bmp)", re.IGNORECASE)
 _CNMC_VALIDATION_LABELS = "C-NMC_test_prelim_phase_data_labels.csv"
+# files a data folder may hold that are never samples: fusionfeat's own lock/temp files and OS litter
+_IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,13 @@ def detect_layout(source: Path) -> str:
         raise DatasetError(f"{source} is a file but not a .csv manifest; pass a data folder or a manifest CSV")
     if _cnmc_fold_dirs(source):
         return "cnmc"
-    images = [p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    images = _images_in(source)
     img_dir = source / "img"
     if not images and img_dir.is_dir():
-        images = [p for p in img_dir.iterdir() if p.is_file()]
+        images = _images_in(img_dir)
     if images and all(_ALLIDB_NAME.fullmatch(p.name) for p in images):
         return "allidb"
-    if any(p.is_dir() for p in source.iterdir()):
+    if any(p.is_dir() and not _ignored(p) for p in _entries(source)):
         return "folders"
     raise DatasetError(
         f"cannot tell the layout of {source}: expected class sub-folders, C-NMC training_data/fold_k, "
@@ -177,12 +179,36 @@ def _classes_for(names: set[str], positive: str, where: Path) -> tuple[str, str]
     return negative, positive
 
 
+def _ignored(path: Path) -> bool:
+    """Hidden files, fusionfeat's own ``*.lock``/``.*.tmp`` files and OS litter are never samples."""
+    name = path.name.lower()
+    return name.startswith(".") or name in _IGNORED_NAMES or name.endswith((".lock", ".tmp"))
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DatasetError(f"cannot list {folder}: {exc.strerror or exc}") from None
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files of one folder, sorted; an image-named entry that cannot be read is an error, never dropped."""
+    found = []
+    for p in _entries(folder):
+        if _ignored(p) or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            p.stat()  # follows symlinks: a loop or a dangling link fails here
+        except OSError as exc:
+            raise DatasetError(f"cannot read {p}: {exc.strerror or exc} (fix or remove it)") from None
+        if p.is_file():
+            found.append(p)
+    return sorted(found)
 
 
 def _from_folders(root: Path, positive: str) -> Manifest:
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in _entries(root) if p.is_dir() and not _ignored(p))
     with_images = {d: _images_in(d) for d in class_dirs}
     with_images = {d: imgs for d, imgs in with_images.items() if imgs}
     classes = _classes_for({d.name for d in with_images}, positive, root)
@@ -252,27 +278,58 @@ def _from_allidb(root: Path, positive: str) -> Manifest:
 
 
 def _from_csv(path: Path, positive: str) -> Manifest:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-        if "path" not in columns or "label" not in columns:
-            raise DatasetError(f"{path} needs the columns path,label (optional group, fold); found {list(columns)}")
-        group_col = next((columns[c] for c in ("group", "subject", "subject_id") if c in columns), None)
-        fold_col = columns.get("fold")
-        rows = [r for r in reader if (r[columns["label"]] or "").strip() != ""]
-    raw_labels = {r[columns["label"]].strip().lower() for r in rows}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+            if "path" not in columns or "label" not in columns:
+                raise DatasetError(
+                    f"{path} needs the columns path,label (optional group, fold); found {list(columns)}")
+            group_col = next((columns[c] for c in ("group", "subject", "subject_id") if c in columns), None)
+            fold_col = columns.get("fold")
+            notes: list[str] = []
+            rows = _csv_rows(reader, path, columns["path"], columns["label"], notes)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                           "save the manifest as UTF-8") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path} is not a readable CSV ({exc})") from None
+    raw_labels = {r[columns["label"]].strip().lower() for _, r in rows}
     numeric = raw_labels <= {"0", "1"}
     names = {positive if v == "1" else "hem" for v in raw_labels} if numeric else raw_labels
     classes = _classes_for(names, positive, path)
     samples = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         value = row[columns["label"]].strip().lower()
         name = (positive if value == "1" else classes[0]) if numeric else value
         group = (row[group_col] or "").strip() if group_col else ""
         samples.append(Sample(row[columns["path"]].strip(), classes.index(name),
                               group.upper() if _looks_cnmc_healthy(group) else group,
                               _parse_fold(row[fold_col] if fold_col else "", path, line)))
-    return Manifest(root=path.parent, samples=samples, classes=classes, layout="csv")
+    return Manifest(root=path.parent, samples=samples, classes=classes, layout="csv", notes=notes)
+
+
+def _csv_rows(reader: csv.DictReader, path: Path, path_col: str, label_col: str,
+              notes: list[str]) -> list[tuple[int, dict]]:
+    """``(line, row)`` of every labelled row; unlabelled rows (e.g. a held-out test set) are left out with a
+    note naming how many and the first line, never silently; a row without a path is an error."""
+    rows, unlabelled = [], []
+    for row in reader:
+        line = reader.line_num
+        image = (row.get(path_col) or "").strip()
+        label = (row.get(label_col) or "").strip()
+        if not image and not label and not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue  # a blank line
+        if not image:
+            raise DatasetError(f"{path}:{line}: the path is blank; give every row an image path")
+        if not label:
+            unlabelled.append((line, image))
+            continue
+        rows.append((line, row))
+    if unlabelled:
+        line, image = unlabelled[0]
+        notes.append(f"{len(unlabelled)} row(s) of {path} with a blank label left out (first: line {line}, {image})")
+    return rows
 
 
 def _looks_cnmc_healthy(group: str) -> bool:
@@ -302,3 +359,31 @@ def _validate(manifest: Manifest, src: Path, check_files: bool) -> None:
     dupes = [p for p, c in Counter(s.path for s in manifest.samples).items() if c > 1]
     if dupes:
         raise DatasetError(f"{src} lists {dupes[0]} more than once")
+    if check_files:
+        _refuse_aliases(manifest, src)
+    _refuse_undecodable_names(manifest, src)
+
+
+def _refuse_aliases(manifest: Manifest, src: Path) -> None:
+    """Two rows naming one file by different spellings (``a/../x.png``, a symlink) are one image."""
+    seen: dict[Path, str] = {}
+    for s in manifest.samples:
+        try:
+            real = manifest.absolute(s).resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise DatasetError(f"cannot resolve {manifest.root / s.path}: {exc}") from None
+        if real in seen:
+            raise DatasetError(f"{src} names one file twice: {seen[real]!r} and {s.path!r} are both {real}; "
+                               "keep one row")
+        seen[real] = s.path
+
+
+def _refuse_undecodable_names(manifest: Manifest, src: Path) -> None:
+    """File names that are not valid UTF-8 cannot be stored in the (UTF-8) HDF5 store: say so, once."""
+    for s in manifest.samples:
+        try:
+            s.path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = s.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise DatasetError(f"{src}: the file name {shown!r} is not valid UTF-8; rename it "
+                               "(e.g. `convmv -f latin1 -t utf8`)") from None
