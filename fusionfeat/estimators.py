@@ -30,10 +30,10 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
-from tqdm.auto import tqdm
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.heads import AttentionFusion, Blocks, ConcatFusion, as_blocks
+from fusionfeat.runtime import autocast, head_precision, progress, resolve_device
 
 ARCHITECTURES = ("mlp", "attention-spatial", "attention-pooled")
 STATS_ROWS = 256  # rows per chunk when computing input statistics and predicting
@@ -109,15 +109,6 @@ def _check_class_weight(class_weight: Any) -> None:
         raise FusionfeatError(
             f"class_weight must be 'balanced', None or a {{label: weight}} dict; got {class_weight!r}"
         )
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FusionfeatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
 
 
 def _is_attention(estimator: TorchHeadClassifier) -> bool:
@@ -212,7 +203,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"training needs at least 2 classes; y has one class ({classes[0]!r})")
         blocks = check_blocks(self.blocks, X.shape[1])
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         train_idx, val_idx = self._split(y_enc, rng)
@@ -253,21 +244,19 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
     ) -> tuple[list[dict], int]:
         """The epoch loop; leaves the best epoch's weights in ``module``."""
         device = next(module.parameters()).device
-        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = head_precision(device)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         y_t = torch.as_tensor(y, device=device)
         history: list[dict] = []
         best_loss, best_epoch, best_state, waited = math.inf, 0, None, 0
-        epochs = tqdm(
-            range(1, int(self.max_epochs) + 1), disable=not self.progress, desc=self.architecture, leave=False
-        )
-        for epoch in epochs:
+        bar = progress(int(self.max_epochs), bool(self.progress), self.architecture, unit="epoch", leave=False)
+        for epoch in range(1, int(self.max_epochs) + 1):
             module.train()
             order = rng.permutation(train_idx)
             loss_sum = correct = 0.0
             for start in range(0, len(order), int(self.batch_size)):
                 idx = np.sort(order[start : start + int(self.batch_size)])
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with autocast(device, precision):
                     logits = module(_batch(X, idx, device))
                 loss = nn.functional.cross_entropy(logits.float(), y_t[idx], weight=weight)
                 optimizer.zero_grad(set_to_none=True)
@@ -283,11 +272,12 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
                 "val_acc": None,
             }
             if len(val_idx):
-                logits = _logits(module, X, val_idx, amp)
+                logits = _logits(module, X, val_idx, precision)
                 row["val_loss"] = nn.functional.cross_entropy(logits, y_t[val_idx], weight=weight).item()
                 row["val_acc"] = (logits.argmax(1) == y_t[val_idx]).float().mean().item()
             history.append(row)
-            epochs.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
             if not len(val_idx):
                 best_epoch = epoch
                 continue
@@ -298,6 +288,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
                 waited += 1
                 if waited >= int(self.patience):
                     break
+        bar.close()
         if best_state is not None:
             module.load_state_dict(best_state)
         return history, best_epoch
@@ -306,8 +297,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=False)
         device = next(self.module_.parameters()).device
-        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return _logits(self.module_, X, np.arange(X.shape[0]), amp).cpu().double()
+        return _logits(self.module_, X, np.arange(X.shape[0]), head_precision(device)).cpu().double()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Log-odds of ``classes_[1]`` (N,) for two classes; class logits (N, K) otherwise."""
@@ -369,7 +359,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
             est.architecture, blocks, len(classes), est.hidden, est.dropout, est.attn_dim, est.attn_heads
         )
         module.load_state_dict(state_dict)
-        est.module_ = module.to(_resolve_device(device)).eval()
+        est.module_ = module.to(resolve_device(device)).eval()
         est.classes_ = classes
         est.blocks_ = blocks
         est.n_features_in_ = int(config["n_features_in"])
@@ -386,13 +376,13 @@ def _batch(X: np.ndarray, idx: np.ndarray, device: torch.device, check: bool = F
     return torch.from_numpy(batch).to(device, non_blocking=True)
 
 
-def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, amp: bool) -> torch.Tensor:
+def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, precision: str) -> torch.Tensor:
     """Eval-mode float32 logits for rows ``idx``, in chunks; restores the module's train/eval mode."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
     out = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(idx), STATS_ROWS):
             out.append(module(_batch(X, idx[start : start + STATS_ROWS], device, check=True)).float())
     module.train(was_training)

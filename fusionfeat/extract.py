@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import fusionfeat
 from fusionfeat.backbones import (
@@ -36,12 +36,12 @@ from fusionfeat.backbones import (
     probe,
     random_backbones,
 )
-from fusionfeat.chunks import ChunkEncoder, write_chunks
 from fusionfeat.data.images import Preprocess, normalize_batch
+from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.errors import DatasetError, FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import clean_stale
-from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
+from fusionfeat.runtime import autocast, describe_device, progress, resolve_device, resolve_precision
 from fusionfeat.store import (
     STR_DTYPE,
     FeatureStore,
@@ -53,6 +53,7 @@ from fusionfeat.store import (
     record_checksums,
     store_lock,
 )
+from fusionfeat.store.chunks import ChunkEncoder, write_chunks
 
 ON_ERROR = ("fail", "skip")
 
@@ -96,39 +97,6 @@ class ExtractResult:
     n_computed: int
     already_complete: bool = False
     seconds: float = 0.0
-
-
-class _ImageDataset(Dataset):
-    """Decodes images in loader workers; a failure comes back as a record, never as a worker crash."""
-
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess):
-        self.paths = paths
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, row: int):
-        try:
-            tensor, digest = self.preprocess.load(self.paths[row])
-            return row, tensor, digest, ""
-        except ImageDecodeError as exc:
-            return row, None, _sha256_or_empty(self.paths[row]), exc.reason
-
-
-def _sha256_or_empty(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        return ""
-
-
-def _collate(items):
-    rows = np.array([it[0] for it in items], dtype=np.int64)
-    good = [it[1] for it in items if it[1] is not None]
-    images = torch.stack(good) if good else None
-    return rows, images, [it[2] for it in items], [it[3] for it in items]
 
 
 def default_workers(device: torch.device) -> int:
@@ -238,7 +206,7 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
     batches = [list(range(b * config.batch_size, min(len(paths), (b + 1) * config.batch_size))) for b in todo]
     total = sum(len(b) for b in batches)
-    bar = _progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
+    bar = progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
     committer = _Committer(partial)
     try:
         embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
@@ -305,8 +273,8 @@ def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], mode
         m.trunk.to(device, memory_format=torch.channels_last)
     workers = default_workers(device) if workers is None else workers
     loader = DataLoader(
-        _ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
-        collate_fn=_collate, pin_memory=device.type == "cuda", persistent_workers=False,
+        ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
+        collate_fn=collate_images, pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
     mean, std = preprocess.mean_std()
@@ -460,9 +428,3 @@ def software_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
