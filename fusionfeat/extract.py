@@ -39,9 +39,10 @@ from fusionfeat.backbones import (
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.data.manifest import Manifest
+from fusionfeat.distributed import process_group
 from fusionfeat.errors import DatasetError, FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import clean_stale
-from fusionfeat.runtime import autocast, describe_device, progress, resolve_device, resolve_precision
+from fusionfeat.runtime import autocast, describe_device, progress, resolve_precision
 from fusionfeat.store import (
     STR_DTYPE,
     FeatureStore,
@@ -50,6 +51,7 @@ from fusionfeat.store import (
     create_store_file,
     finish_store,
     now_iso,
+    partial_dir,
     record_checksums,
     store_lock,
 )
@@ -111,45 +113,57 @@ def manifest_fingerprint(manifest: Manifest) -> str:
     return digest.hexdigest()
 
 
-def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
-            rank: int = 0, world_size: int = 1) -> ExtractResult:
+def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -> ExtractResult | None:
     """Extract features of every manifest sample into the store at ``out`` (resuming if interrupted).
 
-    With ``world_size > 1`` (torchrun) each rank computes every ``world_size``-th batch; the caller
-    assembles once all ranks are done (see ``assemble``).
+    Under torchrun (``WORLD_SIZE`` > 1, or an initialised process group) the work is split: rank 0 takes the
+    store lock and prepares ``<store>.partial/``, every rank computes the batches ``b % world == rank``, and
+    rank 0 assembles the store, which equals a single-process run's. Each rank loads (and hashes) every
+    backbone once. Returns the result on rank 0 and None on the other ranks. The partial folder must be on a
+    file system every rank sees (one node, or a shared disk).
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
-    device = resolve_device(config.device)
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    randoms = random_backbones(config.weights)
-    if randoms:
-        warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not ImageNet "
-                      "features", RandomWeightsWarning, stacklevel=2)
-    precision = resolve_precision(config.precision, device)
-    models = [load_backbone(name, config.weights[name]) for name in config.backbones]
-    settings = _settings(manifest, config, models, device, precision)
-
-    lock = store_lock(out) if world_size == 1 else contextlib.nullcontext()
-    with lock:
-        if world_size == 1:
-            clean_stale(out)  # e.g. a `.<store>.<pid>.assemble` of a killed run; we hold the lock
-        if out.exists() and not config.overwrite:
-            _check_finished(out, settings)
-            return ExtractResult(out, len(manifest), 0, 0, already_complete=True)
-        # with world_size > 1 the caller (fusionfeat.distributed) prepares the folder before any rank writes
-        partial = PartialStore.open(out, settings, overwrite=config.overwrite and world_size == 1)
+    with process_group(config.device) as ctx, contextlib.ExitStack() as stack:
+        device = ctx.device(config.device)
+        randoms = random_backbones(config.weights)
+        if randoms and ctx.is_main:
+            warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not "
+                          "ImageNet features", RandomWeightsWarning, stacklevel=2)
+        precision = resolve_precision(config.precision, device)
+        models = [load_backbone(name, config.weights[name]) for name in config.backbones]
+        settings = _settings(manifest, config, models, device, precision)
+        finished = ctx.run_on_main(lambda: _open_run(out, config, settings, stack))
+        if finished:
+            return ExtractResult(out, len(manifest), 0, 0, already_complete=True) if ctx.is_main else None
+        ctx.barrier()
+        partial = PartialStore(partial_dir(out))
         n_batches = math.ceil(len(manifest) / config.batch_size)
         done = partial.done()
-        warn_damaged(partial, world_size, rank)
-        todo = [b for b in range(n_batches) if b % world_size == rank and b not in done]
+        warn_damaged(partial, ctx.world, ctx.rank)
+        todo = [b for b in range(n_batches) if b % ctx.world == ctx.rank and b not in done]
         with disk_errors(out, partial):
-            computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
-            if world_size > 1:
-                return ExtractResult(out, len(manifest), 0, computed, seconds=time.perf_counter() - start)
-            skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
-    return ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
+            computed = _run_batches(manifest, config, models, device, precision, partial, todo, ctx.rank)
+        computed = int(ctx.all_sum([float(computed)])[0])
+        result = None
+        if ctx.is_main:
+            with disk_errors(out, partial):
+                skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
+            result = ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
+        ctx.barrier()
+        return result
+
+
+def _open_run(out: Path, config: ExtractConfig, settings: dict, stack: contextlib.ExitStack) -> bool:
+    """Rank 0: lock the store, then either find it finished with these settings (True; other settings are
+    refused) or create / check ``<store>.partial/`` before any rank writes to it (False)."""
+    stack.enter_context(store_lock(out))
+    clean_stale(out)  # e.g. a `.<store>.<pid>.assemble` of a killed run; we hold the lock
+    if out.exists() and not config.overwrite:
+        _check_finished(out, settings)
+        return True
+    PartialStore.open(out, settings, overwrite=config.overwrite)
+    return False
 
 
 def warn_damaged(partial: PartialStore, world_size: int = 1, rank: int = 0) -> None:
