@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import datetime
+import json
 import os
 import platform
 import subprocess
@@ -49,3 +52,24 @@ def machine_info() -> dict:
         "cpu_bf16": cpu_supports_bf16(),
         "python": platform.python_version(),
     }
+
+
+def utc_now() -> str:
+    """The current UTC time to the second (ISO 8601), for a report's date."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_report(report: dict, path: Path | None) -> dict:
+    """Write ``report`` as indented JSON to ``path`` (when given, parents created) and say so; returns it."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+    return report
+
+
+def benchmark_parser(doc: str, data_help: str) -> argparse.ArgumentParser:
+    """A script's argument parser, described by the first paragraph of its ``doc``, with its ``--data`` option."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=data_help)
+    return parser

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
 import shlex
 import statistics
@@ -35,7 +33,13 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import DEFAULT_DATA, machine_info, subset_manifest  # benchmarks/common.py: the script folder is on sys.path
+from common import (  # benchmarks/common.py: the script folder is on sys.path
+    benchmark_parser,
+    machine_info,
+    subset_manifest,
+    utc_now,
+    write_report,
+)
 
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
@@ -48,9 +52,7 @@ INPUT_SIZE = 224
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="image folder (default: <repo>/../shared/data/ALL_IDB2)")
+    parser = benchmark_parser(__doc__, "image folder (default: <repo>/../shared/data/ALL_IDB2)")
     parser.add_argument("--n", type=int, default=64, help="images to use (evenly spaced over the dataset)")
     parser.add_argument("--naive-n", type=int, default=None, help="images for the naive loop (default: --n)")
     parser.add_argument("--backbones", default="resnet18,vgg16")
@@ -343,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
 
     report = {
-        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "date": utc_now(),
         "machine": machine, "data": str(args.data), "n": len(manifest), "naive_n": len(naive_paths),
         "backbones": args.backbones, "input_size": INPUT_SIZE, "batch_sizes": args.batch_sizes,
         "workers": args.workers, "engine_default_workers": engine_workers, "tokens": not args.no_tokens,
@@ -351,11 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats, "summary": summary, "ratios": ratios,
         "load_average": [load_before[0], load_after[0]],
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":
