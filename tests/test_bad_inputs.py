@@ -27,7 +27,7 @@ from fusionfeat.cli import main
 from fusionfeat.data.images import read_rgb
 from fusionfeat.data.manifest import build_manifest, detect_layout
 from fusionfeat.errors import StoreError
-from fusionfeat.evaluate import LeakageError, check_split
+from fusionfeat.protocols import LeakageError, check_split
 from fusionfeat.store import FeatureStore, PartialStore, partial_dir, store_lock, verify_checksums
 from tests.conftest import REPO, write_cells
 
