@@ -45,7 +45,7 @@ import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
 from fusionfeat.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.runtime import autocast, resolve_device, resolve_precision
+from fusionfeat.runtime import autocast, default_workers, resolve_device, resolve_precision
 
 VARIANTS = ("e2e", "compute", "naive")
 INPUT_SIZE = 224
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     requested = [p.strip() for p in args.precision.split(",") if p.strip()]
     precisions = list(dict.fromkeys(resolve_precision(p, device) for p in requested))
     machine = machine_info()
-    engine_workers = engine.default_workers(device)
+    engine_workers = default_workers(device)
     command = " ".join(["python", "benchmarks/extract_throughput.py", *map(shlex.quote, sys.argv[1:])])
     print(f"command: {command}")
     print("machine: {cpu}, {cores} cores, torch {torch} ({torch_threads} threads), capability {capability}, "

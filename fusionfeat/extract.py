@@ -42,7 +42,7 @@ from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import process_group
 from fusionfeat.errors import DatasetError, FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import clean_stale
-from fusionfeat.runtime import autocast, describe_device, progress, resolve_precision
+from fusionfeat.runtime import autocast, default_workers, describe_device, progress, resolve_precision
 from fusionfeat.store import (
     STR_DTYPE,
     FeatureStore,
@@ -99,11 +99,6 @@ class ExtractResult:
     n_computed: int
     already_complete: bool = False
     seconds: float = 0.0
-
-
-def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    return min(8, max(1, cpus - 1)) if device.type == "cuda" else min(4, max(1, cpus - 1))
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:

@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader
 from fusionfeat import runtime
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.loader import ImageDataset, collate_images
-from fusionfeat.extract import default_workers
 from fusionfeat.fsio import atomic_write_bytes, fsync_dir
 
 GPU_SHARE = 0.25  # copy the bank to the GPU when it takes at most this share of the free GPU memory
@@ -96,7 +95,7 @@ def build_bank(paths: Sequence[str], preprocess: Preprocess, folder: Path, worke
     ok = np.zeros(len(paths), dtype=bool)
     sha256, errors = [""] * len(paths), [""] * len(paths)
     batches = [list(range(lo, min(len(paths), lo + 64))) for lo in range(0, len(paths), 64)]
-    workers = default_workers(device) if workers is None else workers
+    workers = runtime.default_workers(device) if workers is None else workers
     loader = DataLoader(ImageDataset(list(paths), preprocess), batch_sampler=batches, num_workers=workers,
                         collate_fn=collate_images, prefetch_factor=4 if workers else None)
     bar = runtime.progress(len(paths), progress, "decode images")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 
 import torch
@@ -75,6 +76,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_workers(device: torch.device) -> int:
+    """Image-decoding workers when the user gives none: cores - 1, at most 4 (8 feeding a CUDA device)."""
+    cpus = os.cpu_count() or 1
+    return min(8, max(1, cpus - 1)) if device.type == "cuda" else min(4, max(1, cpus - 1))
 
 
 def describe_device(device: torch.device) -> str:
