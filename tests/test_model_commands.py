@@ -66,7 +66,6 @@ def test_fit_missing_store(tmp_path):
     assert result.exit_code == 2 and "no feature store" in result.output
 
 
-@pytest.mark.parametrize("head", ["logreg", "svm", "xgboost", "attention"])
 def assert_predict_matches_store(store, bundle_dir, tmp_path) -> dict[str, dict]:
     """``predict`` on the store's images gives the bundle's probabilities on the stored features; the rows."""
     bundle = load_bundle(bundle_dir)
@@ -83,6 +82,7 @@ def assert_predict_matches_store(store, bundle_dir, tmp_path) -> dict[str, dict]
     return rows
 
 
+@pytest.mark.parametrize("head", ["logreg", "svm", "xgboost", "attention"])
 def test_train_bundle_predict_round_trip(store, tmp_path, head):
     bundle_dir = tmp_path / "bundle"
     result = run("train", store, "--head", head, "-o", bundle_dir, "--quiet", "--device", "cpu")
