@@ -19,6 +19,8 @@ import fusionfeat
 from fusionfeat import paper
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult
+from fusionfeat.report.attention import write_attention
+from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
 from fusionfeat.report.plots import write_plots
 
@@ -37,6 +39,8 @@ def write_run(result: CVResult, out_dir: str | Path) -> Path:
     (out / METRICS_FILE).write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
     write_predictions(result, out / PREDICTIONS_FILE)
     (out / REPORT_FILE).write_text(render_report(data))
+    write_tables(data, out)
+    write_attention(result, out)
     return out
 
 
