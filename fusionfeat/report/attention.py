@@ -1,6 +1,6 @@
 """Out-of-fold attention maps of a run as ``attention.npz`` (read back by ``fusionfeat explain``).
 
-Layout: ``sample``, ``view``, ``label`` (evaluation rows), ``test_fold`` ``(repeats, n_eval)``, and per
+Layout: ``sample``, ``view``, ``label``, ``path`` (evaluation rows), ``test_fold`` ``(repeats, n_eval)``, and per
 attention-spatial head ``h`` and backbone ``b``: ``map/h/b`` ``(repeats, n_eval, T_b)`` float32 (the mass
 backbone b's tokens receive from the other backbones' queries, in the stored token order: row-major
 over the ``grid/b`` ``(rows, cols)`` grid) and ``p/h`` ``(repeats, n_eval)`` the out-of-fold P(positive).
@@ -28,6 +28,7 @@ def write_attention(result: CVResult, out: Path) -> str | None:
         "sample": np.asarray(result.rows["sample"], dtype=np.int64),
         "view": np.asarray(result.rows["view"], dtype=np.int64),
         "label": np.asarray(result.rows["label"], dtype=np.int64),
+        "path": np.asarray(result.rows["path"], dtype=str),
         "test_fold": np.asarray(result.test_fold, dtype=np.int64),
     }
     for head, maps in result.oof_attention.items():

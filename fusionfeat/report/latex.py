@@ -92,8 +92,8 @@ def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     unit = f"{folds} folds" + (f" x {repeats} repeats" if repeats and repeats > 1 else "")
     header = ["head", *[LABELS[m] for m in METRICS]]
     rows = [[h, *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]] for h, i in heads.items()]
-    tex = latex_table(header, rows, f"Results (mean $\\pm$ std over {unit}); protocol {data['protocol'].get('name', '')}",
-                      "tab:results")
+    caption = f"Results, mean and standard deviation over {unit}; protocol {data['protocol'].get('name', '')}"
+    tex = latex_table(header, rows, caption, "tab:results")
     conf_header = ["head", "TN", "FP", "FN", "TP"]
     conf_rows = [[h, *[int(x) for row in i["confusion_total"] for x in row]] for h, i in heads.items()]
     tex += "\n" + latex_table(conf_header, conf_rows, "Confusion counts summed over folds (and repeats)",
