@@ -15,7 +15,6 @@ from fusionfeat.cli import main
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec, TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
-from fusionfeat.explain import explain_run
 from fusionfeat.heads import AttentionFusion
 from fusionfeat.report import write_run
 from fusionfeat.report.attention import load_attention
