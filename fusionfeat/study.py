@@ -206,6 +206,7 @@ def write_study(results: dict[str, CVResult], out_dir: str | Path, n_boot: int =
         "repeats": int(first.test_fold.shape[0]),
         "n_folds": first.protocol.get("n_folds"),
         "seed": first.protocol.get("seed"),
+        "paper_copies": int(results["paper"].protocol.get("n_paper_copies", 0)),
         "arms": {a.name: {"protocol": a.protocol, "balance": a.balance, "what": a.what, "run": a.name,
                           "n_eval_rows": len(results[a.name].rows["sample"])} for a in arms(honest)},
         "weights_kind": {b: p.get("weights_kind") for b, p in first.provenance.get("backbones", {}).items()},
@@ -280,6 +281,7 @@ def render_study(data: dict[str, Any]) -> str:
         "",
         "inflation = paper − weight = **leak** (paper − augment) + **augmentation** (augment − weight).",
         "",
+        *_balance_note(data),
         "## Metrics per protocol (mean over folds × repeats [corrected resampled t 95% CI])",
         "",
         _md_row(["head", "arm", *[LABELS[m] for m in SHOWN]]),
@@ -332,6 +334,22 @@ def render_study(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _balance_note(data: dict[str, Any]) -> list[str]:
+    """Say when the comparison is degenerate: balanced classes give the paper protocol no copies."""
+    if data.get("paper_copies", 0) > 0:
+        return [f"The paper protocol added {data['paper_copies']} minority copies before splitting.", ""]
+    same = data["honest_protocol"] == "stratified"
+    return [
+        "> **No copies**: the store's classes are balanced, so the paper protocol adds no copies and "
+        "`--balance augment` none either" + (
+            "; with no subjects known the honest split is also image-level, so the three arms fit the "
+            "same rows on the same folds and the inflation is zero by construction (the leak needs "
+            "imbalanced classes, as in C-NMC, or subjects)." if same else
+            "; what remains is the subject leak of image-level folds."),
+        "",
+    ]
 
 
 def _tex(data: dict[str, Any]) -> str:
