@@ -247,8 +247,15 @@ def _num(x: Any, digits: int = 3, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _ci(d: dict[str, Any], key: str = "mean", sign: bool = False) -> str:
-    return f"{_num(d.get(key), sign=sign)} [{_num(d.get('lo'), sign=sign)}, {_num(d.get('hi'), sign=sign)}]"
+def _ci(d: dict[str, Any], key: str = "mean", sign: bool = False, bounds: tuple[float, float] | None = None) -> str:
+    lo, hi = d.get("lo"), d.get("hi")
+    if bounds is not None and lo is not None and hi is not None:  # shown clipped to the metric's range
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return f"{_num(d.get(key), sign=sign)} [{_num(lo, sign=sign)}, {_num(hi, sign=sign)}]"
+
+
+def _range(metric: str) -> tuple[float, float]:
+    return (-1.0, 1.0) if metric == "mcc" else (0.0, 1.0)
 
 
 def _p(x: Any) -> str:
@@ -282,14 +289,15 @@ def render_study(data: dict[str, Any]) -> str:
         "inflation = paper − weight = **leak** (paper − augment) + **augmentation** (augment − weight).",
         "",
         *_balance_note(data),
-        "## Metrics per protocol (mean over folds × repeats [corrected resampled t 95% CI])",
+        "## Metrics per protocol (mean over folds × repeats [corrected resampled t 95% CI, shown clipped to the "
+        "metric's range])",
         "",
         _md_row(["head", "arm", *[LABELS[m] for m in SHOWN]]),
         _md_row(["---", "---", *["---:"] * len(SHOWN)]),
     ]
     for head, h in res.items():
         for arm, a in h["arms"].items():
-            lines.append(_md_row([f"`{head}`", arm, *[_ci(a["metrics"][m]) for m in SHOWN]]))
+            lines.append(_md_row([f"`{head}`", arm, *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
     lines += [
         "",
         "## Inflation and its split (difference of per-fold means [95% CI], p)",
