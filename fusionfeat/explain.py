@@ -5,9 +5,10 @@
 pad-to-square preprocessing, and overlays each backbone's map (mass its tokens receive from the other
 backbones' queries, upsampled bilinearly from its token grid) for the most confident ALL, the most
 confident HEM and the worst errors (most confident wrong). Maps and probabilities are averaged over
-repeats (each repeat scores every evaluation row once, out of fold). Each overlay stretches the jet
-colour map from that map's lowest to its highest token mass (printed above it, with the uniform value
-1/T), so near-uniform attention still shows its pattern: read the range before reading the colours.
+repeats (each repeat scores every evaluation row once, out of fold). Each overlay's jet colour map is
+centred on uniform attention (1/T, green) and spans ± the map's largest deviation from it (at least
+``MIN_HALF_RANGE``): red tokens get more than their share, blue less; the range is printed above it,
+so read it before reading the colours.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fusionfeat.report.attention import load_attention
 from fusionfeat.report.run import load_run
 
 DISPLAY = 224
+MIN_HALF_RANGE = 0.01  # colour scale half-width floor, so a near-uniform map stays green
 
 
 @dataclass(frozen=True)
@@ -158,10 +160,11 @@ def _montage(title: str, picks: list[Pick], images: list[np.ndarray], maps: dict
             ax = fig.add_subplot(len(picks), cols, i * cols + 2 + j)
             ax.imshow(image)
             values = maps[b][pick.row]
-            lo, hi = float(np.min(values)), float(np.max(values))
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=lo, vmax=max(hi, lo + 1e-9))
-            ax.set_title(f"{b} {grid[0]}x{grid[1]}: mass {lo:.2f}–{hi:.2f}\n(blue→red; uniform {1 / len(values):.2f})",
-                         fontsize=7)
+            uniform = 1.0 / len(values)
+            half = max(float(np.max(np.abs(values - uniform))), MIN_HALF_RANGE)
+            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=uniform - half, vmax=uniform + half)
+            ax.set_title(f"{b} {grid[0]}x{grid[1]}: mass {float(values.min()):.2f}–{float(values.max()):.2f}\n"
+                         f"(green = uniform {uniform:.2f}, red = ±{half:.2f})", fontsize=7)
             ax.axis("off")
     fig.tight_layout()
     return fig
