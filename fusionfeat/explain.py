@@ -164,7 +164,7 @@ def _montage(title: str, picks: list[Pick], images: list[np.ndarray], maps: dict
             half = max(float(np.max(np.abs(values - uniform))), MIN_HALF_RANGE)
             ax.imshow(heat, cmap="jet", alpha=0.45, vmin=uniform - half, vmax=uniform + half)
             ax.set_title(f"{b} {grid[0]}x{grid[1]}: mass {float(values.min()):.2f}–{float(values.max()):.2f}\n"
-                         f"(green = uniform {uniform:.2f}, red = ±{half:.2f})", fontsize=7)
+                         f"(green = uniform {uniform:.2f}, red/blue = ±{half:.2f})", fontsize=7)
             ax.axis("off")
     fig.tight_layout()
     return fig
