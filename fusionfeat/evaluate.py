@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from fusionfeat import metrics as fm
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.estimators import HeadSpec, expand_head_names, resolve_head
+from fusionfeat.runtime import head_threads
 
 PROTOCOLS: tuple[str, ...] = ("grouped", "stratified", "predefined", "paper")
 BALANCES: tuple[str, ...] = ("weight", "augment", "none")
@@ -791,7 +792,8 @@ def _run_head(
                 progress=progress,
             )
         X_fold = rows_matrix(store, spec, plan.rows, fold=split.fold) if finetuned else X
-        result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
+        with head_threads():  # 1 CPU thread unless the caller chose (fit --threads)
+            result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
         bar.update(1)
 
 

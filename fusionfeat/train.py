@@ -10,6 +10,7 @@ from fusionfeat import evaluate
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import HeadSpec
 from fusionfeat.extract import software_versions
+from fusionfeat.runtime import head_threads
 from fusionfeat.store import FeatureStore
 
 
@@ -39,7 +40,8 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
     blocks = tuple(store.block_shape(b, spec.inputs) for b in spec.backbones)
     estimator = spec.build(blocks=blocks, class_weight="balanced" if balance == "weight" else None,
                            random_state=seed, device=device, progress=progress)
-    estimator.fit(X, y)
+    with head_threads():  # 1 CPU thread unless the caller chose (train --threads)
+        estimator.fit(X, y)
     counts = np.bincount(labels[kept], minlength=2)
     info = {
         "classes": list(store.classes),

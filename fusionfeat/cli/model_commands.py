@@ -9,18 +9,11 @@ import click
 from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.runtime import PRECISIONS
+from fusionfeat.runtime import PRECISIONS, head_threads
 
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads for torch [default: torch's]. On a shared machine, 1 is often much faster for the heads.")
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    help="CPU threads for fitting the heads (torch, BLAS, XGBoost) [default: 1, the fastest on a shared machine].")
 
 
 def _echo_table(run_dir: Path) -> None:
@@ -58,12 +51,11 @@ def fit_command(store, heads, output, protocol, folds, seed, repeats, balance, f
     from fusionfeat.store import FeatureStore
 
     names = expand_head_names(heads)
-    _set_threads(threads)
     if repeats < 1:
         raise FusionfeatError("--repeats must be at least 1")
     label = "-".join(names) if len(names) < 3 else "all"
     out = Path(output) if output else Path("runs") / f"{Path(store).stem}-{label}"
-    with FeatureStore.open(store) as fs:
+    with FeatureStore.open(store) as fs, head_threads(threads):
         result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
                                 balance=balance, features=features, device=device, positive=positive,
                                 progress=not quiet)
@@ -92,12 +84,11 @@ def report_command(runs):
 @click.option("--quiet", is_flag=True)
 def train_command(store, head, output, balance, seed, device, threads, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images."""
-    _set_threads(threads)
     from fusionfeat.bundle import save_bundle
     from fusionfeat.store import FeatureStore
     from fusionfeat.train import train_head
 
-    with FeatureStore.open(store) as fs:
+    with FeatureStore.open(store) as fs, head_threads(threads):
         estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device, progress=not quiet)
     path = save_bundle(output, estimator, spec, info)
     kinds = {b: p.get("weights_kind") for b, p in info["backbones"].items()}
