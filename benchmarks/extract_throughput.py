@@ -35,13 +35,15 @@ from pathlib import Path
 
 import torch
 import torchvision
-from common import DEFAULT_DATA, machine_info, subset_manifest  # benchmarks/common.py: the script folder is on sys.path
+
+# benchmarks/common.py: the script folder is on sys.path
+from common import DEFAULT_DATA, machine_info, run_trunks, subset_manifest
 
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
 from fusionfeat.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.runtime import autocast, resolve_device, resolve_precision
+from fusionfeat.runtime import resolve_device, resolve_precision
 
 VARIANTS = ("e2e", "compute", "naive")
 INPUT_SIZE = 224
@@ -161,14 +163,7 @@ def load_trunks(args) -> list[torch.nn.Module]:
 
 
 def run_compute(batches: list[torch.Tensor], trunks: list[torch.nn.Module], precision: str) -> dict:
-    device = torch.device("cpu")
-    start = time.perf_counter()
-    with torch.inference_mode(), autocast(device, precision):
-        for x in batches:
-            for trunk in trunks:
-                trunk(x).float().mean(dim=(2, 3))
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "images": sum(len(b) for b in batches)}
+    return run_trunks(batches, trunks, torch.device("cpu"), precision)
 
 
 def naive_models(args) -> list[torch.nn.Module]:
