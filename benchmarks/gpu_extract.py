@@ -334,7 +334,8 @@ def markdown(report: dict) -> str:
                   f"- host waiting in syncs (`.cpu()`, memcpy): {prof['host_sync_s']:.2f} s; "
                   f"copy ops (`aten::_to_copy`/`copy_`): {prof['host_copy_ops_s']:.2f} s",
                   f"- loader wait (decoding not hidden by workers): {prof['loader_wait_s']:.2f} s",
-                  "- top host ops (s, inclusive: nested ops overlap): " + ", ".join(f"{k} {v}" for k, v in prof["top_host_ops"][:6])]
+                  "- top host ops (s, inclusive: nested ops overlap): "
+                  + ", ".join(f"{k} {v}" for k, v in prof["top_host_ops"][:6])]
     first = report["e2e"][0] if report["e2e"] else None
     if first:
         s = first["seconds"]
