@@ -112,3 +112,23 @@ def flops_per_image(module: torch.nn.Module, input_size: int, device: torch.devi
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         module(x)
     return counter.get_total_flops() / 2
+
+
+def measured(cmd: list[str], timeout: float) -> dict:
+    """Run ``cmd`` in a fresh probe process; wall seconds, the child's peak RSS (MiB), exit code, output tail."""
+    probe = [sys.executable, "-c",
+             "import resource, subprocess, sys\n"
+             "p = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=float(sys.argv[1]))\n"
+             "sys.stderr.write((p.stdout + p.stderr)[-3000:])\n"
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)",
+             str(timeout), *cmd]
+    start = time.perf_counter()
+    try:
+        out = subprocess.run(probe, capture_output=True, text=True, timeout=timeout + 60)
+    except subprocess.TimeoutExpired:
+        return {"seconds": time.perf_counter() - start, "peak_rss_mib": None, "rc": "timeout", "tail": ""}
+    seconds = time.perf_counter() - start
+    if out.returncode:  # the probe itself failed: the step timed out inside it
+        return {"seconds": seconds, "peak_rss_mib": None, "rc": "timeout", "tail": out.stderr[-1500:]}
+    rc, kib = out.stdout.split()[-2:]
+    return {"seconds": seconds, "peak_rss_mib": int(kib) / 1024, "rc": int(rc), "tail": out.stderr[-1500:]}
