@@ -259,14 +259,21 @@ def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
     return 2 * size**3 / best
 
 
-def compile_trunks(trunks: list[torch.nn.Module], batches: list[torch.Tensor], precision: str):
-    """``torch.compile`` of each trunk, compiled by one warm-up call: (trunks, seconds) or (None, error)."""
+def compile_trunks(trunks: list[torch.nn.Module], examples: list[torch.Tensor], precision: str,
+                   thread_counts: list[int]):
+    """``torch.compile`` of each trunk, compiled by warm-up calls on each batch shape at each thread count
+    (inductor specialises to both: a new one recompiles): (trunks, seconds) or (None, error)."""
     start = time.perf_counter()
+    before = torch.get_num_threads()
     try:
         compiled = [torch.compile(t) for t in trunks]
-        run_trunks([batches[0]], compiled, torch.device("cpu"), precision)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            run_trunks(examples, compiled, torch.device("cpu"), precision)
     except Exception as exc:  # noqa: BLE001 - an unavailable compiler is a result, not a crash
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    finally:
+        torch.set_num_threads(before)
     return compiled, time.perf_counter() - start
 
 
@@ -330,7 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "compile" in args.variants:
         for precision in precisions:
             compiled[precision], compile_info[precision] = compile_trunks(
-                trunks, batches[args.batch_sizes[0]], precision)
+                trunks, list({tuple(x.shape): x for bs in batches.values() for x in bs}.values()), precision,
+                args.threads)
             print(f"torch.compile ({precision}): " + (f"compiled in {compile_info[precision]:.1f} s"
                   if compiled[precision] else f"unavailable ({compile_info[precision]})"), flush=True)
         jobs = [j for j in jobs if j[0] != "compile" or compiled[j[1]]]
