@@ -222,7 +222,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
-    for step in dict.fromkeys(r["step"] for r in results):
+    for step in dict.fromkeys(r["step"] for r in results if "per-image" not in r["step"]):
         rs = [r for r in results if r["step"] == step and r["rc"] == 0]
         if not rs:
             continue
