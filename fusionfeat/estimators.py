@@ -434,7 +434,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         colsample_bytree: float = 0.5,
         class_weight: str | dict | None = None,
         random_state: int | np.random.RandomState | None = None,
-        n_jobs: int = 2,
+        n_jobs: int | None = None,
     ):
         self.n_estimators = n_estimators
         self.max_depth = max_depth
@@ -464,7 +464,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             subsample=self.subsample,
             colsample_bytree=self.colsample_bytree,
             tree_method="hist",
-            n_jobs=self.n_jobs,
+            n_jobs=self.n_jobs if self.n_jobs is not None else torch.get_num_threads(),  # runtime.head_threads
             random_state=seed,
             verbosity=0,
         ).fit(X, y_enc, sample_weight=weights)

@@ -29,6 +29,7 @@ from fusionfeat.protocols import (
     default_protocol,
     make_plan,
 )
+from fusionfeat.runtime import head_threads
 from fusionfeat.zoo import HeadSpec, resolve_heads
 
 FEATURES: tuple[str, ...] = ("frozen", "finetuned")
@@ -301,7 +302,8 @@ def _run_head(
                 progress=progress,
             )
         X_fold = rows_matrix(store, spec, plan.rows, fold=split.fold) if finetuned else X
-        result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
+        with head_threads():  # 1 CPU thread unless the caller chose (fit --threads)
+            result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
         bar.update(1)
 
 

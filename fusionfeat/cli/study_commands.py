@@ -21,22 +21,19 @@ from fusionfeat.fsio import STUDY, check_output
 @click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of folds [default: 5].")
 @click.option("--seed", type=int, default=None, help="Seed for splits and heads [default: 0].")
 @device_option
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch [default: torch's].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the heads [default: 1].")
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def study_command(store, output, heads, repeats, folds, seed, device, threads, overwrite, quiet):
     """Run heads under the paper's protocol, leak-free augmentation and class weights; report the inflation."""
+    from fusionfeat.runtime import head_threads
     from fusionfeat.store import FeatureStore
     from fusionfeat.study import check_dihedral, run_study, write_study
     from fusionfeat.zoo import expand_head_names, select_backbones
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     out = Path(output) if output else Path("runs") / f"{Path(store).stem}-study"
     check_output(out, STUDY, inputs=[store], overwrite=overwrite)  # before hours of fitting
-    with FeatureStore.open(store) as fs:
+    with FeatureStore.open(store) as fs, head_threads(threads):
         check_dihedral(fs)
         names = expand_head_names(heads, select_backbones(fs, None), fs.backbones)
         results = run_study(fs, names, repeats=repeats, folds=folds, seed=seed, device=device, progress=not quiet)
