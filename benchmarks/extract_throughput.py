@@ -23,31 +23,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torchvision
-from common import (  # benchmarks/common.py: the script folder is on sys.path
-    benchmark_parser,
-    machine_info,
-    subset_manifest,
-    utc_now,
-    write_report,
-)
+
+# benchmarks/common.py: the script folder is on sys.path
+from common import benchmark_parser, flops_per_image, run_header, run_trunks, subset_manifest, write_report
 
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
 from fusionfeat.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.runtime import autocast, default_workers, resolve_device, resolve_precision
+from fusionfeat.runtime import resolve_device, resolve_precision
 
-VARIANTS = ("e2e", "compute", "naive")
+VARIANTS = ("e2e", "compute", "compile", "naive")
+DEFAULT_VARIANTS = ("e2e", "compute", "naive")
 INPUT_SIZE = 224
 
 
@@ -62,20 +58,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto",
                         help="comma list of precisions for e2e and compute (auto, fp32, bf16); naive is always fp32")
     parser.add_argument("--no-tokens", action="store_true", help="e2e without the token maps (pooled only)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of e2e, compute, naive")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma list of e2e, compute, compile (compute with torch.compile'd trunks), naive")
+    parser.add_argument("--compile", action="store_true",
+                        help="add the 'compile' variant (torch.compile of the trunks)")
+    parser.add_argument("--threads", default="default",
+                        help="comma list of torch thread counts; every job runs at each ('default': torch's)")
+    parser.add_argument("--gemm-size", type=int, default=2048, help="square matrix size for the GEMM peak")
+    parser.add_argument("--gemm-repeats", type=int, default=5, help="GEMM peak: best of this many torch.mm calls")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.compile and "compile" not in args.variants:
+        args.variants.append("compile")
     bad = [v for v in args.variants if v not in VARIANTS]
     if bad or not args.variants:
         parser.error(f"--variants: choose among {', '.join(VARIANTS)}")
     try:
         args.batch_sizes = [int(b) for b in args.batch_size.split(",") if b.strip()]
         args.workers = [None if w.strip() == "default" else int(w) for w in args.workers.split(",") if w.strip()]
+        args.threads = [torch.get_num_threads() if t.strip() == "default" else int(t)
+                        for t in args.threads.split(",") if t.strip()]
     except ValueError:
-        parser.error("--batch-size and --workers take comma lists of integers ('default' for the engine's workers)")
+        parser.error("--batch-size, --workers and --threads take comma lists of integers ('default': the usual)")
+    if not args.threads or min(args.threads) < 1 or args.gemm_size < 1 or args.gemm_repeats < 1:
+        parser.error("--threads, --gemm-size and --gemm-repeats must be at least 1")
     if args.n < 1 or args.repeats < 1 or not args.batch_sizes or min(args.batch_sizes) < 1 or not args.workers:
         parser.error("--n, --repeats and --batch-size must be at least 1")
     args.backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
@@ -129,6 +138,7 @@ def run_e2e(manifest: Manifest, args, precision: str, batch_size: int, workers: 
         backbones=args.backbones, weights={b: RANDOM for b in args.backbones}, seed=args.seed,
         preprocess=Preprocess(input_size=INPUT_SIZE), tokens=not args.no_tokens, device="cpu",
         precision=precision, batch_size=batch_size, workers=workers, overwrite=True, progress=False,
+        dedupe=True,  # ALL-IDB2 holds one duplicate image
     )
     out = workdir / "e2e.h5"
     timer = _StepTimer()
@@ -163,14 +173,7 @@ def load_trunks(args) -> list[torch.nn.Module]:
 
 
 def run_compute(batches: list[torch.Tensor], trunks: list[torch.nn.Module], precision: str) -> dict:
-    device = torch.device("cpu")
-    start = time.perf_counter()
-    with torch.inference_mode(), autocast(device, precision):
-        for x in batches:
-            for trunk in trunks:
-                trunk(x).float().mean(dim=(2, 3))
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "images": sum(len(b) for b in batches)}
+    return run_trunks(batches, trunks, torch.device("cpu"), precision)
 
 
 def naive_models(args) -> list[torch.nn.Module]:
@@ -230,11 +233,46 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def job_key(variant: str, precision: str, batch_size: int | None = None, workers: int | None = None) -> str:
+def job_key(variant: str, precision: str, batch_size: int | None = None, workers: int | None = None,
+            threads: int | None = None) -> str:
+    t = f" t{threads}" if threads is not None else ""
     if variant == "naive":
-        return "naive fp32 b1"
+        return "naive fp32 b1" + t
     key = f"{variant} {precision} b{batch_size}"
-    return key + (f" w{'default' if workers is None else workers}" if variant == "e2e" else "")
+    return key + (f" w{'default' if workers is None else workers}" if variant == "e2e" else "") + t
+
+
+# ---------------------------------------------------------------------------------------------- roofline
+
+
+def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Best FLOP/s of ``torch.mm`` on ``size``² square matrices over ``repeats`` calls (after one warm-up)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def compile_trunks(trunks: list[torch.nn.Module], examples: list[torch.Tensor], precision: str,
+                   thread_counts: list[int]):
+    """``torch.compile`` of each trunk, compiled by warm-up calls on each batch shape at each thread count
+    (inductor specialises to both: a new one recompiles): (trunks, seconds) or (None, error)."""
+    start = time.perf_counter()
+    before = torch.get_num_threads()
+    try:
+        compiled = [torch.compile(t) for t in trunks]
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            run_trunks(examples, compiled, torch.device("cpu"), precision)
+    except Exception as exc:  # noqa: BLE001 - an unavailable compiler is a result, not a crash
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    finally:
+        torch.set_num_threads(before)
+    return compiled, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -244,38 +282,64 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device("cpu")
     requested = [p.strip() for p in args.precision.split(",") if p.strip()]
     precisions = list(dict.fromkeys(resolve_precision(p, device) for p in requested))
-    machine = machine_info()
-    engine_workers = default_workers(device)
-    command = " ".join(["python", "benchmarks/extract_throughput.py", *map(shlex.quote, sys.argv[1:])])
-    print(f"command: {command}")
-    print("machine: {cpu}, {cores} cores, torch {torch} ({torch_threads} threads), capability {capability}, "
-          "native bf16: {cpu_bf16}".format(**machine))
+    header = run_header("benchmarks/extract_throughput.py", argv)
+    machine = header["machine"]
+    engine_workers = engine.default_workers(device)
     native = "present" if machine["cpu_bf16"] else "absent"
     print(f"precision: requested {args.precision} -> {', '.join(precisions)} "
           f"(auto -> {resolve_precision('auto', device)}: native bf16 {native})")
     print(f"data: {args.data} ({len(manifest)} images, naive {len(naive_paths)}), "
           f"backbones {','.join(args.backbones)}, input {INPUT_SIZE}, batch {args.batch_size}, "
           f"workers {','.join('default' if w is None else str(w) for w in args.workers)} "
-          f"(engine default here: {engine_workers}), tokens {'off' if args.no_tokens else 'on'}, "
-          f"random weights (seed {args.seed}), repeats {args.repeats}")
+          f"(engine default here: {engine_workers}), threads {','.join(map(str, args.threads))}, "
+          f"tokens {'off' if args.no_tokens else 'on'}, random weights (seed {args.seed}), repeats {args.repeats}")
     load_before = os.getloadavg()
+    default_threads = torch.get_num_threads()
 
-    jobs = []  # (variant, precision, batch size, workers), interleaved within each repeat
-    for precision in precisions:
-        for batch_size in args.batch_sizes:
-            if "e2e" in args.variants:
-                jobs += [("e2e", precision, batch_size, w) for w in args.workers]
-            if "compute" in args.variants:
-                jobs.append(("compute", precision, batch_size, None))
-    if "naive" in args.variants:
-        jobs.append(("naive", "fp32", 1, None))
+    jobs = []  # (variant, precision, batch size, workers, threads), interleaved within each repeat
+    for threads in args.threads:
+        for precision in precisions:
+            for batch_size in args.batch_sizes:
+                if "e2e" in args.variants:
+                    jobs += [("e2e", precision, batch_size, w, threads) for w in args.workers]
+                for variant in ("compute", "compile"):
+                    if variant in args.variants:
+                        jobs.append((variant, precision, batch_size, None, threads))
+        if "naive" in args.variants:
+            jobs.append(("naive", "fp32", 1, None, threads))
+
+    # The arithmetic limit, in this process: GEMM peak per precision and thread count; FLOPs from the models.
+    flops = {}
+    for name in args.backbones:
+        flops[name] = flops_per_image(load_backbone(name, RANDOM, args.seed).trunk, INPUT_SIZE)
+    flop_per_image = sum(flops.values())
+    peaks: dict[str, float] = {}
+    gemm_dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if machine["cpu_bf16"] else {})}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, dtype in gemm_dtypes.items():
+            peaks[f"{name} t{threads}"] = gemm_peak(dtype, args.gemm_size, args.gemm_repeats)
+            print(f"GEMM peak {name}, {threads} thread(s), {args.gemm_size}^2: "
+                  f"{peaks[f'{name} t{threads}'] / 1e9:.1f} GFLOP/s", flush=True)
+    print("FLOP/image (FlopCounterMode, one forward at 224): "
+          + ", ".join(f"{k} {v / 1e9:.2f} G" for k, v in flops.items()) + f"; total {flop_per_image / 1e9:.2f} G")
 
     # Set-up outside the timings: decoded batches and models for compute/naive. A short warm-up of each variant
     # and precision takes one-time costs (imports, oneDNN kernel selection, page cache) off the first repeat.
-    batches = {b: predecode(manifest, b) for b in args.batch_sizes} if "compute" in args.variants else {}
-    trunks = load_trunks(args) if "compute" in args.variants else []
+    computes = {"compute", "compile"} & set(args.variants)
+    batches = {b: predecode(manifest, b) for b in args.batch_sizes} if computes else {}
+    trunks = load_trunks(args) if computes else []
     models = naive_models(args) if "naive" in args.variants else []
     transform = naive_transform()
+    compiled, compile_info = {}, {}
+    if "compile" in args.variants:
+        for precision in precisions:
+            compiled[precision], compile_info[precision] = compile_trunks(
+                trunks, list({tuple(x.shape): x for bs in batches.values() for x in bs}.values()), precision,
+                args.threads)
+            print(f"torch.compile ({precision}): " + (f"compiled in {compile_info[precision]:.1f} s"
+                  if compiled[precision] else f"unavailable ({compile_info[precision]})"), flush=True)
+        jobs = [j for j in jobs if j[0] != "compile" or compiled[j[1]]]
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
         workdir = Path(tmp)
@@ -290,30 +354,44 @@ def main(argv: list[str] | None = None) -> dict:
 
         for r in range(args.repeats):
             shift = r % len(jobs)  # rotate the order so no variant always runs first or last
-            for variant, precision, batch_size, workers in jobs[shift:] + jobs[:shift]:
+            for variant, precision, batch_size, workers, threads in jobs[shift:] + jobs[:shift]:
+                torch.set_num_threads(threads)
                 if variant == "e2e":
                     run = run_e2e(manifest, args, precision, batch_size, workers, workdir)
                 elif variant == "compute":
                     run = run_compute(batches[batch_size], trunks, precision)
+                elif variant == "compile":
+                    run = run_compute(batches[batch_size], compiled[precision], precision)
                 else:
                     run = run_naive(naive_paths, models, transform)
-                key = job_key(variant, precision, batch_size, workers)
+                key = job_key(variant, precision, batch_size, workers, threads)
                 results.setdefault(key, []).append(run)
-                print(f"  repeat {r + 1}/{args.repeats} {key:22s}: {run['images'] / run['seconds']:6.2f} img/s "
+                print(f"  repeat {r + 1}/{args.repeats} {key:26s}: {run['images'] / run['seconds']:6.2f} img/s "
                       f"({run['seconds']:.1f} s)" + (f" split {run['split']}" if run.get("split") else ""), flush=True)
+    for threads in args.threads:  # again after the jobs: the peak is the best of both (load drifts)
+        torch.set_num_threads(threads)
+        for name, dtype in gemm_dtypes.items():
+            key = f"{name} t{threads}"
+            peaks[key] = max(peaks[key], gemm_peak(dtype, args.gemm_size, args.gemm_repeats))
+    torch.set_num_threads(default_threads)
     load_after = os.getloadavg()
 
     summary = {key: summarise(runs) for key, runs in results.items()}
+    for variant, precision, batch_size, workers, threads in jobs:  # fractions of the arithmetic limit
+        s = summary[job_key(variant, precision, batch_size, workers, threads)]
+        peak = peaks.get(f"{precision} t{threads}")
+        s["gflop_s"] = s["img_per_s"] * flop_per_image / 1e9
+        s["of_gemm_peak"] = s["img_per_s"] * flop_per_image / peak if peak else None
     ratios = {}
-    naive = summary.get(job_key("naive", "fp32"))
-    for variant, precision, batch_size, workers in jobs:
+    for variant, precision, batch_size, workers, threads in jobs:
         if variant != "e2e":
             continue
-        e2e = summary[job_key(variant, precision, batch_size, workers)]["img_per_s"]
-        compute = summary.get(job_key("compute", precision, batch_size))
-        label = job_key(variant, precision, batch_size, workers)
-        compute_key, naive_key = job_key("compute", precision, batch_size), job_key("naive", "fp32")
-        for other, name, other_key in ((compute, "compute", compute_key), (naive, "naive", naive_key)):
+        label = job_key(variant, precision, batch_size, workers, threads)
+        e2e = summary[label]["img_per_s"]
+        compute_key = job_key("compute", precision, batch_size, None, threads)
+        naive_key = job_key("naive", "fp32", None, None, threads)
+        for name, other_key in (("compute", compute_key), ("naive", naive_key)):
+            other = summary.get(other_key)
             if other:
                 mine, theirs = results[label], results[other_key]
                 paired = [rate(a) / rate(b) for a, b in zip(mine, theirs, strict=True)]
@@ -322,36 +400,46 @@ def main(argv: list[str] | None = None) -> dict:
                                               "paired": [round(x, 3) for x in paired]}
 
     print()
-    print("| variant | precision | batch | workers | img/s (median) | min–max "
+    print("| variant | precision | batch | workers | threads | img/s (median) | min–max | GFLOP/s | of GEMM peak "
           "| e2e split s: setup / batches / assembly |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for variant, precision, batch_size, workers in jobs:
-        key = job_key(variant, precision, batch_size, workers)
-        s = summary[key]
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for variant, precision, batch_size, workers, threads in jobs:
+        s = summary[job_key(variant, precision, batch_size, workers, threads)]
         split = s.get("split_s")
         split_text = " / ".join(f"{split.get(k, float('nan')):.2f}" for k in ("setup", "batches", "assemble")) \
             if split else ""
         shown_workers = "" if variant != "e2e" else (f"{engine_workers} (default)" if workers is None else workers)
-        print(f"| {variant} | {precision} | {batch_size} | {shown_workers} | {s['img_per_s']:.2f} "
-              f"| {s['min']:.2f}–{s['max']:.2f} | {split_text} |")
+        frac = f"{s['of_gemm_peak']:.2f}" if s["of_gemm_peak"] is not None else "n/a"
+        print(f"| {variant} | {precision} | {batch_size} | {shown_workers} | {threads} | {s['img_per_s']:.2f} "
+              f"| {s['min']:.2f}–{s['max']:.2f} | {s['gflop_s']:.1f} | {frac} | {split_text} |")
     print()
+    print("GEMM peak (best before/after the jobs): " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items())
+          + " (naive runs fp32: its fraction is of the fp32 peak)")
     # Ratios two ways: of the medians, and the median of per-repeat ratios (variants of one repeat ran minutes
     # apart at most, so pairing them cancels slow drifts in the machine's load).
     for name, value in ratios.items():
-        target = 0.8 if name.endswith("compute") else 2.5
+        target = 0.9 if name.endswith("compute") else 2.5
         verdict = "met" if min(value["of_medians"], value["paired_median"]) >= target else "NOT met"
         print(f"{name}: {value['of_medians']:.2f} of medians, {value['paired_median']:.2f} paired median "
               f"(per repeat {value['paired']}) (target >= {target}: {verdict})")
+    for variant, precision, batch_size, workers, threads in jobs:
+        if variant in ("compute", "compile"):
+            s = summary[job_key(variant, precision, batch_size, workers, threads)]
+            if s["of_gemm_peak"] is not None:
+                verdict = "met" if s["of_gemm_peak"] >= 0.75 else "NOT met"
+                print(f"{job_key(variant, precision, batch_size, workers, threads)} / GEMM peak: "
+                      f"{s['of_gemm_peak']:.2f} (target >= 0.75: {verdict})")
     print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on {os.cpu_count()} cores")
 
     report = {
-        "command": command, "date": utc_now(),
-        "machine": machine, "data": str(args.data), "n": len(manifest), "naive_n": len(naive_paths),
+        **header, "machine": machine, "data": str(args.data), "n": len(manifest), "naive_n": len(naive_paths),
         "backbones": args.backbones, "input_size": INPUT_SIZE, "batch_sizes": args.batch_sizes,
-        "workers": args.workers, "engine_default_workers": engine_workers, "tokens": not args.no_tokens,
-        "precision_requested": args.precision, "precisions": precisions, "weights": f"random (seed {args.seed})",
-        "repeats": args.repeats, "summary": summary, "ratios": ratios,
-        "load_average": [load_before[0], load_after[0]],
+        "workers": args.workers, "engine_default_workers": engine_workers, "threads": args.threads,
+        "tokens": not args.no_tokens, "precision_requested": args.precision, "precisions": precisions,
+        "weights": f"random (seed {args.seed})", "repeats": args.repeats,
+        "flop_per_image": {**flops, "total": flop_per_image}, "gemm_peak_flop_s": peaks,
+        "gemm_size": args.gemm_size, "compile_s": compile_info,
+        "summary": summary, "ratios": ratios, "load_average": [load_before[0], load_after[0]],
     }
     return write_report(report, args.json)
 

@@ -128,7 +128,7 @@ def timed_extraction(manifest: Manifest, out: Path, seed: int) -> dict:
         return engine.ExtractConfig(
             backbones=list(BACKBONES), weights={b: RANDOM for b in BACKBONES}, seed=seed,
             preprocess=Preprocess(input_size=INPUT_SIZE), tokens=True, device="cpu", precision="auto",
-            overwrite=True, progress=False,
+            overwrite=True, progress=False, dedupe=True,  # ALL-IDB2 holds one duplicate image
         )
 
     warm = Manifest(manifest.root, manifest.samples[:2], manifest.classes, manifest.layout)

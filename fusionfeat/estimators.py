@@ -117,6 +117,12 @@ def _is_attention(estimator: TorchHeadClassifier) -> bool:
     return True
 
 
+def _is_spatial_attention(estimator: TorchHeadClassifier) -> bool:
+    if estimator.architecture != "attention-spatial":
+        raise AttributeError(f"attention_maps needs attention-spatial; this head is {estimator.architecture!r}")
+    return True
+
+
 class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
     """A torch head (MLP, concatenation or attention fusion) trained as a scikit-learn classifier.
 
@@ -326,6 +332,20 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
                 out.append(self.module_.fusion_weights(_batch(X, idx, device, check=True)).float().cpu())
         return torch.cat(out).double().numpy()
 
+    @available_if(_is_spatial_attention)
+    def attention_maps(self, X: Any) -> list[np.ndarray]:
+        """Per backbone (column order), ``(N, T_k)``: the attention mass each token of backbone k's grid
+        receives from the other backbones' queries (see ``AttentionFusion.attention_maps``)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=False)
+        device = next(self.module_.parameters()).device
+        parts: list[dict[int, torch.Tensor]] = []
+        with torch.inference_mode():
+            for start in range(0, X.shape[0], STATS_ROWS):
+                idx = np.arange(start, min(start + STATS_ROWS, X.shape[0]))
+                parts.append(self.module_.attention_maps(_batch(X, idx, device, check=True)))
+        return [torch.cat([p[k].float().cpu() for p in parts]).double().numpy() for k in range(len(self.blocks_))]
+
     def get_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """``(config, state_dict)``: a JSON-able dict and the module's CPU tensors, for saving.
 
@@ -404,7 +424,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         colsample_bytree: float = 0.5,
         class_weight: str | dict | None = None,
         random_state: int | np.random.RandomState | None = None,
-        n_jobs: int = 2,
+        n_jobs: int | None = None,
     ):
         self.n_estimators = n_estimators
         self.max_depth = max_depth
@@ -434,7 +454,7 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
             subsample=self.subsample,
             colsample_bytree=self.colsample_bytree,
             tree_method="hist",
-            n_jobs=self.n_jobs,
+            n_jobs=self.n_jobs if self.n_jobs is not None else torch.get_num_threads(),  # runtime.head_threads
             random_state=seed,
             verbosity=0,
         ).fit(X, y_enc, sample_weight=weights)

@@ -29,6 +29,7 @@ from fusionfeat.protocols import (
     default_protocol,
     make_plan,
 )
+from fusionfeat.runtime import head_threads
 from fusionfeat.store import FoldPlan
 from fusionfeat.zoo import HeadSpec, resolve_heads
 
@@ -71,6 +72,8 @@ class CVResult:
     oof_weights: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (repeats, n_eval, n_weights)
     weight_names: dict[str, list[str]] = field(default_factory=dict)
     folds: list[FoldResult] = field(default_factory=list)
+    # head -> per backbone (repeats, n_eval, T_k) out-of-fold attention maps (attention-spatial heads only)
+    oof_attention: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
     def fold_results(self, head: str) -> list[FoldResult]:
         """The fold results of one head, in (repeat, fold) order."""
@@ -295,7 +298,8 @@ def _run_head(
                 progress=progress,
             )
         X_fold = rows_matrix(store, spec, plan.rows, fold=split.fold) if finetuned else X
-        result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
+        with head_threads():  # 1 CPU thread unless the caller chose (fit --threads)
+            result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
         bar.update(1)
 
 
@@ -334,6 +338,7 @@ def _fit_fold(
     y_pred = np.asarray(est_classes)[proba.argmax(axis=1)]
     y_test = y[split.test]
     result.oof[spec.name][split.repeat, split.test] = p
+    _attention_maps(est, spec, X_test, split, result)
     scores = fm.binary_metrics(y_test, y_pred, p, positive=pos)
     scores.update(fit_time=fit_time, predict_time=predict_time)
     return FoldResult(
@@ -381,3 +386,15 @@ def _fusion_weights(
         result.classes[c]: dict(zip(names, w[y_test == c].mean(axis=0).tolist(), strict=True))
         for c in np.unique(y_test).tolist()
     }
+
+
+def _attention_maps(est: Any, spec: Any, X_test: np.ndarray, split: Split, result: CVResult) -> None:
+    """Keep the out-of-fold attention maps of heads that have them (``attention-spatial``)."""
+    look: Callable[[np.ndarray], list[np.ndarray]] | None = getattr(est, "attention_maps", None)
+    if look is None:
+        return
+    maps = look(X_test)
+    if spec.name not in result.oof_attention:
+        result.oof_attention[spec.name] = [np.full(result.test_fold.shape + (m.shape[1],), np.nan) for m in maps]
+    for store, m in zip(result.oof_attention[spec.name], maps, strict=True):
+        store[split.repeat, split.test] = m

@@ -30,8 +30,9 @@ import numpy as np
 from fusionfeat.errors import FusionfeatError
 
 RUN, BUNDLE, DEMO, FINETUNE, CSV = "run", "bundle", "demo", "finetune", "csv"
+STUDY, EXPLAIN = "study", "explain"
 _WHAT = {RUN: "run folder", BUNDLE: "bundle", DEMO: "demo folder", FINETUNE: "fine-tuning work folder",
-         CSV: "file"}
+         CSV: "file", STUDY: "study folder", EXPLAIN: "attention montage folder"}
 WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>tmp|old|assemble|rewrite)$")
 

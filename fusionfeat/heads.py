@@ -191,5 +191,28 @@ class AttentionFusion(nn.Module):
         """Per-image contribution of each backbone, ``(B, K)``, rows summing to 1."""
         return self.forward_features(x)[1]
 
+    def attention_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Where the cross-attention looks (``variant="spatial"`` only): backbone index k → ``(B, T_k)``.
+
+        For each backbone k, the attention mass its tokens receive from the other branches' queries,
+        averaged over attention heads and query tokens (and over the querying branches when K > 2). With
+        two backbones each map sums to 1 per image. Same computation as ``forward`` (which is unchanged),
+        asking ``nn.MultiheadAttention`` for its weights.
+        """
+        if self.variant != "spatial":
+            raise FusionfeatError("attention maps need the spatial attention head (token grids); this one is pooled")
+        maps = self.inputs(x)
+        seqs = [p(m) + e for p, m, e in zip(self.proj, maps, self.embed, strict=True)]
+        sizes = [s.shape[1] for s in seqs]
+        received: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(seqs))}
+        for i, query in enumerate(seqs):
+            context = torch.cat(seqs[:i] + seqs[i + 1 :], dim=1)
+            _, weights = self.attn[i](query, context, context, need_weights=True, average_attn_weights=True)
+            mass = weights.mean(dim=1)  # (B, sum of the other branches' T), over query tokens
+            others = [k for k in range(len(seqs)) if k != i]
+            for k, part in zip(others, torch.split(mass, [sizes[k] for k in others], dim=1), strict=True):
+                received[k].append(part)
+        return {k: torch.stack(parts).mean(dim=0) for k, parts in received.items()}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.forward_features(x)[0])

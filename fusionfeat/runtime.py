@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -96,3 +97,32 @@ def progress(total: int, enabled: bool, desc: str, unit: str = "img", leave: boo
 
     return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1,
                 leave=leave)
+
+
+DEFAULT_HEAD_THREADS = 1
+_head_threads: list[int] = []  # counts chosen by the enclosing head_threads() blocks, innermost last
+
+
+@contextlib.contextmanager
+def head_threads(n: int | None = None) -> Iterator[int]:
+    """CPU threads while fitting heads: torch's intra-op pool and the BLAS/OpenMP pools (numpy, scikit-learn).
+
+    ``n=None`` keeps the count of an enclosing ``head_threads(n)`` block (so ``fit --threads`` reaches the
+    library), else :data:`DEFAULT_HEAD_THREADS` (1): the heads' small matrices gain nothing from a second thread
+    on an idle machine and lose ~12x when another process holds a core (docs/benchmarks.md, "Threads").
+    The previous counts are restored on exit. Yields the count in force.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise FusionfeatError(f"--threads {n!r}: give a whole number of at least 1")
+    from threadpoolctl import threadpool_limits
+
+    count = n if n is not None else (_head_threads[-1] if _head_threads else DEFAULT_HEAD_THREADS)
+    before = torch.get_num_threads()
+    _head_threads.append(count)
+    try:
+        with threadpool_limits(limits=count):
+            torch.set_num_threads(count)
+            yield count
+    finally:
+        _head_threads.pop()
+        torch.set_num_threads(before)

@@ -11,6 +11,7 @@ from fusionfeat import protocols
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.extract import software_versions
 from fusionfeat.head_inputs import head_blocks, rows_matrix
+from fusionfeat.runtime import head_threads
 from fusionfeat.store import FeatureStore
 from fusionfeat.zoo import HeadSpec, resolve_heads
 
@@ -43,7 +44,8 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
     blocks = head_blocks(store, spec)
     estimator = spec.build(blocks=blocks, class_weight="balanced" if balance == "weight" else None,
                            random_state=seed, device=device, progress=progress)
-    estimator.fit(X, y)
+    with head_threads():  # 1 CPU thread unless the caller chose (train --threads)
+        estimator.fit(X, y)
     counts = np.bincount(labels[kept], minlength=2)
     info = {
         "classes": list(store.classes),

@@ -9,7 +9,7 @@ import click
 from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option, overwrite_option
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.runtime import PRECISIONS
+from fusionfeat.runtime import PRECISIONS, head_threads
 
 backbones_option = click.option(
     "--backbones", default=None,
@@ -17,14 +17,7 @@ backbones_option = click.option(
          "store, in store order].")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads for torch [default: torch's]. On a shared machine, 1 is often much faster for the heads.")
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    help="CPU threads for fitting the heads (torch, BLAS, XGBoost) [default: 1, the fastest on a shared machine].")
 
 
 def _echo_table(run_dir: Path) -> None:
@@ -65,7 +58,6 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
     from fusionfeat.store import FeatureStore
     from fusionfeat.zoo import expand_head_names, select_backbones
 
-    _set_threads(threads)
     if repeats < 1:
         raise FusionfeatError("--repeats must be at least 1")
     with FeatureStore.open(store) as fs:
@@ -73,7 +65,7 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
         names = expand_head_names(heads, selected, fs.backbones)
         label = "-".join(names) if len(names) < 3 else "all"
         out = Path(output) if output else Path("runs") / f"{Path(store).stem}-{label}"
-        with output_target(out, RUN, inputs=[store], overwrite=overwrite) as target:
+        with output_target(out, RUN, inputs=[store], overwrite=overwrite) as target, head_threads(threads):
             result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
                                     balance=balance, features=features, device=device, positive=positive,
                                     progress=not quiet, backbones=selected)
@@ -105,14 +97,13 @@ def report_command(runs):
 @click.option("--quiet", is_flag=True)
 def train_command(store, head, backbones, output, balance, seed, device, threads, overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images."""
-    _set_threads(threads)
     from fusionfeat.bundle import write_bundle_files
     from fusionfeat.fsio import BUNDLE, output_target
     from fusionfeat.store import FeatureStore
     from fusionfeat.train import train_head
 
     with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
-        with FeatureStore.open(store) as fs:
+        with FeatureStore.open(store) as fs, head_threads(threads):
             estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
                                                progress=not quiet, backbones=backbones)
         write_bundle_files(target.path, estimator, spec, info)

@@ -20,6 +20,8 @@ from fusionfeat import paper
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult
 from fusionfeat.fsio import RUN, dumps_json, output_target
+from fusionfeat.report.attention import write_attention
+from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
 from fusionfeat.report.plots import write_plots
 
@@ -46,6 +48,8 @@ def write_run_files(result: CVResult, out: Path) -> None:
     (out / METRICS_FILE).write_text(dumps_json(data))
     write_predictions(result, out / PREDICTIONS_FILE)
     (out / REPORT_FILE).write_text(render_report(data))
+    write_tables(data, out)
+    write_attention(result, out)
 
 
 # ----------------------------------------------------------------------------------------------- data

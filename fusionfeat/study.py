@@ -1,0 +1,385 @@
+"""``fusionfeat study``: how much the paper's protocol inflates its numbers, and why.
+
+The same heads are cross-validated on one store under three protocols (``evaluate.cross_validate``,
+three calls; each written as a run folder by ``report.write_run``):
+
+- ``paper``: the paper's protocol (``--cv paper``): minority images' rotated/mirrored copies are added
+  before splitting, so a copy of a test image can be in training (the leak), and the copies are scored;
+- ``augment``: the honest split (grouped when subjects are known, else stratified) with the same kind of
+  copies added only inside each training fold (``--balance augment``): augmentation without the leak;
+- ``weight``: the honest split with class weights (``--balance weight``), no copies.
+
+inflation = paper − weight = (paper − augment) + (augment − weight) = leak + augmentation.
+The arms do not share splits (the paper arm scores expanded rows), so per-fold metrics are compared with
+``stats.corrected_difference_t`` (Nadeau–Bengio corrected variance of each arm, Welch-combined: an
+approximation), and ROC AUC is also compared on the original images with a paired subject (or image)
+bootstrap of the pooled out-of-fold predictions. See ``docs/protocols.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionfeat import stats
+from fusionfeat.errors import FusionfeatError
+from fusionfeat.estimators import HeadSpec
+from fusionfeat.evaluate import CVResult, cross_validate
+from fusionfeat.fsio import RUN, STUDY, dumps_json, marker_name, output_target, to_jsonable
+from fusionfeat.metrics import LABELS, METRICS
+from fusionfeat.protocols import default_protocol
+from fusionfeat.report.latex import Tex, latex_table, write_csv
+from fusionfeat.report.run import write_run_files
+
+DEFAULT_HEADS: tuple[str, ...] = ("resnet18", "vgg16", "concat", "attention")
+STUDY_JSON = "study.json"
+STUDY_MD = "study.md"
+STUDY_CSV = "study.csv"
+STUDY_TEX = "study.tex"
+N_BOOT = 1000
+SHOWN = ("accuracy", "balanced_accuracy", "f1", "mcc", "roc_auc")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One protocol of the study: its sub-run folder name, ``--cv`` and ``--balance``."""
+
+    name: str
+    protocol: str
+    balance: str
+    what: str
+
+
+# inflation, leak and augmentation: (name, minuend arm, subtrahend arm, meaning)
+CONTRASTS: tuple[tuple[str, str, str, str], ...] = (
+    ("inflation", "paper", "weight", "paper − honest (weights)"),
+    ("leak", "paper", "augment", "paper − honest augmentation: copies of test images in training, copies scored"),
+    ("augmentation", "augment", "weight", "honest augmentation − honest weights: the copies themselves"),
+)
+
+
+def arms(honest: str) -> tuple[Arm, ...]:
+    """The three protocols, the honest ones under ``honest`` (grouped or stratified)."""
+    return (
+        Arm("paper", "paper", "weight", "--cv paper: copies balanced before splitting (leaky), image-level"),
+        Arm("augment", honest, "augment", f"--cv {honest} --balance augment: copies inside training folds only"),
+        Arm("weight", honest, "weight", f"--cv {honest} --balance weight: class weights, no copies"),
+    )
+
+
+def check_dihedral(store: Any) -> None:
+    """The study needs the 8 dihedral views (the paper's copies); one-line error otherwise."""
+    n_views = int(store.n_views)
+    if n_views != 8:
+        raise FusionfeatError(
+            f"fusionfeat study needs a store with dihedral views (8 per image); {getattr(store, 'path', 'the store')} "
+            f"has {n_views}: re-extract with --views dihedral8"
+        )
+
+
+def run_study(
+    store: Any,
+    heads: Sequence[str | HeadSpec] = DEFAULT_HEADS,
+    repeats: int = 3,
+    folds: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, CVResult]:
+    """Cross-validate ``heads`` under the three protocols; arm name → CVResult (same folds, seed, repeats)."""
+    check_dihedral(store)
+    if repeats < 1:
+        raise FusionfeatError(f"--repeats must be at least 1, got {repeats}")
+    honest = default_protocol(np.asarray(store.groups).astype(str), np.asarray(store.ok, dtype=bool))
+    return {
+        arm.name: cross_validate(store, heads, protocol=arm.protocol, folds=folds, seed=seed, repeats=repeats,
+                                 balance=arm.balance, device=device, progress=progress)
+        for arm in arms(honest)
+    }
+
+
+# ----------------------------------------------------------------------------------------------- numbers
+
+
+def fold_values(result: CVResult, head: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-fit values of a metric, and per fit the evaluated training and test row counts (no copies)."""
+    n_eval = len(result.rows["sample"])
+    folds = result.fold_results(head)
+    values = np.array([f.metrics.get(metric, math.nan) for f in folds], dtype=float)
+    n_test = np.array([f.n_test for f in folds], dtype=float)
+    return values, n_eval - n_test, n_test
+
+
+def original_rows(result: CVResult) -> dict[int, int]:
+    """Store sample → evaluation row of its original image (view 0)."""
+    view0 = np.flatnonzero(result.rows["view"] == 0)
+    return {int(result.rows["sample"][j]): int(j) for j in view0}
+
+
+def compare(results: dict[str, CVResult], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """The study's numbers (JSON-able): per head, per arm per-metric corrected intervals and pooled AUC on
+    originals; per contrast the corrected Welch difference of every metric and the paired bootstrap AUC."""
+    first = next(iter(results.values()))
+    out: dict[str, Any] = {}
+    for head in first.heads:
+        arms_out = {}
+        for name, res in results.items():
+            per_metric = {}
+            for m in METRICS:
+                ci = stats.corrected_resampled_t(*fold_values(res, head, m))
+                per_metric[m] = ci.to_dict()
+            arms_out[name] = {"metrics": per_metric, "pooled_auc_originals": _pooled_auc(res, head, n_boot, seed)}
+        contrasts = {}
+        for cname, a, b, meaning in CONTRASTS:
+            per_metric = {
+                m: stats.corrected_difference_t(*fold_values(results[a], head, m),
+                                                *fold_values(results[b], head, m)).to_dict()
+                for m in METRICS
+            }
+            contrasts[cname] = {
+                "of": [a, b],
+                "meaning": meaning,
+                "metrics": per_metric,
+                "pooled_auc_originals": _paired_auc(results[a], results[b], head, n_boot, seed),
+            }
+        out[head] = {"arms": arms_out, "contrasts": contrasts}
+    return out
+
+
+def _common(res_a: CVResult, res_b: CVResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows_a, rows_b = original_rows(res_a), original_rows(res_b)
+    samples = np.array(sorted(set(rows_a) & set(rows_b)), dtype=np.int64)
+    return (samples, np.array([rows_a[s] for s in samples], dtype=np.int64),
+            np.array([rows_b[s] for s in samples], dtype=np.int64))
+
+
+def _groups_of(res: CVResult, rows: np.ndarray) -> np.ndarray | None:
+    """Subject ids of the rows (None when no subject is known: the bootstrap then resamples images)."""
+    g = np.asarray(res.rows["group"]).astype(str)[rows]
+    return g if np.any(g != "") else None
+
+
+def _pooled_auc(res: CVResult, head: str, n_boot: int, seed: int) -> dict[str, Any]:
+    _, rows, _ = _common(res, res)
+    y = (res.rows["label"][rows] == res.classes.index(res.positive)).astype(int)
+    if len(np.unique(y)) < 2:
+        return {"estimate": None, "note": "one class among the original images"}
+    boot = stats.cluster_bootstrap(y, res.oof[head][:, rows], _groups_of(res, rows), "roc_auc",
+                                   n_boot=n_boot, seed=seed)
+    return {**boot.to_dict(), "n_images": len(rows)}
+
+
+def _paired_auc(res_a: CVResult, res_b: CVResult, head: str, n_boot: int, seed: int) -> dict[str, Any]:
+    samples, rows_a, rows_b = _common(res_a, res_b)
+    if len(samples) == 0 or res_a.oof[head].shape[0] != res_b.oof[head].shape[0]:
+        return {"estimate": None, "note": "no original images scored by both protocols with the same repeats"}
+    pos = res_a.classes.index(res_a.positive)
+    y = (res_a.rows["label"][rows_a] == pos).astype(int)
+    if len(np.unique(y)) < 2:
+        return {"estimate": None, "note": "one class among the shared original images"}
+    boot = stats.paired_cluster_bootstrap(y, res_a.oof[head][:, rows_a], res_b.oof[head][:, rows_b],
+                                          _groups_of(res_a, rows_a), "roc_auc", n_boot=n_boot, seed=seed)
+    return {**boot.to_dict(), "n_images": len(samples)}
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_study(results: dict[str, CVResult], out_dir: str | Path, n_boot: int = N_BOOT, overwrite: bool = False,
+                inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Write each arm's run folder (``paper/``, ``augment/``, ``weight/``) and the study report beside them:
+    ``study.md``, ``study.json``, ``study.csv`` and ``study.tex``, atomically under the output rule
+    (``fusionfeat.fsio``; a previous study folder is replaced only with ``overwrite``). Returns the folder."""
+    with output_target(out_dir, STUDY, inputs=inputs, overwrite=overwrite) as target:
+        write_study_files(results, target.path, n_boot)
+    return target.final
+
+
+def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_BOOT) -> None:
+    """The study's files and its arms' run folders, written into the (temporary) folder ``out``."""
+    for name, res in results.items():
+        (out / name).mkdir()
+        (out / name / marker_name(RUN)).write_text("written by fusionfeat as a run folder\n")
+        write_run_files(res, out / name)
+    first = next(iter(results.values()))
+    honest = results["weight"].protocol.get("name", "")
+    data = {
+        "store": first.provenance.get("store", ""),
+        "heads": first.heads,
+        "honest_protocol": honest,
+        "repeats": int(first.test_fold.shape[0]),
+        "n_folds": first.protocol.get("n_folds"),
+        "seed": first.protocol.get("seed"),
+        "paper_copies": int(results["paper"].protocol.get("n_paper_copies", 0)),
+        "arms": {a.name: {"protocol": a.protocol, "balance": a.balance, "what": a.what, "run": a.name,
+                          "n_eval_rows": len(results[a.name].rows["sample"])} for a in arms(honest)},
+        "weights_kind": {b: p.get("weights_kind") for b, p in first.provenance.get("backbones", {}).items()},
+        "heads_results": compare(results, n_boot=n_boot, seed=int(first.protocol.get("seed") or 0)),
+    }
+    data = to_jsonable(data)
+    (out / STUDY_JSON).write_text(dumps_json(data))
+    write_csv(out / STUDY_CSV, ["head", "metric", "quantity", "estimate", "lo", "hi", "p", "method"], _csv_rows(data))
+    (out / STUDY_TEX).write_text(_tex(data))
+    (out / STUDY_MD).write_text(render_study(data))
+
+
+def _csv_rows(data: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for head, h in data["heads_results"].items():
+        for m in METRICS:
+            for arm, a in h["arms"].items():
+                ci = a["metrics"][m]
+                rows.append([head, m, arm, ci["mean"], ci["lo"], ci["hi"], None, ci["method"]])
+            for cname, c in h["contrasts"].items():
+                d = c["metrics"][m]
+                rows.append([head, m, cname, d["diff"], d["lo"], d["hi"], d["p"], d["method"]])
+        for arm, a in h["arms"].items():
+            b = a["pooled_auc_originals"]
+            rows.append([head, "pooled_auc_originals", arm, b.get("estimate"), b.get("lo"), b.get("hi"), None,
+                         b.get("method")])
+        for cname, c in h["contrasts"].items():
+            b = c["pooled_auc_originals"]
+            rows.append([head, "pooled_auc_originals", cname, b.get("estimate"), b.get("lo"), b.get("hi"),
+                         b.get("p"), b.get("method")])
+    return rows
+
+
+def _num(x: Any, digits: int = 3, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _ci(d: dict[str, Any], key: str = "mean", sign: bool = False, bounds: tuple[float, float] | None = None) -> str:
+    lo, hi = d.get("lo"), d.get("hi")
+    if bounds is not None and lo is not None and hi is not None:  # shown clipped to the metric's range
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return f"{_num(d.get(key), sign=sign)} [{_num(lo, sign=sign)}, {_num(hi, sign=sign)}]"
+
+
+def _range(metric: str) -> tuple[float, float]:
+    return (-1.0, 1.0) if metric == "mcc" else (0.0, 1.0)
+
+
+def _p(x: Any) -> str:
+    return "—" if x is None else (f"{x:.3g}" if x >= 1e-3 else "<0.001")
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_study(data: dict[str, Any]) -> str:
+    """The study's markdown report, rendered from its JSON data."""
+    res = data["heads_results"]
+    kinds = ", ".join(f"{b}: {k}" for b, k in data["weights_kind"].items())
+    lines = [
+        "# Protocol study: how much the paper's protocol inflates its numbers",
+        "",
+        f"Store `{data['store']}` (weights: {kinds}); {data['n_folds']} folds × {data['repeats']} repeats, "
+        f"seed {data['seed']}; honest protocol: **{data['honest_protocol']}**.",
+        "",
+    ]
+    if any(k == "random" for k in data["weights_kind"].values()):
+        lines += ["> **RANDOM weights**: these numbers measure random features, not ImageNet ones; the "
+                  "protocol differences are still real differences between protocols.", ""]
+    lines += [
+        "| arm | protocol | evaluated rows | sub-run |",
+        "|---|---|---:|---|",
+        *[_md_row([f"`{n}`", a["what"], str(a["n_eval_rows"]), f"[{n}/report.md]({n}/report.md)"])
+          for n, a in data["arms"].items()],
+        "",
+        "inflation = paper − weight = **leak** (paper − augment) + **augmentation** (augment − weight).",
+        "",
+        *_balance_note(data),
+        "## Metrics per protocol (mean over folds × repeats [corrected resampled t 95% CI, shown clipped to the "
+        "metric's range])",
+        "",
+        _md_row(["head", "arm", *[LABELS[m] for m in SHOWN]]),
+        _md_row(["---", "---", *["---:"] * len(SHOWN)]),
+    ]
+    for head, h in res.items():
+        for arm, a in h["arms"].items():
+            lines.append(_md_row([f"`{head}`", arm, *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
+    lines += [
+        "",
+        "## Inflation and its split (difference of per-fold means [95% CI], p)",
+        "",
+        "Corrected Welch t (each arm's Nadeau–Bengio corrected variance, combined as if independent; an "
+        "approximation, usually conservative since the arms read the same images).",
+        "",
+        _md_row(["head", "metric", "inflation (paper − weight)", "p", "leak (paper − augment)", "p",
+                 "augmentation (augment − weight)", "p"]),
+        _md_row(["---", "---", *["---:"] * 6]),
+    ]
+    for head, h in res.items():
+        for m in SHOWN:
+            cells = []
+            for cname in ("inflation", "leak", "augmentation"):
+                d = h["contrasts"][cname]["metrics"][m]
+                cells += [_ci(d, "diff", sign=True), _p(d["p"])]
+            lines.append(_md_row([f"`{head}`", LABELS[m], *cells]))
+    lines += [
+        "",
+        "## ROC AUC of pooled out-of-fold predictions on the original images (paired bootstrap)",
+        "",
+        "Each arm's out-of-fold P(positive) for the original images (view 0; the paper arm's scored copies "
+        "left out), averaged over repeats' AUCs; differences by a paired bootstrap that resamples subjects "
+        "(images when subjects are unknown) and scores both arms on each resample.",
+        "",
+        _md_row(["head", "paper", "augment", "weight", "inflation", "p", "leak", "p", "augmentation", "p"]),
+        _md_row(["---", *["---:"] * 9]),
+    ]
+    for head, h in res.items():
+        cells = [_ci(h["arms"][a]["pooled_auc_originals"], "estimate") for a in ("paper", "augment", "weight")]
+        for cname in ("inflation", "leak", "augmentation"):
+            b = h["contrasts"][cname]["pooled_auc_originals"]
+            cells += [_ci(b, "estimate", sign=True), _p(b.get("p"))]
+        lines.append(_md_row([f"`{head}`", *cells]))
+    unit = next((b.get("unit") for h in res.values() for b in [h["contrasts"]["inflation"]["pooled_auc_originals"]]
+                 if b.get("unit")), "image")
+    lines += [
+        "",
+        f"Bootstrap unit: {unit}. Files: `{STUDY_JSON}` (every number), `{STUDY_CSV}`, `{STUDY_TEX}`; each "
+        "arm's full report in its sub-folder. Method: docs/protocols.md, \"Measuring the leak\".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _balance_note(data: dict[str, Any]) -> list[str]:
+    """Say when the comparison is degenerate: balanced classes give the paper protocol no copies."""
+    if data.get("paper_copies", 0) > 0:
+        return [f"The paper protocol added {data['paper_copies']} minority copies before splitting.", ""]
+    same = data["honest_protocol"] == "stratified"
+    return [
+        "> **No copies**: the store's classes are balanced, so the paper protocol adds no copies and "
+        "`--balance augment` none either" + (
+            "; with no subjects known the honest split is also image-level, so the three arms fit the "
+            "same rows on the same folds and the inflation is zero by construction (the leak needs "
+            "imbalanced classes, as in C-NMC, or subjects)." if same else
+            "; what remains is the subject leak of image-level folds."),
+        "",
+    ]
+
+
+def _tex(data: dict[str, Any]) -> str:
+    header = ["head", "metric", "paper", "honest (weight)", "inflation", "leak", "augmentation"]
+    rows = []
+    for head, h in data["heads_results"].items():
+        for m in SHOWN:
+            c = h["contrasts"]
+            rows.append([head, LABELS[m], Tex(_num(h["arms"]["paper"]["metrics"][m]["mean"])),
+                         Tex(_num(h["arms"]["weight"]["metrics"][m]["mean"])),
+                         *[Tex(_tex_ci(c[k]["metrics"][m])) for k in ("inflation", "leak", "augmentation")]])
+    return latex_table(header, rows, f"Protocol inflation (honest protocol: {data['honest_protocol']}); "
+                       "differences with corrected 95% CI", "tab:study")
+
+
+def _tex_ci(d: dict[str, Any]) -> str:
+    return f"{_num(d['diff'], sign=True)} [{_num(d['lo'], sign=True)}, {_num(d['hi'], sign=True)}]"
