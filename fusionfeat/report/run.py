@@ -19,7 +19,7 @@ import fusionfeat
 from fusionfeat import paper
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult
-from fusionfeat.fsio import RUN, dumps_json, output_target
+from fusionfeat.fsio import RUN, dumps_json, output_target, require_file
 from fusionfeat.report.attention import write_attention
 from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
@@ -126,17 +126,10 @@ def _fmt_prob(x: float) -> str:
     return "" if math.isnan(x) else f"{x:.6f}"
 
 
-
-
-
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's ``metrics.json`` data (FusionfeatError when it is not a run folder)."""
-    path = Path(run_dir).expanduser() / METRICS_FILE
-    if not path.is_file():
-        raise FusionfeatError(
-            f"{Path(run_dir)} is not a fusionfeat run folder (no {METRICS_FILE}); "
-            "pass folders written by a fusionfeat evaluation"
-        )
+    path = require_file(run_dir, METRICS_FILE, f"{Path(run_dir)} is not a fusionfeat run folder (no {METRICS_FILE}); "
+                        "pass folders written by a fusionfeat evaluation")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
