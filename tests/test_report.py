@@ -58,7 +58,8 @@ def test_metrics_json_holds_everything_as_strict_json(grouped_run):
     logreg = data["heads"]["logreg"]
     assert len(logreg["folds"]) == 6
     assert set(logreg["summary"]) >= {"accuracy", "specificity", "mcc", "roc_auc", "fit_time", "predict_time"}
-    assert logreg["summary"]["accuracy"]["ci95_low"] is not None
+    ci = logreg["uncertainty"]["accuracy"]["corrected_t"]
+    assert ci["method"] == "corrected resampled t" and ci["lo"] <= ci["mean"] <= ci["hi"]
     attention = data["heads"]["attention-pooled"]
     assert attention["folds"][0]["history"][0]["epoch"] == 1
     assert set(attention["fusion_weights_by_class"]) == {"hem", "all"}
