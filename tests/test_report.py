@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from functools import partial
-
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -183,7 +182,8 @@ def test_predictions_csv_reproduces_every_reported_auc_exactly(grouped_run):
             auc = skm.roc_auc_score(_truth(part), [float(r[col]) for r in part])
             assert auc == fold["metrics"]["roc_auc"], (head, fold["repeat"], fold["fold"])  # to the last digit
         pooled = info["uncertainty"]["roc_auc"]["pooled"]
-        per_repeat = [skm.roc_auc_score(_truth(part), [float(r[col]) for r in part]) for part in _by_repeat(rows).values()]
+        per_repeat = [skm.roc_auc_score(_truth(part), [float(r[col]) for r in part])
+                      for part in _by_repeat(rows).values()]
         assert per_repeat == pooled["per_repeat"] and float(np.mean(per_repeat)) == pooled["mean"]
 
 
@@ -317,7 +317,8 @@ def test_subject_level_csv_and_metrics(grouped_run):
         aucs = []
         for r in (0, 1):
             part = [s for s in subjects if s["repeat"] == str(r)]
-            aucs.append(skm.roc_auc_score([s["label"] == "all" for s in part], [float(s[f"score_{head}"]) for s in part]))
+            y = [s["label"] == "all" for s in part]
+            aucs.append(skm.roc_auc_score(y, [float(s[f"score_{head}"]) for s in part]))
         assert sub["heads"][head]["metrics"]["roc_auc"]["per_repeat"] == pytest.approx(aucs)
     text = (out / "report.md").read_text()
     assert "## SUBJECT-LEVEL diagnosis" in text and "subjects.csv" in text
