@@ -616,7 +616,8 @@ def _full_param(param: str, valid: dict[str, Any]) -> str | None:
 
 
 def _typed(value: Any, like: Any) -> Any:
-    """A CLI string as the type of the default (int, float, bool, None or str); other values unchanged."""
+    """A CLI string as the default's type (bool, float, int; a number where the default is a str or None, e.g.
+    SVC's ``gamma="scale"``; ``none`` is None); values that are not strings (from TOML) stay as they are."""
     if not isinstance(value, str):
         return value
     text = value.strip()
@@ -628,12 +629,12 @@ def _typed(value: Any, like: Any) -> Any:
         if text.lower() in ("false", "0", "no"):
             return False
         raise FusionfeatError(f"--head-param: {value!r} is not a boolean (true/false)")
-    for cast in (int, float):
-        if isinstance(like, cast) or like is None:
-            try:
-                return cast(text)
-            except ValueError:
-                continue
+    casts = (float,) if isinstance(like, float) else (int, float)  # a str default may also take a number
+    for cast in casts:
+        try:
+            return cast(text)
+        except ValueError:
+            continue
     if isinstance(like, int | float):
         raise FusionfeatError(f"--head-param: {value!r} is not a number")
     return text
