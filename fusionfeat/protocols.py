@@ -461,17 +461,20 @@ def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fracti
     y = labels[rows]
     n_splits = max(2, round(1 / fraction))
     g = np.asarray(groups).astype(str)[rows]
+    counts = np.bincount(y, minlength=2)
     if np.any(g != ""):
         subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
-        n_splits = min(n_splits, len(np.unique(subjects)))
+        n_splits = min(n_splits, len(np.unique(subjects)), int(counts.min()))
         splitter, extra = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed), (subjects,)
     else:
-        counts = np.bincount(y, minlength=2)
         n_splits = min(n_splits, int(counts.min()))
         splitter, extra = StratifiedKFold(n_splits, shuffle=True, random_state=seed), ()
     if n_splits < 2:
         return none
-    fit, val = next(splitter.split(rows, y, *extra))
+    try:
+        fit, val = next(splitter.split(rows, y, *extra))
+    except ValueError:  # too few rows of a class to split this way: no validation
+        return none
     if len(np.unique(y[fit])) < 2:
         return none
     return rows[fit], rows[val]

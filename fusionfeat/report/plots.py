@@ -51,8 +51,9 @@ def _reliability_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -
     ax.set_ylabel(f"observed fraction {data['positive']}")
     ax.set_title(f"{head}: reliability (pooled OOF, {cal['n_bins']} bins)", fontsize=9)
     ax.legend(loc="upper left", fontsize=7)
-    width = 1.0 / cal["n_bins"]
-    hist.bar(curve["prob_pred"], curve["count"], width=width * 0.9, color="C0", alpha=0.6)
+    n_bins = cal["n_bins"]
+    bins = np.clip(np.ceil(np.asarray(curve["prob_pred"]) * n_bins) - 1, 0, n_bins - 1)  # bin i: (i/n, (i+1)/n]
+    hist.bar((bins + 0.5) / n_bins, curve["count"], width=0.9 / n_bins, color="C0", alpha=0.6)
     hist.set_xlabel(f"mean predicted P({data['positive']})")
     hist.set_ylabel("images")
     return fig
