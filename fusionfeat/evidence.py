@@ -187,7 +187,7 @@ def compare(result: CVResult, a: str, b: str, n_boot: int = N_BOOT, seed: int = 
     groups, unit = bootstrap_groups(result)
     pa, pb = result.oof[a], result.oof[b]
     pooled: dict[str, Any]
-    if groups is None and pa.shape[0] == 1:
+    if groups is None and pa.shape[0] == 1 and min(y.sum(), len(y) - y.sum()) >= 2:
         d = stats.delong_test(y, pa[0], pb[0])
         pooled = {"method": "DeLong", "diff": d.diff, "lo": d.lo, "hi": d.hi, "p": d.p, "se": d.se}
     else:
@@ -246,7 +246,10 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
     groups = np.asarray(result.rows["group"]).astype(str)
     out: dict[str, Any] = {"aggregate": how, "threshold": 0.5, "heads": {}}
     for head in result.heads:
-        per_repeat = [stats.aggregate_by_subject(row, groups, y, how) for row in result.oof[head]]
+        try:
+            per_repeat = [stats.aggregate_by_subject(row, groups, y, how) for row in result.oof[head]]
+        except FusionfeatError as err:  # e.g. a subject with cells of both classes: say so, keep the run
+            return {"aggregate": how, "skipped": str(err)}
         first = per_repeat[0]
         scores = np.vstack([s.score for s in per_repeat])
         label = first.label

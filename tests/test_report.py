@@ -371,3 +371,13 @@ def test_hyper_parameters_are_recorded_and_reported(grouped_run):
     assert "device" not in params and "progress" not in params and "blocks" not in params
     assert data["heads"]["logreg"]["params"]["logisticregression__C"] == 1.0
     assert "## Head hyper-parameters" in (out / "report.md").read_text()
+
+
+def test_a_subject_with_both_classes_skips_the_subject_section_but_keeps_the_run(tmp_path):
+    result = cross_validate(fake_store(), ["logreg"], folds=3, progress=False)
+    result.rows["group"] = result.rows["group"].copy()
+    result.rows["group"][:] = "S0"  # one subject holding both classes: no subject-level diagnosis
+    out = write_run(result, tmp_path / "mixed", n_boot=50)
+    data = json.loads((out / "metrics.json").read_text())
+    assert "both classes" in data["subjects"]["skipped"] and not (out / "subjects.csv").exists()
+    assert "Not computed: subject 'S0' has cells of both classes" in (out / "report.md").read_text()

@@ -77,6 +77,18 @@ def flags_text(info: dict[str, Any]) -> str:
     return ", ".join(parts) or "?"
 
 
+def tag(data: dict[str, Any], head: str) -> str:
+    """A head's name with its weights in brackets, e.g. ``resnet18 [RANDOM]`` or ``svm [IMAGENET]``, for tables
+    that do not have a weights column (mixed weights: ``[resnet18 RANDOM, vgg16 FILE …]``)."""
+    flags = head_flags(data["heads"].get(head, {}))
+    kinds = set(flags.values())
+    if len(kinds) == 1:
+        short = kinds.pop()
+    else:
+        short = ", ".join(f"{b} {f}" for b, f in flags.items()) or "?"
+    return f"`{head}` [{short}]"
+
+
 def random_heads(data: dict[str, Any]) -> list[str]:
     """Heads that read at least one random-weight backbone."""
     out = []
@@ -229,8 +241,8 @@ def _fusion_help_section(data: dict[str, Any]) -> str:
         lines.append(
             md_row(
                 [
-                    f"`{r['head']}`",
-                    f"`{r['against']}` ({r['role']})",
+                    tag(data, r["head"]),
+                    f"{tag(data, r['against'])} ({r['role']})",
                     f"{signed(t['diff'])} [{signed(t['lo'])}, {signed(t['hi'])}]",
                     pval(t.get("p")),
                     pval(t.get("p_holm")),
@@ -259,8 +271,8 @@ def _pairs_section(data: dict[str, Any]) -> str:
         lines.append(
             md_row(
                 [
-                    f"`{r['a']}`",
-                    f"`{r['b']}`",
+                    tag(data, r["a"]),
+                    tag(data, r["b"]),
                     f"{signed(t['diff'])} [{signed(t['lo'])}, {signed(t['hi'])}]",
                     pval(t.get("p")),
                     f"{signed(b['diff'])} [{signed(b['lo'])}, {signed(b['hi'])}]",
@@ -322,7 +334,7 @@ def _operating_section(data: dict[str, Any]) -> str:
     for head, o in heads.items():
         cells = [pm(o[k]["mean"], o[k]["sd"]) for k in ("threshold", "inner_sensitivity", "inner_specificity",
                                                          "test_sensitivity", "test_specificity")]
-        lines.append(md_row([f"`{head}`", *cells]))
+        lines.append(md_row([tag(data, head), *cells]))
     return "\n".join(lines)
 
 
@@ -330,6 +342,8 @@ def _subjects_section(data: dict[str, Any]) -> str:
     sub = data.get("subjects")
     if not sub:
         return ""
+    if sub.get("skipped"):
+        return f"## SUBJECT-LEVEL diagnosis\n\nNot computed: {sub['skipped']}."
     n = len(sub.get("subject", []))
     how = sub.get("aggregate", "mean")
     rule = {"mean": "mean of its cells' probabilities", "median": "median of its cells' probabilities",
@@ -351,7 +365,7 @@ def _subjects_section(data: dict[str, Any]) -> str:
             f"{interval(h['metrics'][m]['bootstrap'].get('lo'), h['metrics'][m]['bootstrap'].get('hi'), m)}"
             for m in METRICS
         ]
-        lines.append(md_row([f"`{head}`", *cells]))
+        lines.append(md_row([tag(data, head), *cells]))
     plots = data.get("plots", {})
     for head in sub["heads"]:
         for kind, title in (("subject_roc", "subject-level ROC"), ("subject_confusion", "subject-level confusion")):
@@ -374,7 +388,7 @@ def _params_section(data: dict[str, Any]) -> str:
         md_row(["---", "---"]),
     ]
     for head, params in heads.items():
-        lines.append(md_row([f"`{head}`", ", ".join(f"{k}={v}" for k, v in params.items())]))
+        lines.append(md_row([tag(data, head), ", ".join(f"{k}={v}" for k, v in params.items())]))
     return "\n".join(lines)
 
 
@@ -388,7 +402,7 @@ def _timing_section(data: dict[str, Any]) -> str:
     for head, info in data["heads"].items():
         s = info["summary"]
         times = [pm(s[t]["mean"], s[t]["std"], digits=3) for t in TIMINGS]
-        lines.append(md_row([f"`{head}`", info.get("inputs", ""), " + ".join(info.get("backbones", [])), *times]))
+        lines.append(md_row([tag(data, head), info.get("inputs", ""), " + ".join(info.get("backbones", [])), *times]))
     return "\n".join(lines)
 
 
@@ -479,7 +493,7 @@ def _fusion_section(data: dict[str, Any]) -> str:
         names = list(next(iter(by_class.values())).keys())
         lines += [md_row(["head", "true class", *names]), md_row(["---"] * 2 + ["---:"] * len(names))]
         for cls, weights in by_class.items():
-            lines.append(md_row([f"`{head}`", cls, *[f"{weights[n]:.3f}" for n in names]]))
+            lines.append(md_row([tag(data, head), cls, *[f"{weights[n]:.3f}" for n in names]]))
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -40,7 +40,7 @@ def write_run(result: CVResult, out_dir: str | Path, n_boot: int = 2000) -> Path
     data["plots"] = plots
     (out / METRICS_FILE).write_text(json.dumps(jsonable(data), indent=1, allow_nan=False) + "\n")
     write_predictions(result, out / PREDICTIONS_FILE)
-    if data.get("subjects"):
+    if (data.get("subjects") or {}).get("heads"):
         write_subjects(data["subjects"], out / SUBJECTS_FILE)
     (out / REPORT_FILE).write_text(render_report(data))
     return out
