@@ -446,7 +446,15 @@ def _run_head(
             templates[split.repeat] = _wrap(templates[split.repeat], result.options, pos, _seed_of(plan) + split.repeat)
         X_fold = rows_matrix(store, spec, plan.rows, fold=split.fold) if finetuned else X
         est = clone(templates[split.repeat])
-        result.folds.append(_fit_fold(est, spec, X_fold, y, groups, split, pos, plan.n_eval, result))
+        try:
+            result.folds.append(_fit_fold(est, spec, X_fold, y, groups, split, pos, plan.n_eval, result))
+        except (ValueError, TypeError) as err:
+            if not params:  # not a user's value: a bug, keep the traceback
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FusionfeatError(
+                f"head {spec.name!r} failed with --head-param {params}: {first}; fix or drop that value"
+            ) from None
         bar.update(1)
 
 

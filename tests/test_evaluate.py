@@ -605,6 +605,7 @@ def test_calibrate_wraps_each_head_and_changes_probabilities_not_ranks():
     ({"head_params": {"logreg": {"gamma": "1"}}}, "valid: "),
     ({"head_params": {"svm": {"C": "1"}}}, "no head 'svm'"),
     ({"head_params": {"*": {"nonsense": "1"}}}, "no head in this run has a parameter 'nonsense'"),
+    ({"head_params": {"logreg": {"C": "-1"}}}, "failed with --head-param"),
 ])
 def test_bad_options_are_refused_in_one_line(kwargs, message):
     with pytest.raises(FusionfeatError, match=message) as err:
