@@ -64,7 +64,8 @@ def _subject_roc_figure(head: str, sub: dict[str, Any]) -> Figure:
     ax = fig.add_subplot()
     auc = sub["metrics"]["roc_auc"]
     for r, roc in enumerate(sub["roc"]):
-        ax.plot(roc["fpr"], roc["tpr"], lw=1.2, alpha=0.7, label=f"repeat {r} (AUC {auc['per_repeat'][r]:.3f})")
+        ax.plot(roc["fpr"], roc["tpr"], lw=1.2, alpha=0.7, marker="o", ms=3, clip_on=False,
+                label=f"repeat {r} (AUC {auc['per_repeat'][r]:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     _roc_axes(ax, f"{head}: SUBJECT-LEVEL ROC")
     ax.legend(loc="lower right", fontsize=7)
