@@ -75,7 +75,8 @@ def inner_oof_scores(
     """
     y = np.asarray(y)
     splits = inner_splits(y, groups, cv, random_state)
-    out = cross_val_predict(clone(estimator), X, y, cv=splits, method=method)
+    params = {"groups": np.asarray(groups)} if groups is not None and takes_groups(estimator) else None
+    out = cross_val_predict(clone(estimator), X, y, cv=splits, method=method, params=params)
     return out[:, 1] if out.ndim == 2 else out
 
 
@@ -143,7 +144,7 @@ class CalibratedHead(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         y01 = (y == self.classes_[1]).astype(int)
         self.calibrator_ = fit_calibrator(scores, y01, self.method)
         self.inner_oof_ = self.calibrator_.predict_proba(scores[:, None])[:, 1]
-        self.estimator_ = clone(self.estimator).fit(X, y)
+        self.estimator_ = fit_estimator(clone(self.estimator), X, y, groups)
         if hasattr(self.estimator_, "history_"):
             self.history_ = self.estimator_.history_
         return self
@@ -213,11 +214,7 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
                 f"positive class {positive!r} is not among the training labels {self.classes_.tolist()}"
             )
         self.pos_index_ = int(np.flatnonzero(self.classes_ == positive)[0])
-        self.estimator_ = clone(self.estimator)
-        if groups is not None and _takes_groups(self.estimator_):
-            self.estimator_.fit(X, y, groups=groups)
-        else:
-            self.estimator_.fit(X, y)
+        self.estimator_ = fit_estimator(clone(self.estimator), X, y, groups)
         inner = getattr(self.estimator_, "inner_oof_", None)
         if inner is None:
             inner = inner_oof_scores(self.estimator, X, y, groups, self.cv, self.random_state)
@@ -249,5 +246,28 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         return self.estimator_.fusion_weights(X)
 
 
-def _takes_groups(estimator: Any) -> bool:
+def takes_groups(estimator: Any) -> bool:
+    """Whether ``estimator.fit`` accepts ``groups=`` (torch heads and these meta-estimators do)."""
     return "groups" in inspect.signature(estimator.fit).parameters
+
+
+def fit_estimator(estimator: Any, X: Any, y: Any, groups: Any = None) -> Any:
+    """``estimator.fit(X, y, groups=groups)`` when it accepts groups and they are given, else ``fit(X, y)``."""
+    if groups is not None and takes_groups(estimator):
+        return estimator.fit(X, y, groups=groups)
+    return estimator.fit(X, y)
+
+
+def parse_operating_point(text: str) -> dict[str, float]:
+    """``"sens=0.95"`` -> ``{"sens": 0.95}``, ``"spec=0.9"`` -> ``{"spec": 0.9}``; anything else is refused."""
+    key, _, value = str(text).partition("=")
+    key = {"sensitivity": "sens", "specificity": "spec"}.get(key.strip().lower(), key.strip().lower())
+    try:
+        target = float(value)
+    except ValueError:
+        target = float("nan")
+    if key not in ("sens", "spec") or not 0 < target <= 1:
+        raise FusionfeatError(
+            f"--operating-point {text!r}: write sens=TARGET or spec=TARGET with TARGET in (0, 1], e.g. sens=0.95"
+        )
+    return {key: target}

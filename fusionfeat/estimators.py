@@ -20,7 +20,6 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -33,6 +32,7 @@ from torch import nn
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.heads import AttentionFusion, Blocks, ConcatFusion, as_blocks
+from fusionfeat.protocols import inner_split
 from fusionfeat.runtime import autocast, head_precision, progress, resolve_device
 
 ARCHITECTURES = ("mlp", "attention-spatial", "attention-pooled")
@@ -129,7 +129,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
     ``blocks`` gives ``(n_tokens, dim)`` per backbone in column order (``None``: one pooled block);
     ``architecture`` is ``"mlp"`` (mean-pool each block, concatenate, MLP), ``"attention-spatial"`` or
     ``"attention-pooled"`` (see ``fusionfeat.heads.AttentionFusion``). Training: AdamW on (optionally
-    class-weighted) cross-entropy, early stopping on an inner stratified ``val_fraction`` split with the
+    class-weighted) cross-entropy, early stopping on an inner ``val_fraction`` split (grouped by ``groups``) with the
     best epoch's weights restored, bf16 autocast on CUDA. The same ``random_state`` gives identical
     probabilities on CPU; global torch RNG state is left as it was.
 
@@ -184,24 +184,33 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
             if int(getattr(self, name)) < 1:
                 raise FusionfeatError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
 
-    def _split(self, y: np.ndarray, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
-        """Stratified inner train/validation indices; no validation when it is off or cannot stratify."""
+    def _split(
+        self, y: np.ndarray, groups: Any, rng: np.random.RandomState
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Inner train/validation indices (``fusionfeat.protocols.inner_split``: grouped by ``groups`` when
+        given, else stratified); no validation when it is off or the rows cannot be split."""
         all_idx = np.arange(len(y))
         if self.val_fraction == 0:
             return all_idx, all_idx[:0]
-        splitter = StratifiedShuffleSplit(n_splits=1, test_size=self.val_fraction, random_state=rng)
-        try:
-            return next(splitter.split(all_idx, y))
-        except ValueError as err:
+        g = np.full(len(y), "") if groups is None else np.asarray(groups).astype(str).reshape(-1)
+        if len(g) != len(y):
+            raise FusionfeatError(f"groups has {len(g)} entries for {len(y)} training rows")
+        fit, val = inner_split(all_idx, y, g, self.val_fraction, int(rng.randint(np.iinfo(np.int32).max)))
+        if len(val) == 0:
             warnings.warn(
-                f"no validation split ({err}); training all {self.max_epochs} epochs without early stopping",
+                f"no validation split (too few rows or groups); training all {self.max_epochs} epochs without "
+                "early stopping",
                 UserWarning,
                 stacklevel=3,
             )
-            return all_idx, all_idx[:0]
+        return fit, val
 
-    def fit(self, X: Any, y: Any) -> TorchHeadClassifier:
-        """Train on ``X`` (N, F) and labels ``y``; returns ``self``."""
+    def fit(self, X: Any, y: Any, groups: Any = None) -> TorchHeadClassifier:
+        """Train on ``X`` (N, F) and labels ``y``; returns ``self``.
+
+        ``groups`` (one id per row: subject, or source image for rotated copies) keeps each group on one side
+        of the early-stopping validation split; without it the split is stratified by class only.
+        """
         self._check_params()
         X, y = validate_data(self, X, y, dtype="numeric", ensure_all_finite=False)
         check_classification_targets(y)
@@ -212,7 +221,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
-        train_idx, val_idx = self._split(y_enc, rng)
+        train_idx, val_idx = self._split(y_enc, groups, rng)
         weight = None
         if self.class_weight is not None:
             per_class = compute_class_weight(self.class_weight, classes=classes, y=classes[y_enc[train_idx]])
@@ -472,14 +481,68 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[proba.argmax(1)]
 
 
+class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
+    """RBF SVC whose Platt sigmoid is fitted under the same class weights as the SVC.
+
+    ``class_weight`` ("balanced" or a dict) becomes per-row sample weights given to the SVC *and* to the
+    sigmoid (``CalibratedClassifierCV(..., method="sigmoid", cv=cv, ensemble=False)`` routes them to both),
+    so the probabilities keep the weighting instead of pulling back towards the majority class. The sigmoid
+    is monotone: ``predict_proba[:, 1]`` ranks as the SVC's decision values.
+
+    Fitted attributes: ``calibrated_``, ``classes_``, ``n_features_in_``.
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        gamma: str | float = "scale",
+        class_weight: str | dict | None = None,
+        cv: int = 5,
+        random_state: int | None = None,
+    ):
+        self.C = C
+        self.gamma = gamma
+        self.class_weight = class_weight
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> WeightedPlattSVC:
+        """Fit SVC and sigmoid with the class weights as sample weights; returns ``self``."""
+        _check_class_weight(self.class_weight)
+        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        weights = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
+        svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.random_state)
+        calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=self.cv, ensemble=False)
+        self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The SVC's decision values."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(X)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Weighted-Platt class probabilities (N, 2), columns in ``classes_`` order."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
+        return self.calibrated_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The more probable class."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
 def make_svm(class_weight: str | None = None, random_state: int | None = None) -> Pipeline:
-    """StandardScaler → RBF SVC, Platt-calibrated (sigmoid, 5-fold, one final SVC) for ``predict_proba``.
+    """StandardScaler → RBF SVC with class-weighted Platt probabilities (``WeightedPlattSVC``: sigmoid,
+    5-fold, one final SVC, the class weights given to both SVC and sigmoid).
 
     The calibration is monotone, so ``predict_proba[:, 1]`` ranks exactly as the SVC's decision values
     (AUC is unchanged). The pipeline is deterministic; ``random_state`` is passed to SVC for uniformity.
     """
-    svc = SVC(kernel="rbf", class_weight=class_weight, random_state=random_state)
-    return make_pipeline(StandardScaler(), CalibratedClassifierCV(svc, method="sigmoid", cv=5, ensemble=False))
+    return make_pipeline(StandardScaler(), WeightedPlattSVC(class_weight=class_weight, random_state=random_state))
 
 
 def make_logreg(class_weight: str | None = None, random_state: int | None = None, C: float = 1.0) -> Pipeline:

@@ -17,6 +17,13 @@ from sklearn.base import clone
 
 from fusionfeat import metrics as fm
 from fusionfeat import runtime
+from fusionfeat.calibration import (
+    METHODS,
+    CalibratedHead,
+    InnerOperatingPoint,
+    fit_estimator,
+    parse_operating_point,
+)
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.head_inputs import head_blocks, rows_matrix
 from fusionfeat.protocols import (
@@ -27,9 +34,11 @@ from fusionfeat.protocols import (
     SplitPlan,
     check_choice,
     default_protocol,
+    image_groups,
     make_plan,
 )
 from fusionfeat.runtime import head_threads
+from fusionfeat.stats import AGGREGATIONS
 from fusionfeat.store import FoldPlan
 from fusionfeat.zoo import HeadSpec, resolve_heads
 
@@ -53,6 +62,9 @@ class FoldResult:
     n_test: int
     history: list[dict[str, float]] | None = None
     fusion_weights: dict[str, dict[str, float]] | None = None
+    n_train_images: int | None = None  # evaluated images among the training rows (no augmentation copies)
+    threshold: float | None = None  # operating-point threshold on P(positive), chosen on the training fold
+    inner_rates: dict[str, float] | None = None  # inner out-of-fold sensitivity/specificity at ``threshold``
 
 
 @dataclass
@@ -69,6 +81,8 @@ class CVResult:
     rows: dict[str, np.ndarray]  # sample, view, path, label, group of the evaluation rows
     test_fold: np.ndarray  # (repeats, n_eval)
     oof: dict[str, np.ndarray]  # head -> (repeats, n_eval) out-of-fold P(positive)
+    oof_pred: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (repeats, n_eval) 1.0 = predicted positive
+    options: dict[str, Any] = field(default_factory=dict)  # calibrate, operating_point, subject_aggregate, head_params
     oof_weights: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (repeats, n_eval, n_weights)
     weight_names: dict[str, list[str]] = field(default_factory=dict)
     folds: list[FoldResult] = field(default_factory=list)
@@ -80,7 +94,7 @@ class CVResult:
         return [f for f in self.folds if f.head == head]
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        """head -> metric -> mean, std, 95% CI over repeats, counts."""
+        """head -> metric -> per-fold mean and sd over folds × repeats, counts (intervals: ``fusionfeat.evidence``)."""
         return {
             head: fm.summarize(
                 [f.metrics for f in self.fold_results(head)], [f.repeat for f in self.fold_results(head)]
@@ -121,6 +135,10 @@ def cross_validate(
     positive: str | None = None,
     progress: bool = True,
     backbones: str | Sequence[str] | None = None,
+    head_params: dict[str, dict[str, Any]] | None = None,
+    calibrate: str | None = None,
+    operating_point: str | None = None,
+    subject_aggregate: str = "mean",
 ) -> CVResult:
     """Cross-validate heads on a store's cached features under one protocol; one loop for every head.
 
@@ -129,8 +147,17 @@ def cross_validate(
     other request contradicts). ``heads`` are names (see ``fusionfeat.zoo``) or ``HeadSpec``s; the named
     fusion heads and baselines read ``backbones`` (default: every stored backbone, in store order).
     Each fold fits ``sklearn.base.clone`` of the head's estimator.
+
+    ``head_params``: head name (or ``"*"``) -> parameter -> value, set on the heads' estimators (unknown
+    names are refused, listing the valid ones). ``calibrate`` (``sigmoid``/``isotonic``) wraps each head in
+    ``CalibratedHead``; ``operating_point`` (``"sens=0.95"``/``"spec=0.9"``) in ``InnerOperatingPoint``: both
+    are fitted on the training fold only. ``subject_aggregate`` is recorded for the subject-level analysis.
     """
     check_choice("balance", balance, BALANCES)
+    if calibrate is not None:
+        check_choice("calibrate", calibrate, METHODS)
+    check_choice("subject-aggregate", subject_aggregate, AGGREGATIONS)
+    target = parse_operating_point(operating_point) if operating_point else None
     check_choice("features", features, FEATURES)
     classes = [str(c) for c in store.classes]
     positive = positive if positive is not None else str(store.positive_class)
@@ -145,7 +172,16 @@ def cross_validate(
         raise FusionfeatError("the store holds a single class among usable images: nothing to classify")
     if features == "finetuned":
         _check_finetuned_features(store, specs, plan)
+    params = resolve_head_params(specs, head_params or {})
     result = _empty_result(store, specs, plan, classes, positive, features, fixed)
+    result.options = {
+        "calibrate": calibrate,
+        "operating_point": operating_point,
+        "operating_target": target,
+        "subject_aggregate": subject_aggregate,
+        "head_params": {k: dict(v) for k, v in (head_params or {}).items()},
+    }
+    groups = image_groups(np.asarray(store.groups).astype(str)[plan.rows.sample], plan.rows.sample)
     bar = runtime.progress(len(specs) * len(plan.splits), progress, "cross-validation", unit="fit")
     try:
         for spec in specs:
@@ -161,6 +197,8 @@ def cross_validate(
                 progress,
                 result,
                 bar,
+                params[spec.name],
+                groups,
             )
     finally:
         bar.close()
@@ -265,6 +303,7 @@ def _empty_result(
         },
         test_fold=plan.test_fold,
         oof={s.name: np.full(plan.test_fold.shape, np.nan) for s in specs},
+        oof_pred={s.name: np.full(plan.test_fold.shape, np.nan) for s in specs},
     )
 
 
@@ -280,6 +319,8 @@ def _run_head(
     progress: bool,
     result: CVResult,
     bar: Any,
+    params: dict[str, Any],
+    groups: np.ndarray,
 ) -> None:
     """Fit and score one head on every split, filling ``result``."""
     y = labels[plan.rows.sample]
@@ -296,10 +337,21 @@ def _run_head(
                 random_state=_seed_of(plan) + split.repeat,
                 device=device,
                 progress=progress,
-            )
+            ).set_params(**params)
+            result.head_info[spec.name]["params"] = recorded_params(templates[split.repeat])
+            templates[split.repeat] = _wrap(templates[split.repeat], result.options, pos, _seed_of(plan) + split.repeat)
         X_fold = rows_matrix(store, spec, plan.rows, fold=split.fold) if finetuned else X
-        with head_threads():  # 1 CPU thread unless the caller chose (fit --threads)
-            result.folds.append(_fit_fold(clone(templates[split.repeat]), spec, X_fold, y, split, pos, result))
+        est = clone(templates[split.repeat])
+        try:
+            with head_threads():  # 1 CPU thread unless the caller chose (fit --threads)
+                result.folds.append(_fit_fold(est, spec, X_fold, y, groups, split, pos, plan.n_eval, result))
+        except (ValueError, TypeError) as err:
+            if not params:  # not a user's value: a bug, keep the traceback
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FusionfeatError(
+                f"head {spec.name!r} failed with --head-param {params}: {first}; fix or drop that value"
+            ) from None
         bar.update(1)
 
 
@@ -322,10 +374,18 @@ def _seed_of(plan: SplitPlan) -> int:
 
 
 def _fit_fold(
-    est: Any, spec: Any, X: np.ndarray, y: np.ndarray, split: Split, pos: int, result: CVResult
+    est: Any,
+    spec: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    split: Split,
+    pos: int,
+    n_eval: int,
+    result: CVResult,
 ) -> FoldResult:
     t0 = time.perf_counter()
-    est.fit(X[split.train], y[split.train])
+    fit_estimator(est, X[split.train], y[split.train], groups[split.train])
     fit_time = time.perf_counter() - t0
     X_test = X[split.test]
     t0 = time.perf_counter()
@@ -335,10 +395,13 @@ def _fit_fold(
     if pos not in est_classes:
         raise FusionfeatError(f"head {spec.name!r}: fold {split.fold} trained without the positive class")
     p = proba[:, est_classes.index(pos)].astype(float)
-    y_pred = np.asarray(est_classes)[proba.argmax(axis=1)]
+    predict = getattr(est, "predict", None)  # an operating point's threshold lives in predict
+    y_pred = np.asarray(predict(X_test) if predict else np.asarray(est_classes)[proba.argmax(axis=1)])
     y_test = y[split.test]
     result.oof[spec.name][split.repeat, split.test] = p
     _attention_maps(est, spec, X_test, split, result)
+    result.oof_pred[spec.name][split.repeat, split.test] = (y_pred == pos).astype(float)
+    threshold = getattr(est, "threshold_", None)
     scores = fm.binary_metrics(y_test, y_pred, p, positive=pos)
     scores.update(fit_time=fit_time, predict_time=predict_time)
     return FoldResult(
@@ -352,6 +415,9 @@ def _fit_fold(
         n_test=len(split.test),
         history=_history(est),
         fusion_weights=_fusion_weights(est, spec, X_test, y_test, split, result),
+        n_train_images=int(np.sum(split.train < n_eval)),
+        threshold=None if threshold is None else float(threshold),
+        inner_rates=getattr(est, "inner_rates_", None),
     )
 
 
@@ -398,3 +464,97 @@ def _attention_maps(est: Any, spec: Any, X_test: np.ndarray, split: Split, resul
         result.oof_attention[spec.name] = [np.full(result.test_fold.shape + (m.shape[1],), np.nan) for m in maps]
     for store, m in zip(result.oof_attention[spec.name], maps, strict=True):
         store[split.repeat, split.test] = m
+# ----------------------------------------------------------------------------------------------- head options
+
+IGNORED_PARAMS: tuple[str, ...] = ("blocks", "device", "progress", "random_state", "n_jobs", "verbose", "memory",
+                                   "steps", "transform_input", "copy")
+
+
+def recorded_params(est: Any) -> dict[str, Any]:
+    """A head's hyper-parameters as plain JSON (``get_params(deep=True)`` without objects, seeds, devices)."""
+    out = {}
+    for key, value in est.get_params(deep=True).items():
+        if key.rsplit("__", 1)[-1] in IGNORED_PARAMS:
+            continue
+        if value is None or isinstance(value, bool | int | float | str):
+            out[key] = value
+        elif isinstance(value, np.generic):
+            out[key] = value.item()
+    return out
+
+
+def _matches(key: str, head: str) -> bool:
+    return key in ("*", head) or head.startswith(key + "-")
+
+
+def resolve_head_params(specs: Sequence[HeadSpec], wanted: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """head name -> ``set_params`` keywords for it, from ``{head or "*": {param: value}}``; a parameter may be
+    given by its last part (``C`` for ``weightedplattsvc__C``). Unknown heads or parameters are refused."""
+    names = [s.name for s in specs]
+    for key in wanted:
+        if not any(_matches(key, n) for n in names):
+            raise FusionfeatError(f"--head-param: no head {key!r} in this run (heads: {', '.join(names)}; or '*')")
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for spec in specs:
+        valid = recorded_params(spec.build(class_weight=None, random_state=0, device="cpu", progress=False))
+        for key, params in wanted.items():
+            if not _matches(key, spec.name):
+                continue
+            for param, value in params.items():
+                full = _full_param(param, valid)
+                if full is None:
+                    if key == "*":
+                        continue
+                    raise FusionfeatError(
+                        f"--head-param: head {spec.name!r} has no parameter {param!r}; valid: {', '.join(valid)}"
+                    )
+                out[spec.name][full] = _typed(value, valid[full])
+    for key, params in wanted.items():
+        if key == "*":
+            for param in params:
+                if not any(_full_param(param, recorded_params(
+                        s.build(class_weight=None, random_state=0, device="cpu", progress=False))) for s in specs):
+                    raise FusionfeatError(f"--head-param: no head in this run has a parameter {param!r}")
+    return out
+
+
+def _full_param(param: str, valid: dict[str, Any]) -> str | None:
+    if param in valid:
+        return param
+    ends = [k for k in valid if k.endswith("__" + param)]
+    return ends[0] if len(ends) == 1 else None
+
+
+def _typed(value: Any, like: Any) -> Any:
+    """A CLI string as the default's type (bool, float, int; a number where the default is a str or None, e.g.
+    SVC's ``gamma="scale"``; ``none`` is None); values that are not strings (from TOML) stay as they are."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(like, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise FusionfeatError(f"--head-param: {value!r} is not a boolean (true/false)")
+    casts = (float,) if isinstance(like, float) else (int, float)  # a str default may also take a number
+    for cast in casts:
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    if isinstance(like, int | float):
+        raise FusionfeatError(f"--head-param: {value!r} is not a number")
+    return text
+
+
+def _wrap(est: Any, options: dict[str, Any], pos: int, seed: int) -> Any:
+    """The head wrapped in post-hoc calibration and/or an operating point, per the run's options."""
+    if options.get("calibrate"):
+        est = CalibratedHead(est, method=options["calibrate"], random_state=seed)
+    target = options.get("operating_target")
+    if target:
+        est = InnerOperatingPoint(est, positive=pos, random_state=seed, **target)
+    return est

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from fusionfeat import runtime
 from fusionfeat.backbones import (
@@ -42,7 +41,7 @@ from fusionfeat.errors import DatasetError, FusionfeatError, RandomWeightsWarnin
 from fusionfeat.extract import manifest_fingerprint
 from fusionfeat.fsio import FINETUNE, marker_name, sha256_file, write_json
 from fusionfeat.image_bank import ImageBank, build_bank, open_bank
-from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, plan_folds
+from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, inner_split, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
 from fusionfeat.store import (
     FeatureStore,
@@ -379,35 +378,6 @@ def _bank(job: _Job, config: FinetuneConfig, device: torch.device, ctx: DistCont
         raise DatasetError(f"{len(changed)} image(s) differ from the store, first {job.paths[i]}: {why}; "
                            "re-extract the store or restore the files")
     return bank.to_device(device)
-
-
-def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float,
-                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split a fold's training rows into rows to learn from and rows that pick the epoch.
-
-    Subject-grouped (StratifiedGroupKFold, one split of about ``fraction``) when subjects are known, else
-    stratified by class; no validation when ``fraction`` is 0 or the rows are too few to split.
-    """
-    none = (rows, np.empty(0, dtype=rows.dtype))
-    if fraction <= 0:
-        return none
-    y = labels[rows]
-    n_splits = max(2, round(1 / fraction))
-    g = np.asarray(groups).astype(str)[rows]
-    if np.any(g != ""):
-        subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
-        n_splits = min(n_splits, len(np.unique(subjects)))
-        splitter, extra = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed), (subjects,)
-    else:
-        counts = np.bincount(y, minlength=2)
-        n_splits = min(n_splits, int(counts.min()))
-        splitter, extra = StratifiedKFold(n_splits, shuffle=True, random_state=seed), ()
-    if n_splits < 2:
-        return none
-    fit, val = next(splitter.split(rows, y, *extra))
-    if len(np.unique(y[fit])) < 2:
-        return none
-    return rows[fit], rows[val]
 
 
 def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, device: torch.device,

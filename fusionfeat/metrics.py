@@ -1,11 +1,10 @@
-"""Binary classification metrics per fold, and their aggregation over folds and repeats."""
+"""Binary classification metrics per fold, and their per-fold mean ± sd over folds and repeats."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from scipy import stats
 from sklearn import metrics as skm
 
 METRICS: tuple[str, ...] = (
@@ -76,31 +75,18 @@ def roc_points(y_true: np.ndarray, p_positive: np.ndarray, positive: int = 1) ->
 
 
 def summarize(per_fold: list[dict[str, float]], repeat_of_fold: list[int]) -> dict[str, dict[str, float]]:
-    """Mean, std over all folds, and a 95% t-interval over repeat means (NaN when there is one repeat)."""
+    """Per-fold mean and sd over all folds × repeats, and counts (intervals: ``fusionfeat.evidence``)."""
     out: dict[str, dict[str, float]] = {}
     repeats = np.asarray(repeat_of_fold)
     for name in METRICS + TIMINGS:
         values = np.array([fold.get(name, math.nan) for fold in per_fold], dtype=float)
-        means = [_nanmean(values[repeats == r]) for r in np.unique(repeats)]
-        low, high = confidence_interval(means)
         out[name] = {
             "mean": _nanmean(values),
             "std": _nanstd(values),
-            "ci95_low": low,
-            "ci95_high": high,
             "n_folds": int(np.sum(~np.isnan(values))),
-            "n_repeats": len(means),
+            "n_repeats": len(np.unique(repeats)),
         }
     return out
-
-
-def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` (e.g. one mean per CV repeat); NaNs when n < 2."""
-    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
-    if len(v) < 2:
-        return math.nan, math.nan
-    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return float(v.mean() - half), float(v.mean() + half)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -461,3 +461,43 @@ def need_views(n_views: int, option: str) -> None:
             f"{option} needs the 8 rotated/mirrored views of every image, but the store holds {n_views} "
             "view(s): re-extract with --views dihedral8"
         )
+
+
+def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: float,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training rows into rows to learn from and rows that pick the epoch.
+
+    ``rows`` index ``labels`` and ``groups``. Grouped (StratifiedGroupKFold, one split of about ``fraction``)
+    when any group id is known, else stratified by class; no validation when ``fraction`` is 0 or the rows
+    are too few to split. Groups are subjects, or source-image ids (``image_groups``) so rotated/mirrored
+    copies of one image never validate it. Shared by ``finetune`` and the torch heads' early stopping.
+    """
+    none = (rows, np.empty(0, dtype=rows.dtype))
+    if fraction <= 0:
+        return none
+    y = labels[rows]
+    n_splits = max(2, round(1 / fraction))
+    g = np.asarray(groups).astype(str)[rows]
+    counts = np.bincount(y, minlength=2)
+    if np.any(g != ""):
+        subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
+        n_splits = min(n_splits, len(np.unique(subjects)), int(counts.min()))
+        splitter, extra = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed), (subjects,)
+    else:
+        n_splits = min(n_splits, int(counts.min()))
+        splitter, extra = StratifiedKFold(n_splits, shuffle=True, random_state=seed), ()
+    if n_splits < 2:
+        return none
+    try:
+        fit, val = next(splitter.split(rows, y, *extra))
+    except ValueError:  # too few rows of a class to split this way: no validation
+        return none
+    if len(np.unique(y[fit])) < 2:
+        return none
+    return rows[fit], rows[val]
+
+
+def image_groups(groups: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """One group id per row: its subject where known, else ``image-<sample>`` (so copies of an image share it)."""
+    g = np.asarray(groups).astype(str)
+    return np.where(g != "", g, np.char.add("image-", np.asarray(sample).astype(str)))

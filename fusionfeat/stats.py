@@ -9,7 +9,7 @@ Conventions used throughout:
 * a row is predicted positive when ``p >= threshold`` (default threshold 0.5);
 * ``groups`` holds subject ids as strings; ``""`` means unknown, and such a row is a subject of its own.
 
-References are listed in ``docs/statistics.md``.
+References are listed in ``docs/protocols.md`` (Statistics).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
 from fusionfeat.head_inputs import feature_matrix
-from fusionfeat.metrics import binary_metrics, confidence_interval, confusion, summarize
+from fusionfeat.metrics import binary_metrics, confusion, summarize
 from fusionfeat.protocols import LeakageError, check_split, make_plan, plan_folds
 from fusionfeat.store import FoldPlan
 from fusionfeat.zoo import HeadSpec
@@ -357,15 +357,13 @@ def test_metrics_degenerate_folds_do_not_crash():
     assert got["mcc"] == 0.0  # sklearn's convention when a class is absent
 
 
-def test_summary_mean_std_and_repeat_interval():
+def test_summary_is_the_per_fold_mean_and_sd_without_the_naive_interval():
     folds = [{"accuracy": a} for a in (0.8, 0.9, 0.7, 0.8)]
     s = summarize(folds, [0, 0, 1, 1])["accuracy"]
     assert s["mean"] == pytest.approx(0.8)
     assert s["std"] == pytest.approx(np.std([0.8, 0.9, 0.7, 0.8], ddof=1))
-    low, high = confidence_interval([0.85, 0.75])
-    assert (s["ci95_low"], s["ci95_high"]) == pytest.approx((low, high))
-    assert low < 0.8 < high
-    assert np.isnan(summarize(folds, [0, 0, 0, 0])["accuracy"]["ci95_low"])
+    assert (s["n_folds"], s["n_repeats"]) == (4, 2)
+    assert "ci95_low" not in s  # the Student-t over repeat means is gone: corrected intervals in evidence
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -381,7 +379,6 @@ def test_real_logreg_and_svm_through_cross_validate():
         assert len(result.fold_results(head)) == 10
         assert not np.isnan(result.oof[head]).any()
         assert summary[head]["roc_auc"]["mean"] > 0.85
-        assert summary[head]["accuracy"]["ci95_low"] <= summary[head]["accuracy"]["mean"]
         for f in result.fold_results(head):
             assert np.sum(f.confusion) == f.n_test
             assert f.metrics["fit_time"] >= 0 and f.metrics["predict_time"] >= 0
@@ -549,3 +546,108 @@ def test_cross_validate_on_a_real_hdf5_store(tmp_path):
     assert result.protocol["name"] == "grouped"
     assert result.summary()["logreg"]["roc_auc"]["mean"] > 0.8
     assert result.provenance["backbones"]["resnet18"]["weights_kind"] == "imagenet"
+
+
+# ----------------------------------------------------------------------------------------------- issue 9 options
+
+
+class GroupRecorder(Recorder):
+    """A Recorder whose fit takes ``groups``, as the torch heads' does; remembers them per fit."""
+
+    def fit(self, X, y, groups=None):
+        super().fit(X, y)
+        self.entry_["groups"] = None if groups is None else np.asarray(groups)
+        return self
+
+
+def test_fit_receives_subject_or_source_image_groups():
+    spec = HeadSpec("grouprec", ("ident",), "pooled", False, lambda **kw: GroupRecorder())
+    for known in (True, False):
+        store = fake_store(subjects_known=known)
+        Recorder.log.clear()
+        cross_validate(store, [spec], protocol="stratified", balance="augment", progress=False)
+        for entry in Recorder.log:
+            sample = entry["train"][:, 0]
+            expected = store.groups[sample] if known else np.char.add("image-", sample.astype(str))
+            assert entry["groups"].tolist() == expected.tolist()  # rotated copies share their image's id
+            assert (entry["train"][:, 1] > 0).any()
+
+
+def test_torch_inner_validation_split_keeps_groups_together():
+    y = np.tile([0, 1, 1], 40)
+    groups = np.repeat([f"g{i}" for i in range(24)], 5)
+    est = TorchHeadClassifier(val_fraction=0.2)
+    fit, val = est._split(y, groups, np.random.RandomState(0))
+    assert len(val) and not set(groups[fit]) & set(groups[val])
+    assert sorted(np.concatenate([fit, val]).tolist()) == list(range(len(y)))
+
+
+def test_operating_point_predictions_are_thresholded_on_training_folds_only():
+    store = fake_store(n_subjects=15, cells=8)
+    result = cross_validate(store, ["logreg"], operating_point="sens=0.95", progress=False)
+    pos = 1
+    for f in result.fold_results("logreg"):
+        test = result.test_fold[f.repeat] == f.fold
+        p = result.oof["logreg"][f.repeat, test]
+        assert 0 < f.threshold < 1 and f.inner_rates["sensitivity"] >= 0.95
+        np.testing.assert_array_equal(result.oof_pred["logreg"][f.repeat, test], (p >= f.threshold).astype(float))
+        y = result.rows["label"][test] == pos
+        assert f.metrics["recall"] == pytest.approx(np.mean(p[y] >= f.threshold))
+        assert f.metrics["specificity"] == pytest.approx(np.mean(p[~y] < f.threshold))
+
+
+def test_calibrate_wraps_each_head_and_changes_probabilities_not_ranks():
+    store = fake_store(n_subjects=15, cells=8)
+    plain = cross_validate(store, ["logreg"], progress=False)
+    sig = cross_validate(store, ["logreg"], calibrate="sigmoid", progress=False)
+    assert not np.allclose(plain.oof["logreg"], sig.oof["logreg"])
+    for f, g in zip(plain.fold_results("logreg"), sig.fold_results("logreg"), strict=True):
+        assert f.metrics["roc_auc"] == pytest.approx(g.metrics["roc_auc"])  # Platt is monotone per fold
+    assert sig.options["calibrate"] == "sigmoid"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"calibrate": "beta"}, "calibrate"),
+    ({"operating_point": "ppv=0.9"}, "sens=TARGET"),
+    ({"operating_point": "sens=1.5"}, "sens=TARGET"),
+    ({"subject_aggregate": "max"}, "subject-aggregate"),
+    ({"head_params": {"logreg": {"gamma": "1"}}}, "valid: "),
+    ({"head_params": {"svm": {"C": "1"}}}, "no head 'svm'"),
+    ({"head_params": {"*": {"nonsense": "1"}}}, "no head in this run has a parameter 'nonsense'"),
+    ({"head_params": {"logreg": {"C": "-1"}}}, "failed with --head-param"),
+])
+def test_bad_options_are_refused_in_one_line(kwargs, message):
+    with pytest.raises(FusionfeatError, match=message) as err:
+        cross_validate(fake_store(), ["logreg"], progress=False, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_head_params_are_set_typed_and_recorded():
+    store = fake_store()
+    result = cross_validate(store, ["logreg", "svm"], folds=3, progress=False,
+                            head_params={"*": {"C": "0.25"}, "svm": {"gamma": "0.5"}})
+    assert result.head_info["logreg"]["params"]["logisticregression__C"] == 0.25
+    assert result.head_info["svm"]["params"]["weightedplattsvc__C"] == 0.25
+    assert result.head_info["svm"]["params"]["weightedplattsvc__gamma"] == 0.5
+
+
+def test_svm_platt_sigmoid_is_fitted_with_the_class_weights():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from fusionfeat.estimators import make_svm
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 6))
+    y = (rng.random(150) < 0.3).astype(int)
+    X[y == 1] += 0.7
+    got = make_svm("balanced", 0).fit(X, y).predict_proba(X)
+    Xs = StandardScaler().fit_transform(X)
+    ref = CalibratedClassifierCV(SVC(random_state=0), method="sigmoid", cv=5, ensemble=False)
+    ref.fit(Xs, y, sample_weight=compute_sample_weight("balanced", y))
+    np.testing.assert_allclose(got, ref.predict_proba(Xs), rtol=1e-12, atol=1e-12)
+    old = CalibratedClassifierCV(SVC(random_state=0, class_weight="balanced"), method="sigmoid", cv=5,
+                                        ensemble=False).fit(Xs, y).predict_proba(Xs)
+    assert (got[:, 1] >= 0.5).sum() > (old[:, 1] >= 0.5).sum()  # the old sigmoid (unweighted) undid the weights

@@ -210,3 +210,41 @@ def test_predict_from_images_equals_store_probabilities_with_three_backbones(ima
     assert result.exit_code == 0, result.output
     assert load_bundle(bundle_dir).spec.backbones == ((head,) if head in names else tuple(names))
     assert_predict_matches_store(path, bundle_dir, tmp_path)
+
+
+def test_fit_head_params_calibration_and_operating_point_from_the_cli(store, tmp_path):
+    toml = tmp_path / "heads.toml"
+    toml.write_text('[logreg]\nC = 0.5\n\n["*"]\nmax_epochs = 2\n')
+    out = tmp_path / "r"
+    result = run("fit", store, "--head", "logreg,concat", "--cv", "stratified", "--folds", "3", "-o", out, "--quiet",
+                 "--device", "cpu", "--head-params", toml, "--head-param", "concat.lr=3e-4", "--head-param",
+                 "logreg.C=0.25", "--calibrate", "sigmoid", "--operating-point", "spec=0.9")
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["heads"]["logreg"]["params"]["logisticregression__C"] == 0.25  # the option overrides the file
+    assert data["heads"]["concat"]["params"]["max_epochs"] == 2 and data["heads"]["concat"]["params"]["lr"] == 3e-4
+    assert data["options"]["calibrate"] == "sigmoid" and data["options"]["operating_point"] == "spec=0.9"
+    assert all(f["threshold"] is not None for f in data["heads"]["logreg"]["folds"])
+    report = (out / "report.md").read_text()
+    assert "## Operating point" in report and "specificity ≥ 0.9" in report
+    assert "calibrated post hoc (sigmoid)" in report
+    assert "lr=0.0003" in report
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--head-param", "logreg.gamma=1"], "valid: "),
+    (["--head-param", "logreg"], "HEAD.NAME=VALUE"),
+    (["--head-params", "missing.toml"], "no such file"),
+    (["--operating-point", "sens"], "sens=TARGET"),
+])
+def test_fit_bad_head_options_are_one_line(store, tmp_path, args, message):
+    result = run("fit", store, "--head", "logreg", "-o", tmp_path / "r", "--quiet", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_fit_bad_toml_is_one_line(store, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[logreg\nC = ")
+    result = run("fit", store, "--head", "logreg", "-o", tmp_path / "r", "--quiet", "--head-params", bad)
+    assert result.exit_code == 2 and "not valid TOML" in result.output and len(result.output.strip().splitlines()) == 1

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from functools import partial
 
 import numpy as np
 import pytest
+from scipy import stats as st
+from sklearn import metrics as skm
 
+from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
@@ -26,12 +30,26 @@ TINY_ATTENTION = HeadSpec(
 )
 
 
+TINY_MLP = partial(TorchHeadClassifier, architecture="mlp", max_epochs=2, hidden=16)
+TINY_RESNET = HeadSpec("resnet18", ("resnet18",), "pooled", True, TINY_MLP)
+TINY_CONCAT = HeadSpec("concat", ("resnet18", "vgg16"), "pooled", True, TINY_MLP)
+N_BOOT = 300
+
+
 @pytest.fixture(scope="module")
 def grouped_run(tmp_path_factory):
     store = fake_store()
     with one_torch_thread():
-        result = cross_validate(store, ["logreg", TINY_ATTENTION], folds=3, repeats=2, progress=False, backbones=PAIR)
-    return result, write_run(result, tmp_path_factory.mktemp("run") / "grouped")
+        result = cross_validate(
+            store, ["logreg", TINY_ATTENTION, TINY_RESNET, TINY_CONCAT], folds=3, repeats=2, progress=False,
+            backbones=PAIR,
+        )
+    return result, write_run(result, tmp_path_factory.mktemp("run") / "grouped", n_boot=N_BOOT)
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_write_run_writes_every_file(grouped_run):
@@ -39,14 +57,12 @@ def test_write_run_writes_every_file(grouped_run):
     for name in ("metrics.json", "predictions.csv", "report.md"):
         assert (out / name).stat().st_size > 0
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == [
-        "confusion_attention-pooled.png",
-        "confusion_logreg.png",
-        "history_attention-pooled.png",
-        "roc_all.png",
-        "roc_attention-pooled.png",
-        "roc_logreg.png",
-    ]
+    heads = ["attention-pooled", "concat", "logreg", "resnet18"]
+    torch_heads = ["attention-pooled", "concat", "resnet18"]
+    expected = [f"{kind}_{h}.png" for kind in ("confusion", "reliability", "roc", "subject_confusion", "subject_roc")
+                for h in heads]
+    assert pngs == sorted(expected + [f"history_{h}.png" for h in torch_heads] + ["roc_all.png"])
+    assert (out / "subjects.csv").stat().st_size > 0
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
@@ -59,7 +75,8 @@ def test_metrics_json_holds_everything_as_strict_json(grouped_run):
     logreg = data["heads"]["logreg"]
     assert len(logreg["folds"]) == 6
     assert set(logreg["summary"]) >= {"accuracy", "specificity", "mcc", "roc_auc", "fit_time", "predict_time"}
-    assert logreg["summary"]["accuracy"]["ci95_low"] is not None
+    ci = logreg["uncertainty"]["accuracy"]["corrected_t"]
+    assert ci["method"] == "corrected resampled t" and ci["lo"] <= ci["mean"] <= ci["hi"]
     attention = data["heads"]["attention-pooled"]
     assert attention["folds"][0]["history"][0]["epoch"] == 1
     assert set(attention["fusion_weights_by_class"]) == {"hem", "all"}
@@ -76,7 +93,7 @@ def test_predictions_csv_has_oof_probabilities_per_repeat(grouped_run):
     )
     assert {"w_attention-pooled_resnet18", "w_attention-pooled_vgg16"} <= set(rows[0])
     first = [r for r in rows if r["repeat"] == "1"]
-    np.testing.assert_allclose([float(r["p_all_logreg"]) for r in first], result.oof["logreg"][1], atol=1e-6)
+    assert [float(r["p_all_logreg"]) for r in first] == result.oof["logreg"][1].tolist()  # full precision
     assert {r["label"] for r in rows} == {"hem", "all"}
 
 
@@ -89,7 +106,12 @@ def test_report_is_table1_with_the_papers_numbers(grouped_run):
     assert "Khongsep" in text
     for column in ("accuracy", "precision", "recall", "specificity", "F1", "balanced acc.", "MCC", "ROC AUC"):
         assert column in text
-    assert "95% confidence intervals over 2 repeats" in text
+    assert "Uncertainty: per-fold and pooled out-of-fold values" in text
+    assert "Nadeau–Bengio corrected resampled t" in text and "pooled OOF" in text and "per-fold mean ± sd" in text
+    assert "Note on the paper's F1" in text and "2PR/(P+R)" in text
+    assert "Does fusion help?" in text and "SUBJECT-LEVEL" in text and "## Calibration" in text
+    assert "Hard predictions are the argmax" in text
+    assert "| `logreg` | ours | resnet18 IMAGENET, vgg16 IMAGENET |" in text
     assert "RANDOM" not in text and "LEAKY" not in text
     assert "![logreg ROC per fold](roc_logreg.png)" in text
     assert "Fusion weights" in text
@@ -101,7 +123,7 @@ def test_random_weights_and_leaky_protocol_are_flagged_at_the_top(tmp_path):
     result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
     text = (write_run(result, tmp_path / "paper") / "report.md").read_text()
     head = text[: text.index("## Results")]
-    assert "**WARNING: RANDOM-WEIGHT FEATURES.**" in head and "NOT comparable" in head
+    assert "**WARNING: RANDOM-WEIGHT FEATURES** in head(s) `logreg`" in head and "NOT comparable" in head
     assert "**WARNING: LEAKY PROTOCOL (`paper`).**" in head and "BEFORE the split" in head
     assert "**RANDOM** (seed 0), not ImageNet" in text
 
@@ -148,3 +170,224 @@ def test_paper_fusion_row_only_beside_a_fusion_of_its_own_pair():
     assert paper_key("attention-pooled") == "attention" and paper_key("vgg16", ["vgg16"]) == "vgg16"
     assert paper_key("attention-spatial", ["resnet18", "vgg16", "densenet121"]) is None
     assert paper_key("concat", ["resnet18", "vgg16"]) is None
+# ----------------------------------------------------------------------------------------------- issue 9 numbers
+
+
+def _truth(rows):
+    return np.array([r["label"] == "all" for r in rows], dtype=int)
+
+
+def _by_repeat(rows):
+    return {r: [row for row in rows if row["repeat"] == str(r)] for r in sorted({int(row["repeat"]) for row in rows})}
+
+
+def test_predictions_csv_reproduces_every_reported_auc_exactly(grouped_run):
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    rows = read_csv(out / "predictions.csv")
+    for head, info in data["heads"].items():
+        col = f"p_all_{head}"
+        for fold in info["folds"]:
+            part = [r for r in rows if r["repeat"] == str(fold["repeat"]) and r["fold"] == str(fold["fold"])]
+            auc = skm.roc_auc_score(_truth(part), [float(r[col]) for r in part])
+            assert auc == fold["metrics"]["roc_auc"], (head, fold["repeat"], fold["fold"])  # to the last digit
+        pooled = info["uncertainty"]["roc_auc"]["pooled"]
+        per_repeat = [skm.roc_auc_score(_truth(part), [float(r[col]) for r in part])
+                      for part in _by_repeat(rows).values()]
+        assert per_repeat == pooled["per_repeat"] and float(np.mean(per_repeat)) == pooled["mean"]
+
+
+def _sk_metric(name, y, pred):
+    if name == "mcc" and (len(set(pred)) < 2 or len(set(y)) < 2):
+        return math.nan  # undefined: scikit-learn says 0, the pooled values say NaN (skipped by the bootstrap)
+    return {
+        "accuracy": lambda: skm.accuracy_score(y, pred),
+        "precision": lambda: skm.precision_score(y, pred, zero_division=np.nan),
+        "recall": lambda: skm.recall_score(y, pred),
+        "specificity": lambda: skm.recall_score(1 - y, 1 - pred),
+        "f1": lambda: skm.f1_score(y, pred),
+        "balanced_accuracy": lambda: skm.balanced_accuracy_score(y, pred),
+        "mcc": lambda: skm.matthews_corrcoef(y, pred),
+    }[name]()
+
+
+def test_uncertainty_numbers_match_independent_computations(grouped_run):
+    result, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    rows = read_csv(out / "predictions.csv")
+    repeats = _by_repeat(rows)
+    groups = np.array([r["group"] for r in repeats[0]])
+    n_eval = len(result.rows["sample"])
+    for head, info in data["heads"].items():
+        for name, u in info["uncertainty"].items():
+            values = np.array([f["metrics"][name] for f in info["folds"]], dtype=float)
+            assert u["per_fold"]["mean"] == pytest.approx(values.mean())
+            assert u["per_fold"]["sd"] == pytest.approx(values.std(ddof=1))
+            # Nadeau-Bengio by hand: n_train = evaluated images outside the test fold (no copies here)
+            n_test = np.array([f["n_test"] for f in info["folds"]], dtype=float)
+            assert [f["n_train_images"] for f in info["folds"]] == (n_eval - n_test).tolist()
+            j = len(values)
+            se = math.sqrt((1 / j + np.mean(n_test / (n_eval - n_test))) * values.var(ddof=1))
+            half = st.t.ppf(0.975, j - 1) * se
+            ci = u["corrected_t"]
+            assert (ci["lo"], ci["hi"], ci["df"]) == pytest.approx((values.mean() - half, values.mean() + half, j - 1))
+            # pooled out-of-fold values from the CSV, with scikit-learn
+            if name != "roc_auc":
+                per_repeat = [
+                    _sk_metric(name, _truth(part), np.array([r[f"pred_{head}"] == "all" for r in part], dtype=int))
+                    for part in repeats.values()
+                ]
+                got = [math.nan if v is None else v for v in u["pooled"]["per_repeat"]]  # JSON writes NaN as null
+                assert got == pytest.approx(per_repeat, abs=1e-12, nan_ok=True), (head, name)
+            # the bootstrap interval: subjects resampled, the same call on the CSV's columns
+            boot = u["pooled"]["bootstrap"]
+            assert boot["unit"] == "subject" and boot["n_units"] == 12 and boot["resampled"] == "subjects"
+            col = f"p_all_{head}" if name == "roc_auc" else f"pred_{head}"
+            p = np.array([[float(r[col]) if name == "roc_auc" else float(r[col] == "all") for r in part]
+                          for part in repeats.values()])
+            ref = stats.cluster_bootstrap(_truth(repeats[0]), p, groups, name, n_boot=N_BOOT, seed=0)
+            if boot["lo"] is not None:
+                assert (boot["lo"], boot["hi"]) == pytest.approx((ref.lo, ref.hi))
+                assert boot["lo"] <= boot["estimate"] <= boot["hi"] or u["pooled"]["mean"] is None
+
+
+def test_calibration_numbers_match_sklearn(grouped_run):
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    repeats = _by_repeat(read_csv(out / "predictions.csv"))
+    for head, info in data["heads"].items():
+        cal = info["calibration"]
+        briers, eces = [], []
+        for part in repeats.values():
+            y, p = _truth(part), np.array([float(r[f"p_all_{head}"]) for r in part])
+            briers.append(skm.brier_score_loss(y, p))
+            edges = np.linspace(0, 1, 11)
+            ids = np.clip(np.searchsorted(edges, p, side="left") - 1, 0, 9)  # (edge_i, edge_i+1], 0 in bin 0
+            eces.append(sum(abs(y[ids == b].mean() - p[ids == b].mean()) * np.sum(ids == b) / len(p)
+                            for b in range(10) if np.any(ids == b)))
+        assert cal["brier"] == pytest.approx(np.mean(briers)) and cal["ece"] == pytest.approx(np.mean(eces))
+        assert cal["n_bins"] == 10 and sum(cal["reliability"]["count"]) == sum(len(p) for p in repeats.values())
+
+
+def test_does_fusion_help_table_matches_paired_tests_and_holm(grouped_run):
+    result, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    comp = data["comparisons"]
+    pooled_auc = {h: i["uncertainty"]["roc_auc"]["pooled"]["mean"] for h, i in data["heads"].items()}
+    assert comp["best_single"] == "resnet18"  # the only single-backbone head
+    rows = comp["fusion_table"]
+    assert [(r["head"], r["against"]) for r in rows] == [
+        ("logreg", "concat"), ("logreg", "resnet18"), ("attention-pooled", "concat"),
+        ("attention-pooled", "resnet18"), ("concat", "resnet18"),
+    ]
+    repeats = _by_repeat(read_csv(out / "predictions.csv"))
+    groups = np.array([r["group"] for r in repeats[0]])
+    y = _truth(repeats[0])
+    for r in rows:
+        a, b = r["head"], r["against"]
+        fa = {(f["repeat"], f["fold"]): f for f in data["heads"][a]["folds"]}
+        fb = {(f["repeat"], f["fold"]): f for f in data["heads"][b]["folds"]}
+        d = np.array([fa[k]["metrics"]["roc_auc"] - fb[k]["metrics"]["roc_auc"] for k in sorted(fa)])
+        n_test = np.array([fa[k]["n_test"] for k in sorted(fa)], dtype=float)
+        se = math.sqrt((1 / len(d) + np.mean(n_test / (len(y) - n_test))) * d.var(ddof=1))
+        t = d.mean() / se
+        assert r["per_fold"]["diff"] == pytest.approx(d.mean())
+        assert r["per_fold"]["p"] == pytest.approx(2 * st.t.sf(abs(t), len(d) - 1))
+        assert r["pooled"]["diff"] == pytest.approx(pooled_auc[a] - pooled_auc[b])
+        assert r["pooled"]["method"] == "paired bootstrap over subjects"
+        pa = np.array([[float(x[f"p_all_{a}"]) for x in part] for part in repeats.values()])
+        pb = np.array([[float(x[f"p_all_{b}"]) for x in part] for part in repeats.values()])
+        ref = stats.paired_cluster_bootstrap(y, pa, pb, groups, "roc_auc", n_boot=N_BOOT, seed=0)
+        assert (r["pooled"]["lo"], r["pooled"]["hi"], r["pooled"]["p"]) == pytest.approx((ref.lo, ref.hi, ref.p))
+    for key in ("per_fold", "pooled"):  # Holm by hand: sorted p times (m - rank), running max, capped at 1
+        p = np.array([r[key]["p"] for r in rows])
+        order = np.argsort(p, kind="stable")
+        expected = np.empty(len(p))
+        running = 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (len(p) - rank) * p[i]))
+            expected[i] = running
+        assert [r[key]["p_holm"] for r in rows] == pytest.approx(expected.tolist())
+
+
+def test_subject_level_csv_and_metrics(grouped_run):
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    subjects = read_csv(out / "subjects.csv")
+    repeats = _by_repeat(read_csv(out / "predictions.csv"))
+    assert len(subjects) == 2 * 12 and set(subjects[0]) >= {"repeat", "subject", "label", "n_cells", "score_logreg"}
+    for row in subjects:
+        cells = [r for r in repeats[int(row["repeat"])] if r["group"] == row["subject"]]
+        assert int(row["n_cells"]) == len(cells) and {c["label"] for c in cells} == {row["label"]}
+        for head in data["heads"]:
+            assert float(row[f"score_{head}"]) == pytest.approx(np.mean([float(c[f"p_all_{head}"]) for c in cells]))
+    sub = data["subjects"]
+    assert sub["aggregate"] == "mean"
+    for head in data["heads"]:
+        aucs = []
+        for r in (0, 1):
+            part = [s for s in subjects if s["repeat"] == str(r)]
+            y = [s["label"] == "all" for s in part]
+            aucs.append(skm.roc_auc_score(y, [float(s[f"score_{head}"]) for s in part]))
+        assert sub["heads"][head]["metrics"]["roc_auc"]["per_repeat"] == pytest.approx(aucs)
+    text = (out / "report.md").read_text()
+    assert "## SUBJECT-LEVEL diagnosis" in text and "subjects.csv" in text
+
+
+def test_no_subject_section_without_subjects(tmp_path):
+    result = cross_validate(fake_store(subjects_known=False), ["logreg"], progress=False, backbones=PAIR)
+    out = write_run(result, tmp_path / "s", n_boot=50)
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["subjects"] is None and not (out / "subjects.csv").exists()
+    assert data["heads"]["logreg"]["uncertainty"]["roc_auc"]["pooled"]["bootstrap"]["unit"] == "image"
+    assert "SUBJECT-LEVEL" not in (out / "report.md").read_text()
+
+
+def test_one_repeat_without_subjects_compares_auc_with_delong(tmp_path):
+    result = cross_validate(fake_store(subjects_known=False), ["logreg", "svm"], progress=False, backbones=PAIR)
+    out = write_run(result, tmp_path / "d", n_boot=50)
+    pair = json.loads((out / "metrics.json").read_text())["comparisons"]["pairs"][0]
+    y = (result.rows["label"] == 1).astype(int)
+    ref = stats.delong_test(y, result.oof["logreg"][0], result.oof["svm"][0])
+    assert pair["pooled"]["method"] == "DeLong" and pair["pooled"]["p"] == pytest.approx(ref.p)
+    assert "DeLong" in (out / "report.md").read_text()
+
+
+def test_weights_flags_are_per_head_and_the_banner_names_only_affected_heads(tmp_path):
+    store = fake_store()
+    result = cross_validate(store, ["logreg", TINY_RESNET, HeadSpec("vgg16", ("vgg16",), "pooled", True, TINY_MLP)],
+                            folds=3, progress=False, backbones=PAIR)
+    result.provenance["backbones"]["resnet18"].update(weights_kind="random", weights_sha256="")
+    result.provenance["backbones"]["vgg16"].update(weights_kind="file", weights="cnmc.pt", weights_sha256="c0ffee" * 10)
+    out = write_run(result, tmp_path / "w", n_boot=50)
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["heads"]["vgg16"]["weights"] == {"vgg16": "FILE c0ffeec0ffee"}
+    assert data["heads"]["resnet18"]["weights"] == {"resnet18": "RANDOM"}
+    assert data["heads"]["logreg"]["weights"] == {"resnet18": "RANDOM", "vgg16": "FILE c0ffeec0ffee"}
+    text = (out / "report.md").read_text()
+    banner = text[: text.index("## Results")]
+    assert "head(s) `logreg`, `resnet18`:" in banner and "`vgg16`" not in banner
+    assert "| `vgg16` | ours | vgg16 FILE c0ffeec0ffee |" in text
+    table = compare_runs([out])
+    assert "**RANDOM**" not in next(line for line in table.splitlines() if "`vgg16`" in line)
+    assert "**RANDOM**" in next(line for line in table.splitlines() if "`resnet18`" in line)
+
+
+def test_hyper_parameters_are_recorded_and_reported(grouped_run):
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    params = data["heads"]["attention-pooled"]["params"]
+    assert params["max_epochs"] == 2 and params["attn_dim"] == 8 and params["lr"] == 1e-3
+    assert "device" not in params and "progress" not in params and "blocks" not in params
+    assert data["heads"]["logreg"]["params"]["logisticregression__C"] == 1.0
+    assert "## Head hyper-parameters" in (out / "report.md").read_text()
+
+
+def test_a_subject_with_both_classes_skips_the_subject_section_but_keeps_the_run(tmp_path):
+    result = cross_validate(fake_store(), ["logreg"], folds=3, progress=False, backbones=PAIR)
+    result.rows["group"] = result.rows["group"].copy()
+    result.rows["group"][:] = "S0"  # one subject holding both classes: no subject-level diagnosis
+    out = write_run(result, tmp_path / "mixed", n_boot=50)
+    data = json.loads((out / "metrics.json").read_text())
+    assert "both classes" in data["subjects"]["skipped"] and not (out / "subjects.csv").exists()
+    assert "Not computed: subject 'S0' has cells of both classes" in (out / "report.md").read_text()

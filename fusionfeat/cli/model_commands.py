@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, overwrite_option
+from fusionfeat.cli.options import device_option, head_params_from, overwrite_option
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.runtime import PRECISIONS, head_threads
 
@@ -45,19 +45,35 @@ def _echo_table(run_dir: Path) -> None:
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
 @click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
 @click.option("--positive", default=None, help="Positive class [default: the store's, 'all'].")
+@click.option("--head-param", "head_param", multiple=True, metavar="HEAD.NAME=VALUE",
+              help="Set a head hyper-parameter, e.g. attention.lr=3e-4 or *.max_epochs=20 (repeatable).")
+@click.option("--head-params", "head_params_file", type=click.Path(), default=None, metavar="FILE.toml",
+              help="Head hyper-parameters from TOML: one [HEAD] table (or [\"*\"]) of NAME = VALUE lines.")
+@click.option("--calibrate", type=click.Choice(["sigmoid", "isotonic"]), default=None,
+              help="Post-hoc calibration of the probabilities, fitted inside each training fold only.")
+@click.option("--operating-point", default=None, metavar="sens=T|spec=T",
+              help="Pick the threshold reaching this sensitivity or specificity on the training fold's inner "
+                   "out-of-fold predictions [default: argmax].")
+@click.option("--subject-aggregate", type=click.Choice(["mean", "median", "fraction"]), default="mean",
+              show_default=True, help="How a subject's cell probabilities become its subject-level score.")
 @device_option
 @threads_option
 @overwrite_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats, balance, features, positive, device,
-                threads, overwrite, quiet):
+def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats, balance, features, positive,
+                head_param, head_params_file, calibrate, operating_point, subject_aggregate, device, threads,
+                overwrite, quiet):
     """Cross-validate heads on cached features and write a run folder with metrics, plots and a report."""
+    from fusionfeat.calibration import parse_operating_point
     from fusionfeat.evaluate import cross_validate
     from fusionfeat.fsio import RUN, output_target
     from fusionfeat.report import write_run_files
     from fusionfeat.store import FeatureStore
     from fusionfeat.zoo import expand_head_names, select_backbones
 
+    params = head_params_from(head_param, head_params_file)
+    if operating_point:
+        parse_operating_point(operating_point)
     if repeats < 1:
         raise FusionfeatError("--repeats must be at least 1")
     with FeatureStore.open(store) as fs:
@@ -68,7 +84,9 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
         with output_target(out, RUN, inputs=[store], overwrite=overwrite) as target, head_threads(threads):
             result = cross_validate(fs, names, protocol=protocol, folds=folds, seed=seed, repeats=repeats,
                                     balance=balance, features=features, device=device, positive=positive,
-                                    progress=not quiet, backbones=selected)
+                                    progress=not quiet, backbones=selected, head_params=params,
+                                    calibrate=calibrate, operating_point=operating_point,
+                                    subject_aggregate=subject_aggregate)
             write_run_files(result, target.path)
     run_dir = target.final
     _echo_table(run_dir)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
 
 from fusionfeat.data.manifest import DEFAULT_POSITIVE, LAYOUTS
+from fusionfeat.errors import FusionfeatError
 
 layout_option = click.option("--layout", type=click.Choice(LAYOUTS), default=None,
                              help="Force the dataset layout instead of auto-detecting it.")
@@ -26,3 +31,42 @@ device_option = click.option("--device", default="auto", show_default=True, call
                              help="auto, cpu, cuda or cuda:K.")
 overwrite_option = click.option("--overwrite", is_flag=True,
                                 help="Replace a previous fusionfeat output of the same kind (never anything else).")
+
+
+def head_params_from(items: tuple[str, ...] | list[str], path: str | None = None) -> dict[str, dict[str, Any]]:
+    """``{head or "*": {param: value}}`` from a TOML file (one table per head, ``["*"]`` for all) and then
+    ``HEAD.PARAM=VALUE`` options, which override the file. Values from the command line stay strings (typed
+    later against the head's defaults); TOML values keep their TOML type."""
+    out: dict[str, dict[str, Any]] = {}
+    if path:
+        for head, table in _read_toml(Path(path)).items():
+            if not isinstance(table, dict):
+                raise FusionfeatError(
+                    f"--head-params {path}: {head!r} is not a table; write [HEAD] then NAME = VALUE lines"
+                )
+            out.setdefault(str(head), {}).update(table)
+    for item in items:
+        key, eq, value = item.partition("=")
+        head, dot, param = key.strip().partition(".")
+        if not eq or not dot or not head or not param:
+            raise FusionfeatError(
+                f"--head-param {item!r}: write HEAD.NAME=VALUE, e.g. attention.lr=3e-4 or *.max_epochs=20"
+            )
+        out.setdefault(head, {})[param.strip()] = value.strip()
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise FusionfeatError(f"--head-params {path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FusionfeatError(f"--head-params {path} is not valid TOML ({exc})") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise FusionfeatError(f"--head-params {path} cannot be read ({exc.__class__.__name__})") from None

@@ -9,7 +9,7 @@ from typing import Any
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.metrics import LABELS, METRICS
-from fusionfeat.report.markdown import describe_weights, md_row, pm, random_backbones
+from fusionfeat.report.markdown import describe_weights, md_row, pm, random_heads
 from fusionfeat.report.run import METRICS_FILE, load_run, looks_like_run
 
 
@@ -31,8 +31,8 @@ def _compare_table(runs: list[tuple[str, Any]]) -> str:
     lines = [md_row(header), md_row(["---"] * 4 + ["---:"] * len(METRICS))]
     notes = []
     for name, data in runs:
-        flags = _run_flags(data)
         for head, info in data["heads"].items():
+            flags = _run_flags(data, head)
             s = info["summary"]
             cells = [pm(nan_or(s[m]["mean"]), nan_or(s[m]["std"])) for m in METRICS]
             lines.append(
@@ -48,16 +48,17 @@ def _compare_table(runs: list[tuple[str, Any]]) -> str:
             )
         notes.append(f"- `{name}`: {data['protocol'].get('text', '')} Weights: {_weights_summary(data)}.")
     legend = (
-        "Flags: LEAKY = the paper's leaky protocol; RANDOM = random-weight features (not comparable with ImageNet)."
+        "Flags: LEAKY = the paper's leaky protocol; RANDOM = this head read random-weight features (not comparable "
+        "with ImageNet)."
     )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n\n" + legend + "\n"
 
 
-def _run_flags(data: dict[str, Any]) -> str:
+def _run_flags(data: dict[str, Any], head: str) -> str:
     flags = []
     if data["protocol"].get("leaky"):
         flags.append("LEAKY")
-    if random_backbones(data):
+    if head in random_heads(data):
         flags.append("RANDOM")
     return f" **{' '.join(flags)}**" if flags else ""
 

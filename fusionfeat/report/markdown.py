@@ -10,6 +10,7 @@ from typing import Any
 
 from fusionfeat import paper
 from fusionfeat.metrics import LABELS, METRICS, TIMINGS
+from fusionfeat.stats import PAPER_F1_NOTE
 
 
 def render_report(data: dict[str, Any]) -> str:
@@ -20,6 +21,12 @@ def render_report(data: dict[str, Any]) -> str:
         _header(data),
         _results_section(data),
         _intervals_section(data),
+        _fusion_help_section(data),
+        _pairs_section(data),
+        _calibration_section(data),
+        _operating_section(data),
+        _subjects_section(data),
+        _params_section(data),
         _timing_section(data),
         _protocol_section(data),
         _features_section(data),
@@ -33,10 +40,11 @@ def _warnings(data: dict[str, Any]) -> list[str]:
     out = []
     random = random_backbones(data)
     if random:
+        affected = random_heads(data)
         out.append(
-            f"> **WARNING: RANDOM-WEIGHT FEATURES.** {', '.join(random)} used randomly initialised weights, "
-            "not ImageNet weights. These numbers measure random features and are NOT comparable with the "
-            "paper's."
+            f"> **WARNING: RANDOM-WEIGHT FEATURES** in head(s) {', '.join(f'`{h}`' for h in affected)}: "
+            f"backbone(s) {', '.join(random)} used randomly initialised weights, not ImageNet weights. Those "
+            "heads' numbers measure random features and are NOT comparable with the paper's."
         )
     protocol = data["protocol"]
     if protocol.get("leaky"):
@@ -53,6 +61,43 @@ def _warnings(data: dict[str, Any]) -> list[str]:
             f"> **Note: image-level folds** ({reason}): cells of one subject may be in both training and "
             "test, which inflates scores compared with new patients."
         )
+    return out
+
+
+def head_flags(info: dict[str, Any]) -> dict[str, str]:
+    """backbone -> IMAGENET / FILE <sha> / RANDOM for one head (from metrics.json)."""
+    return dict(info.get("weights") or {})
+
+
+def flags_text(info: dict[str, Any]) -> str:
+    """One head's weights flags, e.g. ``resnet18 RANDOM, vgg16 FILE 3f2a…`` (bold when random)."""
+    parts = []
+    for b, flag in head_flags(info).items():
+        parts.append(f"{b} **{flag}**" if flag == "RANDOM" else f"{b} {flag}")
+    return ", ".join(parts) or "?"
+
+
+def tag(data: dict[str, Any], head: str) -> str:
+    """A head's name with its weights in brackets, e.g. ``resnet18 [RANDOM]`` or ``svm [IMAGENET]``, for tables
+    that do not have a weights column (mixed weights: ``[resnet18 RANDOM, vgg16 FILE …]``)."""
+    flags = head_flags(data["heads"].get(head, {}))
+    kinds = set(flags.values())
+    if len(kinds) == 1:
+        short = kinds.pop()
+    else:
+        short = ", ".join(f"{b} {f}" for b, f in flags.items()) or "?"
+    return f"`{head}` [{short}]"
+
+
+def random_heads(data: dict[str, Any]) -> list[str]:
+    """Heads that read at least one random-weight backbone."""
+    out = []
+    for head, info in data["heads"].items():
+        flags = head_flags(info)
+        if flags and "RANDOM" in flags.values():
+            out.append(head)
+        elif not flags and set(info.get("backbones", [])) & set(random_backbones(data)):
+            out.append(head)
     return out
 
 
@@ -81,17 +126,19 @@ def _header(data: dict[str, Any]) -> str:
 def _results_section(data: dict[str, Any]) -> str:
     folds, repeats = data["protocol"].get("n_folds", "?"), data["protocol"].get("repeats", 1)
     unit = f"{folds} folds" + (f" × {repeats} repeats" if repeats > 1 else "")
-    header = ["head", "source", *[LABELS[m] for m in METRICS]]
+    header = ["head", "source", "weights", *[LABELS[m] for m in METRICS]]
     lines = [
-        f"## Results (mean ± std over {unit}), beside the paper's Table 1",
+        f"## Results (per-fold mean ± sd over {unit}), beside the paper's Table 1",
         "",
         md_row(header),
-        md_row(["---"] * 2 + ["---:"] * len(METRICS)),
+        md_row(["---"] * 3 + ["---:"] * len(METRICS)),
     ]
     shown_paper: set[str] = set()
     for head, info in data["heads"].items():
         s = info["summary"]
-        lines.append(md_row([f"`{head}`", "ours", *[pm(s[m]["mean"], s[m]["std"]) for m in METRICS]]))
+        lines.append(
+            md_row([f"`{head}`", "ours", flags_text(info), *[pm(s[m]["mean"], s[m]["std"]) for m in METRICS]])
+        )
         key = paper_key(head, info.get("backbones"))
         if key and key not in shown_paper:
             shown_paper.add(key)
@@ -103,8 +150,11 @@ def _results_section(data: dict[str, Any]) -> str:
         "",
         f"Paper: {paper.CITATION}. Its protocol: {paper.PROTOCOL}, so its numbers are comparable with a "
         "`--cv paper` run on ImageNet features, not with grouped folds. A dash means the paper does "
-        f"not report that metric. Positive class: {data['positive']}; hard predictions are the most "
-        "probable class.",
+        f"not report that metric. Positive class: {data['positive']}; decision rule: "
+        f"{data.get('decision_rule', 'argmax (the more probable class)')}. Values are per-fold: each metric is "
+        "computed on each test fold, then averaged (pooled out-of-fold values and intervals: next section).",
+        "",
+        f"Note on the paper's F1: {data['paper'].get('f1_note', PAPER_F1_NOTE)}",
     ]
     return "\n".join(lines)
 
@@ -121,25 +171,226 @@ def paper_key(head: str, backbones: list[str] | None = None) -> str | None:
 def _paper_row(key: str) -> str:
     row = paper.TABLE1[key]
     cells = [f"{row[m]:.4f}" if m in row else "—" for m in METRICS]
-    return md_row([f"*{paper.PAPER_NAMES[key]}*", "paper, Table 1", *cells])
+    return md_row([f"*{paper.PAPER_NAMES[key]}*", "paper, Table 1", "ImageNet", *cells])
 
 
 def _intervals_section(data: dict[str, Any]) -> str:
-    repeats = data["protocol"].get("repeats", 1)
-    if repeats < 2:
+    heads = {h: i for h, i in data["heads"].items() if i.get("uncertainty")}
+    if not heads:
+        return ""
+    p = data["protocol"]
+    unit = next(iter(heads.values()))["uncertainty"]["roc_auc"]["pooled"]["bootstrap"].get("resampled", "images")
+    lines = [
+        "## Uncertainty: per-fold and pooled out-of-fold values with 95% intervals",
+        "",
+        f"- **per-fold mean ± sd**: each metric computed on each of the {p.get('n_folds')} folds × "
+        f"{p.get('repeats', 1)} repeats, then averaged.",
+        "- **corrected t 95% CI**: Nadeau–Bengio corrected resampled t interval over folds × repeats (variance "
+        "inflated by n_test/n_train for the overlap of training sets; n counts evaluated images, not "
+        "augmentation copies).",
+        "- **pooled OOF**: the metric computed once on all out-of-fold predictions of a repeat, averaged over "
+        f"repeats; **bootstrap 95% CI**: percentile interval of that value, resampling {unit}.",
+        "- ROC AUC: the per-fold value ranks images within a fold only; the pooled value also ranks images of "
+        "different folds (different models) against each other, so the two can differ.",
+        "",
+        "Intervals are shown clipped to the metric's range.",
+    ]
+    for head, info in heads.items():
+        lines += [
+            "",
+            f"### `{head}` ({flags_text(info)})",
+            "",
+            md_row(["metric", "per-fold mean ± sd", "corrected t 95% CI", "pooled OOF", "bootstrap 95% CI"]),
+            md_row(["---"] + ["---:"] * 4),
+        ]
+        for m in METRICS:
+            u = info["uncertainty"][m]
+            ci, pooled = u["corrected_t"], u["pooled"]
+            lines.append(
+                md_row(
+                    [
+                        LABELS[m],
+                        pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
+                        interval(ci.get("lo"), ci.get("hi"), m),
+                        num(pooled["mean"]),
+                        interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"), m),
+                    ]
+                )
+            )
+    return "\n".join(lines)
+
+
+def _fusion_help_section(data: dict[str, Any]) -> str:
+    comp = data.get("comparisons") or {}
+    rows = comp.get("fusion_table") or []
+    if not rows:
         return ""
     lines = [
-        f"## 95% confidence intervals over {repeats} repeats",
+        "## Does fusion help?",
         "",
-        "Student-t intervals of the mean over repeat-level means (each repeat: a fresh split seed), "
-        "shown clipped to the metric's range.",
+        "Each fusion head (reading two or more backbones) against `concat` and against the best "
+        f"single-backbone head (by pooled OOF ROC AUC: `{comp.get('best_single')}`), on the same splits. "
+        "Difference in ROC AUC (fusion − reference): per-fold, with the corrected resampled paired t-test over "
+        "folds × repeats; pooled OOF, with the paired test named in the table. p (Holm) is adjusted over the "
+        "rows of this table, separately for each test.",
+        "",
+        md_row(["fusion head", "against", "Δ AUC per-fold [95% CI]", "p (corrected t)", "p (Holm)",
+                "Δ AUC pooled [95% CI]", "p", "p (Holm)", "pooled test"]),
+        md_row(["---"] * 2 + ["---:"] * 6 + ["---"]),
+    ]
+    for r in rows:
+        t, b = r["per_fold"], r["pooled"]
+        lines.append(
+            md_row(
+                [
+                    tag(data, r["head"]),
+                    f"{tag(data, r['against'])} ({r['role']})",
+                    f"{signed(t['diff'])} [{signed(t['lo'])}, {signed(t['hi'])}]",
+                    pval(t.get("p")),
+                    pval(t.get("p_holm")),
+                    f"{signed(b['diff'])} [{signed(b['lo'])}, {signed(b['hi'])}]",
+                    pval(b.get("p")),
+                    pval(b.get("p_holm")),
+                    b["method"],
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def _pairs_section(data: dict[str, Any]) -> str:
+    pairs = (data.get("comparisons") or {}).get("pairs") or []
+    if not pairs:
+        return ""
+    lines = [
+        "## Paired comparisons of every two heads (ROC AUC, a − b, unadjusted p)",
+        "",
+        md_row(["a", "b", "Δ per-fold [95% CI]", "p (corrected t)", "Δ pooled [95% CI]", "p", "pooled test"]),
+        md_row(["---"] * 2 + ["---:"] * 4 + ["---"]),
+    ]
+    for r in pairs:
+        t, b = r["per_fold"], r["pooled"]
+        lines.append(
+            md_row(
+                [
+                    tag(data, r["a"]),
+                    tag(data, r["b"]),
+                    f"{signed(t['diff'])} [{signed(t['lo'])}, {signed(t['hi'])}]",
+                    pval(t.get("p")),
+                    f"{signed(b['diff'])} [{signed(b['lo'])}, {signed(b['hi'])}]",
+                    pval(b.get("p")),
+                    b["method"],
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def _calibration_section(data: dict[str, Any]) -> str:
+    heads = {h: i["calibration"] for h, i in data["heads"].items() if i.get("calibration")}
+    if not heads:
+        return ""
+    first = next(iter(heads.values()))
+    how = first.get("calibrated")
+    lines = [
+        "## Calibration",
+        "",
+        "Brier score and expected calibration error (ECE, "
+        f"{first.get('n_bins', 10)} equal-width bins) of the pooled out-of-fold P({data['positive']}), per repeat "
+        "and averaged; the reliability diagrams pool every repeat's rows. "
+        + (f"Probabilities were calibrated post hoc ({how}), fitted inside each training fold only."
+           if how else "No post-hoc calibration (`fit --calibrate sigmoid|isotonic` adds it)."),
+        "",
+        md_row(["head", "weights", "Brier", "ECE"]),
+        md_row(["---", "---", "---:", "---:"]),
+    ]
+    for head, c in heads.items():
+        lines.append(md_row([f"`{head}`", flags_text(data["heads"][head]), num(c["brier"]), num(c["ece"])]))
+    plots = data.get("plots", {})
+    for head in heads:
+        if f"reliability_{head}" in plots:
+            lines += ["", f"![{head} reliability diagram]({plots[f'reliability_{head}']})"]
+    return "\n".join(lines)
+
+
+def _operating_section(data: dict[str, Any]) -> str:
+    heads = {h: i["operating_point"] for h, i in data["heads"].items() if i.get("operating_point")}
+    if not heads:
+        return (
+            "## Decision threshold\n\nHard predictions are the argmax (the more probable class, "
+            f"P({data['positive']}) ≥ 0.5); no operating point was set (`fit --operating-point sens=0.95`)."
+        )
+    target = next(iter(heads.values()))["target"]
+    what = ", ".join(f"{'sensitivity' if k == 'sens' else 'specificity'} ≥ {v}" for k, v in target.items())
+    lines = [
+        "## Operating point",
+        "",
+        f"Target {what}: in each fold, the threshold on P({data['positive']}) was chosen on the training fold's "
+        "inner out-of-fold predictions (never the test fold); the test fold was then scored at it. Per-fold "
+        "mean ± sd.",
+        "",
+        md_row(["head", "threshold", "inner sensitivity", "inner specificity", "test sensitivity",
+                "test specificity"]),
+        md_row(["---"] + ["---:"] * 5),
+    ]
+    for head, o in heads.items():
+        cells = [pm(o[k]["mean"], o[k]["sd"]) for k in ("threshold", "inner_sensitivity", "inner_specificity",
+                                                         "test_sensitivity", "test_specificity")]
+        lines.append(md_row([tag(data, head), *cells]))
+    return "\n".join(lines)
+
+
+def _subjects_section(data: dict[str, Any]) -> str:
+    sub = data.get("subjects")
+    if not sub:
+        return ""
+    if sub.get("skipped"):
+        return f"## SUBJECT-LEVEL diagnosis\n\nNot computed: {sub['skipped']}."
+    n = len(sub.get("subject", []))
+    how = sub.get("aggregate", "mean")
+    rule = {"mean": "mean of its cells' probabilities", "median": "median of its cells' probabilities",
+            "fraction": "fraction of its cells with P ≥ 0.5"}.get(how, how)
+    lines = [
+        "## SUBJECT-LEVEL diagnosis (one row per subject, not per cell)",
+        "",
+        f"Each of the {n} subjects is scored by the {rule} (`--subject-aggregate {how}`) over its out-of-fold "
+        f"cells and called {data['positive']} at score ≥ 0.5. Metrics are computed on subjects, per repeat, "
+        "then averaged; the 95% interval is a bootstrap over subjects. Scores per subject: `subjects.csv`."
+        + (f" {sub['n_unassigned']} cells without a subject id were left out." if sub.get("n_unassigned") else ""),
         "",
         md_row(["head", *[LABELS[m] for m in METRICS]]),
         md_row(["---"] + ["---:"] * len(METRICS)),
     ]
-    for head, info in data["heads"].items():
-        s = info["summary"]
-        lines.append(md_row([f"`{head}`", *[_ci(s[m], m) for m in METRICS]]))
+    for head, h in sub["heads"].items():
+        cells = [
+            f"{num(h['metrics'][m]['mean'])} "
+            f"{interval(h['metrics'][m]['bootstrap'].get('lo'), h['metrics'][m]['bootstrap'].get('hi'), m)}"
+            for m in METRICS
+        ]
+        lines.append(md_row([tag(data, head), *cells]))
+    plots = data.get("plots", {})
+    for head in sub["heads"]:
+        for kind, title in (("subject_roc", "subject-level ROC"), ("subject_confusion", "subject-level confusion")):
+            if f"{kind}_{head}" in plots:
+                lines += ["", f"![{head} {title}]({plots[f'{kind}_{head}']})"]
+    return "\n".join(lines)
+
+
+def _params_section(data: dict[str, Any]) -> str:
+    heads = {h: i.get("params") for h, i in data["heads"].items() if i.get("params")}
+    if not heads:
+        return ""
+    lines = [
+        "## Head hyper-parameters",
+        "",
+        "As fitted (`estimator.get_params()`; seeds are the run seed + repeat). Set them with "
+        "`fit --head-param HEAD.NAME=VALUE` or `--head-params FILE.toml`.",
+        "",
+        md_row(["head", "parameters"]),
+        md_row(["---", "---"]),
+    ]
+    for head, params in heads.items():
+        lines.append(md_row([tag(data, head), ", ".join(f"{k}={v}" for k, v in params.items())]))
     return "\n".join(lines)
 
 
@@ -153,7 +404,7 @@ def _timing_section(data: dict[str, Any]) -> str:
     for head, info in data["heads"].items():
         s = info["summary"]
         times = [pm(s[t]["mean"], s[t]["std"], digits=3) for t in TIMINGS]
-        lines.append(md_row([f"`{head}`", info.get("inputs", ""), " + ".join(info.get("backbones", [])), *times]))
+        lines.append(md_row([tag(data, head), info.get("inputs", ""), " + ".join(info.get("backbones", [])), *times]))
     return "\n".join(lines)
 
 
@@ -244,7 +495,7 @@ def _fusion_section(data: dict[str, Any]) -> str:
         names = list(next(iter(by_class.values())).keys())
         lines += [md_row(["head", "true class", *names]), md_row(["---"] * 2 + ["---:"] * len(names))]
         for cls, weights in by_class.items():
-            lines.append(md_row([f"`{head}`", cls, *[f"{weights[n]:.3f}" for n in names]]))
+            lines.append(md_row([tag(data, head), cls, *[f"{weights[n]:.3f}" for n in names]]))
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -280,11 +531,32 @@ def pm(mean: float | None, std: float | None, digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _ci(stat: dict[str, Any], metric: str) -> str:
-    low, high = stat.get("ci95_low"), stat.get("ci95_high")
-    if low is None or high is None or math.isnan(low) or math.isnan(high):
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def num(x: Any, digits: int = 4) -> str:
+    """A number, or n/a."""
+    return "n/a" if _missing(x) else f"{x:.{digits}f}"
+
+
+def signed(x: Any, digits: int = 4) -> str:
+    """A difference with its sign, or n/a."""
+    return "n/a" if _missing(x) else f"{x:+.{digits}f}"
+
+
+def pval(p: Any) -> str:
+    """A p-value: 3 significant digits, or n/a."""
+    if _missing(p):
+        return "n/a"
+    return f"{p:.3g}" if p >= 1e-4 else "< 0.0001"
+
+
+def interval(low: Any, high: Any, metric: str) -> str:
+    """``[low, high]`` clipped to the metric's range (MCC: [-1, 1], others [0, 1]), or n/a."""
+    if _missing(low) or _missing(high):
         return "n/a"
     floor = -1.0 if metric == "mcc" else 0.0
-    return f"{stat['mean']:.4f} [{max(low, floor):.4f}, {min(high, 1.0):.4f}]"
+    return f"[{max(low, floor):.4f}, {min(high, 1.0):.4f}]"
 
 

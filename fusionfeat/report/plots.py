@@ -24,9 +24,52 @@ def write_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
         _save(_confusion_figure(head, info, data), out / f"confusion_{slug}.png", plots, f"confusion_{head}")
         if any(f.get("history") for f in info["folds"]):
             _save(_history_figure(head, info), out / f"history_{slug}.png", plots, f"history_{head}")
+        if info.get("calibration"):
+            _save(_reliability_figure(head, info, data), out / f"reliability_{slug}.png", plots, f"reliability_{head}")
     if len(data["heads"]) > 1:
         _save(_roc_all_figure(data), out / "roc_all.png", plots, "roc_all")
+    for head, sub in ((data.get("subjects") or {}).get("heads") or {}).items():
+        slug = _slug(head)
+        if sub.get("roc"):
+            _save(_subject_roc_figure(head, sub), out / f"subject_roc_{slug}.png", plots, f"subject_roc_{head}")
+        counts = {"confusion_total": sub["confusion_total"]}
+        fig = _confusion_figure(f"{head} SUBJECT-LEVEL", counts, data, "subjects")
+        _save(fig, out / f"subject_confusion_{slug}.png", plots, f"subject_confusion_{head}")
     return plots
+
+
+def _reliability_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure:
+    cal = info["calibration"]
+    curve = cal["reliability"]
+    fig = Figure(figsize=(4.5, 5.2))
+    ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfectly calibrated")
+    ax.plot(curve["prob_pred"], curve["prob_true"], marker="o", lw=1.5,
+            label=f"Brier {pm(cal['brier'], None, 3)}, ECE {pm(cal['ece'], None, 3)}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_ylabel(f"observed fraction {data['positive']}")
+    ax.set_title(f"{head}: reliability (pooled OOF, {cal['n_bins']} bins)", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    n_bins = cal["n_bins"]
+    bins = np.clip(np.ceil(np.asarray(curve["prob_pred"]) * n_bins) - 1, 0, n_bins - 1)  # bin i: (i/n, (i+1)/n]
+    hist.bar((bins + 0.5) / n_bins, curve["count"], width=0.9 / n_bins, color="C0", alpha=0.6)
+    hist.set_xlabel(f"mean predicted P({data['positive']})")
+    hist.set_ylabel("images")
+    return fig
+
+
+def _subject_roc_figure(head: str, sub: dict[str, Any]) -> Figure:
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    auc = sub["metrics"]["roc_auc"]
+    for r, roc in enumerate(sub["roc"]):
+        ax.plot(roc["fpr"], roc["tpr"], lw=1.2, alpha=0.7, marker="o", ms=3, clip_on=False,
+                label=f"repeat {r} (AUC {auc['per_repeat'][r]:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+    _roc_axes(ax, f"{head}: SUBJECT-LEVEL ROC")
+    ax.legend(loc="lower right", fontsize=7)
+    return fig
 
 
 def _save(fig: Figure, path: Path, plots: dict[str, str], key: str) -> None:
@@ -100,7 +143,7 @@ def _roc_all_figure(data: dict[str, Any]) -> Figure:
     return fig
 
 
-def _confusion_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure:
+def _confusion_figure(head: str, info: dict[str, Any], data: dict[str, Any], unit: str = "folds") -> Figure:
     repeats = max(1, int(data["protocol"].get("repeats", 1)))
     counts = np.asarray(info["confusion_total"], dtype=float) / repeats
     positive = data["positive"]
@@ -123,7 +166,8 @@ def _confusion_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> 
     ax.set_yticks([0, 1], [negative, positive])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    per = "summed over folds" + (f", mean of {repeats} repeats" if repeats > 1 else "")
+    per = ("summed over folds" if unit == "folds" else "subjects") + (
+        f", mean of {repeats} repeats" if repeats > 1 else "")
     ax.set_title(f"{head}: confusion ({per})", fontsize=9)
     return fig
 
