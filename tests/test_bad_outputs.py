@@ -409,7 +409,7 @@ def test_disk_full_is_one_line_and_keeps_the_old_output(base, tmp_path, monkeypa
         "predict": ("predict", tmp_path / "bundle", tmp_path / "cells", "-o", tmp_path / "p.csv", "--overwrite",
                     "--quiet", "--device", "cpu"),
     }[command]
-    target = {"fit": "fusionfeat.report.write_predictions", "train": "fusionfeat.bundle.write_bundle_files",
+    target = {"fit": "fusionfeat.report.run.write_predictions", "train": "fusionfeat.bundle.write_bundle_files",
               "predict": "fusionfeat.predict.csv.writer"}[command]
     monkeypatch.setattr(target, full)
     before = snapshot(tmp_path)
