@@ -111,6 +111,17 @@ def _check_class_weight(class_weight: Any) -> None:
         )
 
 
+def _weighted_fit_data(estimator: Any, X: Any, y: Any, dtype: tuple) -> tuple[np.ndarray, np.ndarray, Any]:
+    """A classical head's ``fit`` inputs: validated ``X`` and ``y`` (their classes set as ``estimator.classes_``)
+    and the per-row weights of its ``class_weight`` (None without one)."""
+    _check_class_weight(estimator.class_weight)
+    X, y = validate_data(estimator, X, y, dtype=dtype)
+    check_classification_targets(y)
+    estimator.classes_ = np.unique(y)
+    weights = None if estimator.class_weight is None else compute_sample_weight(estimator.class_weight, y)
+    return X, y, weights
+
+
 def _is_attention(estimator: TorchHeadClassifier) -> bool:
     if not estimator.architecture.startswith("attention"):
         raise AttributeError(f"fusion_weights needs an attention architecture; this head is {estimator.architecture!r}")
@@ -448,13 +459,10 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         """Fit the trees; returns ``self``."""
         from xgboost import XGBClassifier
 
-        _check_class_weight(self.class_weight)
-        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64))
-        check_classification_targets(y)
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        X, y, weights = _weighted_fit_data(self, X, y, (np.float32, np.float64))
+        y_enc = np.unique(y, return_inverse=True)[1]
         if len(self.classes_) < 2:
             raise ValueError(f"training needs at least 2 classes; y has one class ({self.classes_[0]!r})")
-        weights = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.model_ = XGBClassifier(
             n_estimators=self.n_estimators,
@@ -508,11 +516,7 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> WeightedPlattSVC:
         """Fit SVC and sigmoid with the class weights as sample weights; returns ``self``."""
-        _check_class_weight(self.class_weight)
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        weights = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
+        X, y, weights = _weighted_fit_data(self, X, y, (np.float64, np.float32))
         svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.random_state)
         calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=self.cv, ensemble=False)
         self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)
