@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -60,6 +62,27 @@ def machine_info() -> dict:
     }
 
 
+def utc_now() -> str:
+    """The current UTC time to the second (ISO 8601), for a report's date."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_report(report: dict, path: Path | None) -> dict:
+    """Write ``report`` as indented JSON to ``path`` (when given, parents created) and say so; returns it."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+    return report
+
+
+def benchmark_parser(doc: str, data_help: str) -> argparse.ArgumentParser:
+    """A script's argument parser, described by the first paragraph of its ``doc``, with its ``--data`` option."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=data_help)
+    return parser
+
+
 def cpu_flags() -> list[str]:
     """Which of the flags that decide CPU GEMM speed (:data:`CPU_FLAGS`) /proc/cpuinfo lists."""
     try:
@@ -74,7 +97,7 @@ def run_header(script: str, argv: Sequence[str] | None = None) -> dict:
     """Print and return what every benchmark states first: command, date, machine, CPU flags, load average."""
     argv = sys.argv[1:] if argv is None else argv
     info = {"command": " ".join(["python", script, *map(shlex.quote, argv)]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": utc_now(),
             "machine": machine_info(), "load_average_start": list(os.getloadavg())}
     m = info["machine"]
     print(f"command: {info['command']}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import statistics
@@ -35,7 +34,7 @@ import torch
 import torchvision
 
 # benchmarks/common.py: the script folder is on sys.path
-from common import DEFAULT_DATA, flops_per_image, run_header, run_trunks, subset_manifest
+from common import benchmark_parser, flops_per_image, run_header, run_trunks, subset_manifest, write_report
 
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
@@ -49,9 +48,7 @@ INPUT_SIZE = 224
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="image folder (default: <repo>/../shared/data/ALL_IDB2)")
+    parser = benchmark_parser(__doc__, "image folder (default: <repo>/../shared/data/ALL_IDB2)")
     parser.add_argument("--n", type=int, default=64, help="images to use (evenly spaced over the dataset)")
     parser.add_argument("--naive-n", type=int, default=None, help="images for the naive loop (default: --n)")
     parser.add_argument("--backbones", default="resnet18,vgg16")
@@ -444,11 +441,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gemm_size": args.gemm_size, "compile_s": compile_info,
         "summary": summary, "ratios": ratios, "load_average": [load_before[0], load_after[0]],
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shlex
@@ -45,7 +44,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_DATA, machine_info, subset_manifest  # benchmarks/common.py: the script folder is on sys.path
+from common import (  # benchmarks/common.py: the script folder is on sys.path
+    benchmark_parser,
+    machine_info,
+    subset_manifest,
+    utc_now,
+    write_report,
+)
 
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM
@@ -63,9 +68,8 @@ WRITE_ROWS = 256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="image folder for the timed extraction (default: <repo>/../shared/data/ALL_IDB2)")
+    parser = benchmark_parser(
+        __doc__, "image folder for the timed extraction (default: <repo>/../shared/data/ALL_IDB2)")
     parser.add_argument("--n-real", type=int, default=48, help="real images extracted and timed (evenly spaced)")
     parser.add_argument("--store", type=Path, default=None,
                         help="resample this existing 224-px store (both backbones, tokens) instead of the "
@@ -376,7 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     costs = paper_costs(heads, extraction, args.n, args.folds, min_epochs)
     report = {
         "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "machine": machine, "threads_source": threads_source,
         "load_avg": [load_start, os.getloadavg()[0]],
         "n": args.n, "folds": args.folds, "protocol": "stratified", "seed": args.seed,
@@ -384,11 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         "heads": heads, "costs": costs,
     }
     print_report(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-    return report
+    return write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -40,11 +40,11 @@ from common import DEFAULT_DATA, REPO, flops_per_image, run_header, run_trunks
 
 import fusionfeat.extract as engine
 from fusionfeat.backbones import RANDOM, load_backbone
-from fusionfeat.chunks import ChunkEncoder
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import Manifest, Sample, build_manifest
 from fusionfeat.runtime import resolve_device, resolve_precision
 from fusionfeat.store import PartialStore, partial_dir
+from fusionfeat.store.chunks import ChunkEncoder
 
 FARM = REPO / ".devdata" / "gpu-farm"
 

@@ -35,11 +35,11 @@ import numpy as np
 from common import REPO, measured, run_header
 
 from fusionfeat.backbones import RANDOM, load_backbone
-from fusionfeat.chunks import encode_chunk, write_chunks
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.synthetic import generate_class_folders
 from fusionfeat.extract import software_versions
 from fusionfeat.store import STR_DTYPE, create_feature_datasets, create_store_file, finish_store, now_iso
+from fusionfeat.store.chunks import encode_chunk, write_chunks
 
 CNMC_MANIFEST = REPO.parent / "shared" / "data" / "C-NMC_2019_manifest" / "cnmc_file_manifest.csv"
 BACKBONES = ("resnet18", "vgg16")

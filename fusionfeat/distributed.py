@@ -1,4 +1,5 @@
-"""torch.distributed plumbing for ``torchrun … -m fusionfeat``: process group, rank context, split extraction.
+"""torch.distributed plumbing for ``torchrun … -m fusionfeat``: the process group and the rank context that
+``fusionfeat.extract`` and ``fusionfeat.finetune`` split their work with.
 
 Every rank runs the same program; rank 0 alone decides (reads and checks the store, writes files) and the
 others follow what it broadcasts, so a bad option fails on every rank with the same one-line message instead
@@ -12,19 +13,14 @@ import contextlib
 import datetime as _dt
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from fusionfeat.backbones import load_backbone
-from fusionfeat.data.manifest import Manifest
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.extract import ExtractConfig, ExtractResult, _settings, assemble, extract
-from fusionfeat.runtime import resolve_device, resolve_precision
-from fusionfeat.store import PartialStore, partial_dir, store_lock
+from fusionfeat.runtime import resolve_device
 
 T = TypeVar("T")
 TIMEOUT = _dt.timedelta(minutes=60)  # a rank may wait this long for rank 0 to train or assemble
@@ -102,7 +98,9 @@ SINGLE = DistContext()
 
 
 def env_world() -> tuple[int, int]:
-    """``(RANK, WORLD_SIZE)`` as torchrun sets them; ``(0, 1)`` outside torchrun."""
+    """``(rank, world size)``: an initialised process group's, else as torchrun sets them; ``(0, 1)`` outside."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
@@ -114,13 +112,13 @@ def process_group(device: str = "auto") -> Iterator[DistContext]:
         yield SINGLE
         return
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    use_cuda = resolve_device(device).type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    backend = "nccl" if use_cuda else "gloo"
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        use_cuda = resolve_device(device).type == "cuda"
+        if use_cuda:
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+    backend = dist.get_backend()
     _share_cpu_threads()
     try:
         yield DistContext(rank, world, local_rank, backend)
@@ -135,44 +133,3 @@ def _share_cpu_threads() -> None:
         return
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-
-
-def extract_distributed(manifest: Manifest, output: str | os.PathLike, config: ExtractConfig,
-                        rank: int, world: int) -> ExtractResult | None:
-    """Extraction split over ``world`` torchrun processes; the store equals a single-process run's.
-
-    Rank 0 takes the store lock and prepares the shared ``<store>.partial/`` folder; every rank computes
-    the batches ``b % world == rank``; rank 0 assembles the store. Returns the result on rank 0, None on
-    the others. The partial folder must be on a file system every rank sees (one node, or a shared disk).
-    """
-    out = Path(output).expanduser()
-    with process_group(config.device) as ctx, contextlib.ExitStack() as stack:
-        if (ctx.rank, ctx.world) != (rank, world):
-            raise FusionfeatError(f"rank {rank}/{world} does not match the process group's {ctx.rank}/{ctx.world}")
-        prepared: dict = {}
-        ctx.run_on_main(lambda: prepared.update(_prepare_extract(manifest, out, config, ctx, stack)))
-        ctx.barrier()
-        mine = extract(manifest, out, replace(config, progress=config.progress and ctx.is_main), rank, world)
-        computed = int(ctx.all_sum([float(mine.n_computed)])[0])
-        result = None
-        if ctx.is_main:
-            if mine.already_complete:
-                result = mine
-            else:
-                skipped = assemble(manifest, out, config, partial=PartialStore(partial_dir(out)), **prepared)
-                result = ExtractResult(out, len(manifest), skipped, computed, seconds=mine.seconds)
-        ctx.barrier()
-        return result
-
-
-def _prepare_extract(manifest: Manifest, out: Path, config: ExtractConfig, ctx: DistContext,
-                     stack: contextlib.ExitStack) -> dict:
-    """Rank 0: lock the store and create (or check) the partial folder's settings before any rank writes."""
-    stack.enter_context(store_lock(out))
-    device = ctx.device(config.device)
-    precision = resolve_precision(config.precision, device)
-    models = [load_backbone(name, config.weights[name], config.seed) for name in config.backbones]
-    settings = _settings(manifest, config, models, device, precision)
-    if not (out.exists() and not config.overwrite):  # else every rank finds it complete (or refuses) in extract()
-        PartialStore.open(out, settings, overwrite=config.overwrite)
-    return {"models": models, "device": device, "precision": precision, "settings": settings}

@@ -29,11 +29,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
-from tqdm.auto import tqdm
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.heads import AttentionFusion, Blocks, ConcatFusion, as_blocks
 from fusionfeat.protocols import inner_split
+from fusionfeat.runtime import autocast, head_precision, progress, resolve_device
 
 ARCHITECTURES = ("mlp", "attention-spatial", "attention-pooled")
 STATS_ROWS = 256  # rows per chunk when computing input statistics and predicting
@@ -111,13 +111,15 @@ def _check_class_weight(class_weight: Any) -> None:
         )
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise FusionfeatError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
+def _weighted_fit_data(estimator: Any, X: Any, y: Any, dtype: tuple) -> tuple[np.ndarray, np.ndarray, Any]:
+    """A classical head's ``fit`` inputs: validated ``X`` and ``y`` (their classes set as ``estimator.classes_``)
+    and the per-row weights of its ``class_weight`` (None without one)."""
+    _check_class_weight(estimator.class_weight)
+    X, y = validate_data(estimator, X, y, dtype=dtype)
+    check_classification_targets(y)
+    estimator.classes_ = np.unique(y)
+    weights = None if estimator.class_weight is None else compute_sample_weight(estimator.class_weight, y)
+    return X, y, weights
 
 
 def _is_attention(estimator: TorchHeadClassifier) -> bool:
@@ -227,7 +229,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         if len(classes) < 2:
             raise ValueError(f"training needs at least 2 classes; y has one class ({classes[0]!r})")
         blocks = check_blocks(self.blocks, X.shape[1])
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
         train_idx, val_idx = self._split(y_enc, groups, rng)
@@ -268,21 +270,19 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
     ) -> tuple[list[dict], int]:
         """The epoch loop; leaves the best epoch's weights in ``module``."""
         device = next(module.parameters()).device
-        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision = head_precision(device)
         optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         y_t = torch.as_tensor(y, device=device)
         history: list[dict] = []
         best_loss, best_epoch, best_state, waited = math.inf, 0, None, 0
-        epochs = tqdm(
-            range(1, int(self.max_epochs) + 1), disable=not self.progress, desc=self.architecture, leave=False
-        )
-        for epoch in epochs:
+        bar = progress(int(self.max_epochs), bool(self.progress), self.architecture, unit="epoch", leave=False)
+        for epoch in range(1, int(self.max_epochs) + 1):
             module.train()
             order = rng.permutation(train_idx)
             loss_sum = correct = 0.0
             for start in range(0, len(order), int(self.batch_size)):
                 idx = np.sort(order[start : start + int(self.batch_size)])
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with autocast(device, precision):
                     logits = module(_batch(X, idx, device))
                 loss = nn.functional.cross_entropy(logits.float(), y_t[idx], weight=weight)
                 optimizer.zero_grad(set_to_none=True)
@@ -298,11 +298,12 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
                 "val_acc": None,
             }
             if len(val_idx):
-                logits = _logits(module, X, val_idx, amp)
+                logits = _logits(module, X, val_idx, precision)
                 row["val_loss"] = nn.functional.cross_entropy(logits, y_t[val_idx], weight=weight).item()
                 row["val_acc"] = (logits.argmax(1) == y_t[val_idx]).float().mean().item()
             history.append(row)
-            epochs.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
             if not len(val_idx):
                 best_epoch = epoch
                 continue
@@ -313,6 +314,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
                 waited += 1
                 if waited >= int(self.patience):
                     break
+        bar.close()
         if best_state is not None:
             module.load_state_dict(best_state)
         return history, best_epoch
@@ -321,8 +323,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype="numeric", ensure_all_finite=False, reset=False)
         device = next(self.module_.parameters()).device
-        amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return _logits(self.module_, X, np.arange(X.shape[0]), amp).cpu().double()
+        return _logits(self.module_, X, np.arange(X.shape[0]), head_precision(device)).cpu().double()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Log-odds of ``classes_[1]`` (N,) for two classes; class logits (N, K) otherwise."""
@@ -398,7 +399,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
             est.architecture, blocks, len(classes), est.hidden, est.dropout, est.attn_dim, est.attn_heads
         )
         module.load_state_dict(state_dict)
-        est.module_ = module.to(_resolve_device(device)).eval()
+        est.module_ = module.to(resolve_device(device)).eval()
         est.classes_ = classes
         est.blocks_ = blocks
         est.n_features_in_ = int(config["n_features_in"])
@@ -415,13 +416,13 @@ def _batch(X: np.ndarray, idx: np.ndarray, device: torch.device, check: bool = F
     return torch.from_numpy(batch).to(device, non_blocking=True)
 
 
-def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, amp: bool) -> torch.Tensor:
+def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, precision: str) -> torch.Tensor:
     """Eval-mode float32 logits for rows ``idx``, in chunks; restores the module's train/eval mode."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
     out = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(idx), STATS_ROWS):
             out.append(module(_batch(X, idx[start : start + STATS_ROWS], device, check=True)).float())
     module.train(was_training)
@@ -458,13 +459,10 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
         """Fit the trees; returns ``self``."""
         from xgboost import XGBClassifier
 
-        _check_class_weight(self.class_weight)
-        X, y = validate_data(self, X, y, dtype=(np.float32, np.float64))
-        check_classification_targets(y)
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        X, y, weights = _weighted_fit_data(self, X, y, (np.float32, np.float64))
+        y_enc = np.unique(y, return_inverse=True)[1]
         if len(self.classes_) < 2:
             raise ValueError(f"training needs at least 2 classes; y has one class ({self.classes_[0]!r})")
-        weights = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.model_ = XGBClassifier(
             n_estimators=self.n_estimators,
@@ -518,11 +516,7 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> WeightedPlattSVC:
         """Fit SVC and sigmoid with the class weights as sample weights; returns ``self``."""
-        _check_class_weight(self.class_weight)
-        X, y = validate_data(self, X, y, dtype=(np.float64, np.float32))
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
-        weights = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
+        X, y, weights = _weighted_fit_data(self, X, y, (np.float64, np.float32))
         svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.random_state)
         calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=self.cv, ensemble=False)
         self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)

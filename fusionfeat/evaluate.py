@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import clone
-from tqdm.auto import tqdm
 
 from fusionfeat import metrics as fm
+from fusionfeat import runtime
 from fusionfeat.calibration import (
     METHODS,
     CalibratedHead,
@@ -39,6 +39,7 @@ from fusionfeat.protocols import (
 )
 from fusionfeat.runtime import head_threads
 from fusionfeat.stats import AGGREGATIONS
+from fusionfeat.store import FoldPlan
 from fusionfeat.zoo import HeadSpec, resolve_heads
 
 FEATURES: tuple[str, ...] = ("frozen", "finetuned")
@@ -181,7 +182,7 @@ def cross_validate(
         "head_params": {k: dict(v) for k, v in (head_params or {}).items()},
     }
     groups = image_groups(np.asarray(store.groups).astype(str)[plan.rows.sample], plan.rows.sample)
-    bar = tqdm(total=len(specs) * len(plan.splits), desc="cross-validation", unit="fit", disable=not progress)
+    bar = runtime.progress(len(specs) * len(plan.splits), progress, "cross-validation", unit="fit")
     try:
         for spec in specs:
             _run_head(
@@ -212,14 +213,14 @@ def _plan_for_store(
     repeats: int,
     balance: str,
     features: str,
-) -> tuple[SplitPlan, dict[str, Any] | None]:
+) -> tuple[SplitPlan, FoldPlan | None]:
     ok = np.asarray(store.ok, dtype=bool)
     if not ok.any():
         raise FusionfeatError(f"{getattr(store, 'path', 'the feature store')} has no usable images (all skipped)")
     fixed = _finetuned_plan(store, protocol, folds, seed, repeats) if features == "finetuned" else None
     defaulted = protocol is None and fixed is None
     if fixed is not None:
-        protocol, folds, seed = fixed["protocol"], fixed["n_folds"], fixed["seed"]
+        protocol, folds, seed = fixed.protocol, fixed.n_folds, fixed.seed
     protocol = protocol or default_protocol(store.groups, ok)
     if protocol == "predefined" and np.all(np.asarray(store.folds)[ok] < 0):
         raise FusionfeatError(
@@ -237,7 +238,7 @@ def _plan_for_store(
         seed=DEFAULT_SEED if seed is None else int(seed),
         repeats=repeats,
         balance=balance,
-        fixed_folds=None if fixed is None else np.where(ok, fixed["fold"], -1),
+        fixed_folds=None if fixed is None else np.where(ok, fixed.fold, -1),
         sha256=getattr(store, "sha256", None),
     )
     plan.protocol["defaulted"] = defaulted
@@ -246,32 +247,27 @@ def _plan_for_store(
 
 def _finetuned_plan(
     store: Any, protocol: str | None, folds: int | None, seed: int | None, repeats: int
-) -> dict[str, Any]:
+) -> FoldPlan:
     """The stored fine-tuning plan; any request that contradicts it would leak, so it is refused."""
     plan = store.fold_plan()
-    if not plan:
+    if plan is None:
         raise FusionfeatError("--features finetuned: this store has no fine-tuned features (run fusionfeat finetune)")
     requested = {"protocol": ("--cv", protocol), "n_folds": ("--folds", folds), "seed": ("--seed", seed)}
     for key, (flag, value) in requested.items():
-        if value is not None and value != plan[key]:
+        if value is not None and value != getattr(plan, key):
             raise FusionfeatError(
-                f"--features finetuned: the backbones were fine-tuned with {flag} {plan[key]}; evaluating "
+                f"--features finetuned: the backbones were fine-tuned with {flag} {getattr(plan, key)}; evaluating "
                 f"with {flag} {value} would test on images a backbone was trained on. Leave {flag} out, "
                 "or fine-tune again with it"
             )
     if repeats != 1:
         raise FusionfeatError("--features finetuned supports --repeats 1 only (one fine-tuning per fold)")
-    fold = np.asarray(plan["fold"], dtype=np.int64)
+    fold = plan.fold
     have = set(int(k) for k in store.finetuned_folds())
     missing = sorted(set(np.unique(fold[fold >= 0]).tolist()) - have)
     if missing:
         raise FusionfeatError(f"--features finetuned: folds {missing} are not fine-tuned yet (run fusionfeat finetune)")
-    return {
-        "protocol": str(plan["protocol"]),
-        "n_folds": int(plan["n_folds"]),
-        "seed": int(plan["seed"]),
-        "fold": fold,
-    }
+    return plan
 
 
 def _empty_result(
@@ -281,12 +277,12 @@ def _empty_result(
     classes: list[str],
     positive: str,
     features: str,
-    fixed: dict[str, Any] | None,
+    fixed: FoldPlan | None,
 ) -> CVResult:
     sample = plan.rows.sample[: plan.n_eval]
     provenance = dict(store.provenance())
     if fixed is not None:
-        provenance["fine_tuning_plan"] = {k: fixed[k] for k in ("protocol", "n_folds", "seed")}
+        provenance["fine_tuning_plan"] = {k: getattr(fixed, k) for k in ("protocol", "n_folds", "seed")}
     protocol = dict(plan.protocol, features=features, positive=positive)
     return CVResult(
         heads=[s.name for s in specs],

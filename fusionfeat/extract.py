@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import fusionfeat
 from fusionfeat.backbones import (
@@ -36,12 +36,13 @@ from fusionfeat.backbones import (
     probe,
     random_backbones,
 )
-from fusionfeat.chunks import ChunkEncoder, write_chunks
 from fusionfeat.data.images import Preprocess, normalize_batch
+from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.data.manifest import Manifest
+from fusionfeat.distributed import process_group
 from fusionfeat.errors import DatasetError, FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import clean_stale
-from fusionfeat.runtime import autocast, describe_device, resolve_device, resolve_precision
+from fusionfeat.runtime import autocast, default_workers, describe_device, progress, resolve_precision
 from fusionfeat.store import (
     STR_DTYPE,
     FeatureStore,
@@ -50,9 +51,11 @@ from fusionfeat.store import (
     create_store_file,
     finish_store,
     now_iso,
+    partial_dir,
     record_checksums,
     store_lock,
 )
+from fusionfeat.store.chunks import ChunkEncoder, write_chunks
 
 ON_ERROR = ("fail", "skip")
 
@@ -98,44 +101,6 @@ class ExtractResult:
     seconds: float = 0.0
 
 
-class _ImageDataset(Dataset):
-    """Decodes images in loader workers; a failure comes back as a record, never as a worker crash."""
-
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess):
-        self.paths = paths
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, row: int):
-        try:
-            tensor, digest = self.preprocess.load(self.paths[row])
-            return row, tensor, digest, ""
-        except ImageDecodeError as exc:
-            return row, None, _sha256_or_empty(self.paths[row]), exc.reason
-
-
-def _sha256_or_empty(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        return ""
-
-
-def _collate(items):
-    rows = np.array([it[0] for it in items], dtype=np.int64)
-    good = [it[1] for it in items if it[1] is not None]
-    images = torch.stack(good) if good else None
-    return rows, images, [it[2] for it in items], [it[3] for it in items]
-
-
-def default_workers(device: torch.device) -> int:
-    cpus = os.cpu_count() or 1
-    return min(8, max(1, cpus - 1)) if device.type == "cuda" else min(4, max(1, cpus - 1))
-
-
 def manifest_fingerprint(manifest: Manifest) -> str:
     digest = hashlib.sha256()
     for s in manifest.samples:
@@ -143,45 +108,57 @@ def manifest_fingerprint(manifest: Manifest) -> str:
     return digest.hexdigest()
 
 
-def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig,
-            rank: int = 0, world_size: int = 1) -> ExtractResult:
+def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -> ExtractResult | None:
     """Extract features of every manifest sample into the store at ``out`` (resuming if interrupted).
 
-    With ``world_size > 1`` (torchrun) each rank computes every ``world_size``-th batch; the caller
-    assembles once all ranks are done (see ``assemble``).
+    Under torchrun (``WORLD_SIZE`` > 1, or an initialised process group) the work is split: rank 0 takes the
+    store lock and prepares ``<store>.partial/``, every rank computes the batches ``b % world == rank``, and
+    rank 0 assembles the store, which equals a single-process run's. Each rank loads (and hashes) every
+    backbone once. Returns the result on rank 0 and None on the other ranks. The partial folder must be on a
+    file system every rank sees (one node, or a shared disk).
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
-    device = resolve_device(config.device)
-    if device.type == "cuda" and world_size > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-    randoms = random_backbones(config.weights)
-    if randoms:
-        warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not ImageNet "
-                      "features", RandomWeightsWarning, stacklevel=2)
-    precision = resolve_precision(config.precision, device)
-    models = [load_backbone(name, config.weights[name]) for name in config.backbones]
-    settings = _settings(manifest, config, models, device, precision)
-
-    lock = store_lock(out) if world_size == 1 else contextlib.nullcontext()
-    with lock:
-        if world_size == 1:
-            clean_stale(out)  # e.g. a `.<store>.<pid>.assemble` of a killed run; we hold the lock
-        if out.exists() and not config.overwrite:
-            _check_finished(out, settings)
-            return ExtractResult(out, len(manifest), 0, 0, already_complete=True)
-        # with world_size > 1 the caller (fusionfeat.distributed) prepares the folder before any rank writes
-        partial = PartialStore.open(out, settings, overwrite=config.overwrite and world_size == 1)
+    with process_group(config.device) as ctx, contextlib.ExitStack() as stack:
+        device = ctx.device(config.device)
+        randoms = random_backbones(config.weights)
+        if randoms and ctx.is_main:
+            warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not "
+                          "ImageNet features", RandomWeightsWarning, stacklevel=2)
+        precision = resolve_precision(config.precision, device)
+        models = [load_backbone(name, config.weights[name]) for name in config.backbones]
+        settings = _settings(manifest, config, models, device, precision)
+        finished = ctx.run_on_main(lambda: _open_run(out, config, settings, stack))
+        if finished:
+            return ExtractResult(out, len(manifest), 0, 0, already_complete=True) if ctx.is_main else None
+        ctx.barrier()
+        partial = PartialStore(partial_dir(out))
         n_batches = math.ceil(len(manifest) / config.batch_size)
         done = partial.done()
-        warn_damaged(partial, world_size, rank)
-        todo = [b for b in range(n_batches) if b % world_size == rank and b not in done]
+        warn_damaged(partial, ctx.world, ctx.rank)
+        todo = [b for b in range(n_batches) if b % ctx.world == ctx.rank and b not in done]
         with disk_errors(out, partial):
-            computed = _run_batches(manifest, config, models, device, precision, partial, todo, rank)
-            if world_size > 1:
-                return ExtractResult(out, len(manifest), 0, computed, seconds=time.perf_counter() - start)
-            skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
-    return ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
+            computed = _run_batches(manifest, config, models, device, precision, partial, todo, ctx.rank)
+        computed = int(ctx.all_sum([float(computed)])[0])
+        result = None
+        if ctx.is_main:
+            with disk_errors(out, partial):
+                skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
+            result = ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
+        ctx.barrier()
+        return result
+
+
+def _open_run(out: Path, config: ExtractConfig, settings: dict, stack: contextlib.ExitStack) -> bool:
+    """Rank 0: lock the store, then either find it finished with these settings (True; other settings are
+    refused) or create / check ``<store>.partial/`` before any rank writes to it (False)."""
+    stack.enter_context(store_lock(out))
+    clean_stale(out)  # e.g. a `.<store>.<pid>.assemble` of a killed run; we hold the lock
+    if out.exists() and not config.overwrite:
+        _check_finished(out, settings)
+        return True
+    PartialStore.open(out, settings, overwrite=config.overwrite)
+    return False
 
 
 def warn_damaged(partial: PartialStore, world_size: int = 1, rank: int = 0) -> None:
@@ -238,7 +215,7 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
     batches = [list(range(b * config.batch_size, min(len(paths), (b + 1) * config.batch_size))) for b in todo]
     total = sum(len(b) for b in batches)
-    bar = _progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
+    bar = progress(total, config.progress and rank == 0, f"extract {','.join(config.backbones)}")
     committer = _Committer(partial)
     try:
         embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
@@ -305,8 +282,8 @@ def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], mode
         m.trunk.to(device, memory_format=torch.channels_last)
     workers = default_workers(device) if workers is None else workers
     loader = DataLoader(
-        _ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
-        collate_fn=_collate, pin_memory=device.type == "cuda", persistent_workers=False,
+        ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
+        collate_fn=collate_images, pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
     mean, std = preprocess.mean_std()
@@ -460,9 +437,3 @@ def software_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1)

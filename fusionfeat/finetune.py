@@ -20,10 +20,10 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
+from fusionfeat import runtime
 from fusionfeat.backbones import (
     IMAGENET,
     WeightsChoice,
@@ -38,12 +38,20 @@ from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
-from fusionfeat.extract import _progress, manifest_fingerprint
-from fusionfeat.fsio import FINETUNE, atomic_write_bytes, marker_name, sha256_file, write_json
+from fusionfeat.extract import manifest_fingerprint
+from fusionfeat.fsio import FINETUNE, marker_name, sha256_file, write_json
 from fusionfeat.image_bank import ImageBank, build_bank, open_bank
 from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, inner_split, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
-from fusionfeat.store import FeatureStore, create_feature_datasets, rewrite, store_lock
+from fusionfeat.store import (
+    FeatureStore,
+    FoldPlan,
+    PartialStore,
+    finetuned_fold_group,
+    rewrite,
+    store_lock,
+    write_finetuned_features,
+)
 from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, trunk_stages
 
 PROTOCOLS = ("grouped", "stratified", "predefined")
@@ -88,7 +96,7 @@ class TaskReport:
 class FinetuneResult:
     store: Path
     work: Path
-    plan: dict
+    plan: FoldPlan
     reports: list[TaskReport]
     seconds: float
 
@@ -120,7 +128,7 @@ class _Job:
     sha256: np.ndarray
     classes: list[str]
     preprocess: Preprocess
-    plan: dict  # protocol, n_folds, seed, fold (N,), sha256
+    plan: FoldPlan
     train: TrainConfig
     provenance: dict[str, dict]  # starting weights per backbone
     tasks: list[_Task]
@@ -171,8 +179,7 @@ def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig,
         if not ctx.is_main:
             return None
         reports.sort(key=lambda r: (r.fold, r.backbone))
-        plan = {k: job.plan[k] for k in ("protocol", "n_folds", "seed")}
-        return FinetuneResult(store, job.work, plan, reports, time.perf_counter() - start)
+        return FinetuneResult(store, job.work, job.plan, reports, time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -190,19 +197,19 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
         preprocess = _store_preprocess(fs, config.input_size, config.backbones)
         plan = _fold_plan(fs, config)
         stored_plan = fs.fold_plan()
+        existing = fs.finetuned_settings()
         info = (fs.labels, fs.groups, fs.ok, fs.sha256, fs.paths, fs.classes)
     labels, groups, ok, sha, rel_paths, classes = info
-    existing = _stored_tasks(store)
-    if stored_plan is not None and not _same_plan(stored_plan, plan):
+    if stored_plan is not None and stored_plan != plan:
         if not config.overwrite:
             raise StoreError(
-                f"{store} holds fine-tuned features made under another fold plan ({_plan_text(stored_plan)}); "
-                f"this run asks for {_plan_text(plan)}. Rerun without --cv/--folds/--seed to continue that plan, "
+                f"{store} holds fine-tuned features made under another fold plan ({stored_plan.describe()}); "
+                f"this run asks for {plan.describe()}. Rerun without --cv/--folds/--seed to continue that plan, "
                 "or add --overwrite to replace every fine-tuned fold"
             )
         existing = {}
-    train_config = replace(config.train, seed=plan["seed"])
-    loaded = {b: load_backbone(b, config.weights[b], plan["seed"]) for b in config.backbones}
+    train_config = replace(config.train, seed=plan.seed)
+    loaded = {b: load_backbone(b, config.weights[b], plan.seed) for b in config.backbones}
     for name, model in loaded.items():  # validate before anything is written
         n_stages = len(trunk_stages(model.trunk, name))
         if config.train.freeze_stages > n_stages:
@@ -210,7 +217,7 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     provenance = {b: m.provenance() for b, m in loaded.items()}
     work = work_dir(store)
     tasks = []
-    for fold in sorted(int(k) for k in np.unique(plan["fold"][plan["fold"] >= 0])):
+    for fold in sorted(int(k) for k in np.unique(plan.fold[plan.fold >= 0])):
         for backbone in config.backbones:
             settings = _task_settings(manifest_fingerprint(manifest), plan, fold, backbone, provenance[backbone],
                                       train_config, preprocess, config.tokens)
@@ -247,14 +254,6 @@ def _claim_work_folder(work: Path) -> None:
         raise StoreError(f"cannot create the fine-tuning work folder {work}: {exc.strerror or exc}") from None
 
 
-def _stored_tasks(store: Path) -> dict[tuple[int, str], str]:
-    """(fold, backbone) → settings SHA-256 of the fine-tuned features already in the store."""
-    with h5py.File(store, "r") as h5:
-        folds = h5.get("finetuned", {})
-        return {(int(k.removeprefix("fold_")), b): str(folds[k][b].attrs.get("settings_sha256", ""))
-                for k in folds for b in folds[k]}
-
-
 def _check_manifest(manifest: Manifest, fs: FeatureStore) -> None:
     """DATA must list the store's samples, in the store's order, with the same labels."""
     settings = fs.root_attrs().get("settings", {})
@@ -285,7 +284,7 @@ def _store_preprocess(fs: FeatureStore, input_size: int | None, backbones: list[
     return preprocess
 
 
-def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> dict:
+def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> FoldPlan:
     """The fold plan ``fit`` will use: the stored one when no plan option is given, else a new one."""
     stored = fs.fold_plan()
     if config.protocol == "paper":
@@ -296,40 +295,22 @@ def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> dict:
     if config.protocol is not None and config.protocol not in PROTOCOLS:
         raise FusionfeatError(f"--cv {config.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if stored is not None and config.protocol is None and config.n_folds is None and config.seed is None:
-        plan = {"protocol": str(stored["protocol"]), "n_folds": int(stored["n_folds"]), "seed": int(stored["seed"]),
-                "fold": np.asarray(stored["fold"], dtype=np.int64)}
-        return {**plan, "sha256": _plan_sha(plan)}
+        return stored
     protocol = config.protocol or default_protocol(fs.groups, fs.ok)
     n_folds = DEFAULT_FOLDS if config.n_folds is None else int(config.n_folds)
     seed = DEFAULT_SEED if config.seed is None else int(config.seed)
     fold = plan_folds(fs.labels, fs.groups, fs.folds, protocol, n_folds, seed, mask=fs.ok)
     if protocol == "predefined":
         n_folds = int(len(np.unique(fold[fold >= 0])))
-    plan = {"protocol": protocol, "n_folds": n_folds, "seed": seed, "fold": fold}
-    plan["sha256"] = _plan_sha(plan)
-    return plan
+    return FoldPlan(protocol, n_folds, seed, fold)
 
 
-def _plan_sha(plan: dict) -> str:
-    return _sha({"protocol": plan["protocol"], "n_folds": int(plan["n_folds"]), "seed": int(plan["seed"]),
-                 "fold": np.asarray(plan["fold"]).tolist()})
-
-
-def _same_plan(a: dict, b: dict) -> bool:
-    return (str(a["protocol"]), int(a["n_folds"]), int(a["seed"])) == (b["protocol"], b["n_folds"], b["seed"]) \
-        and np.array_equal(np.asarray(a["fold"]), np.asarray(b["fold"]))
-
-
-def _plan_text(plan: dict) -> str:
-    return f"--cv {plan['protocol']} --folds {plan['n_folds']} --seed {plan['seed']}"
-
-
-def _task_settings(fingerprint: str, plan: dict, fold: int, backbone: str, provenance: dict, train: TrainConfig,
+def _task_settings(fingerprint: str, plan: FoldPlan, fold: int, backbone: str, provenance: dict, train: TrainConfig,
                    preprocess: Preprocess, tokens: bool) -> dict:
     """Everything that changes a task's numbers (not the device, precision or number of processes)."""
     return {
         "data": fingerprint,
-        "fold_plan_sha256": plan["sha256"],
+        "fold_plan_sha256": plan.sha256,
         "fold": fold,
         "backbone": backbone,
         "weights": {k: provenance[k] for k in ("weights", "weights_kind", "weights_sha256", "seed")},
@@ -403,10 +384,10 @@ def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, d
               precision: str, ctx: DistContext) -> TaskReport:
     """Train (or resume) one backbone on one fold, then embed every image with its best epoch."""
     folder = _task_folder(job.work, task.fold, task.backbone)
-    test = np.flatnonzero(job.plan["fold"] == task.fold)
-    train_rows = np.flatnonzero((job.plan["fold"] >= 0) & (job.plan["fold"] != task.fold) & job.ok)
+    test = np.flatnonzero(job.plan.fold == task.fold)
+    train_rows = np.flatnonzero((job.plan.fold >= 0) & (job.plan.fold != task.fold) & job.ok)
     fit, val = inner_split(train_rows, job.labels, job.groups, job.train.val_fraction, job.train.seed + task.fold)
-    check_split(np.concatenate([fit, val]), test, job.groups, by_subject=job.plan["protocol"] == "grouped",
+    check_split(np.concatenate([fit, val]), test, job.groups, by_subject=job.plan.protocol == "grouped",
                 sha256=job.sha256)
     ids = {"fold": task.fold, "backbone": task.backbone, "train": job.rel_paths[fit].tolist(),
            "val": job.rel_paths[val].tolist(), "train_sha256": job.sha256[fit].tolist(),
@@ -430,23 +411,25 @@ def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, d
                       outcome.stopped_early, outcome.images_per_s, rate, str(best))
 
 
-def _embed_folder(job: _Job, task: _Task) -> Path:
-    return _task_folder(job.work, task.fold, task.backbone) / f"embed-{task.sha256[:12]}"
+def _embedded(job: _Job, task: _Task) -> PartialStore:
+    """The committed embedding batches of one task (each checked against its checksum sidecar)."""
+    folder = _task_folder(job.work, task.fold, task.backbone) / f"embed-{task.sha256[:12]}"
+    return PartialStore(folder, rerun="fusionfeat finetune")
 
 
 @torch.inference_mode()
 def _embed(job: _Job, task: _Task, trunk: torch.nn.Module, bank: ImageBank, device: torch.device, precision: str,
            ctx: DistContext, config: FinetuneConfig) -> float:
     """Embed every store row with the fine-tuned trunk (this rank's batches), committing one file per batch."""
-    folder = _embed_folder(job, task)
-    folder.mkdir(parents=True, exist_ok=True)
+    batches = _embedded(job, task)
+    batches.folder.mkdir(parents=True, exist_ok=True)
+    done = batches.done()
     layout = memory_format(device)
     trunk.eval().to(device, memory_format=layout)
     n, size = len(job.labels), config.embed_batch_size
-    mine = [b for b in range(math.ceil(n / size)) if b % ctx.world == ctx.rank
-            and not (folder / f"batch_{b:06d}.npz").is_file()]
+    mine = [b for b in range(math.ceil(n / size)) if b % ctx.world == ctx.rank and b not in done]
     mean, std = job.preprocess.mean_std()
-    bar = _progress(sum(min(n, (b + 1) * size) - b * size for b in mine), config.progress and ctx.is_main,
+    bar = runtime.progress(sum(min(n, (b + 1) * size) - b * size for b in mine), config.progress and ctx.is_main,
                     f"embed {task.key}")
     t0, done = time.perf_counter(), 0
     for b in mine:
@@ -462,7 +445,7 @@ def _embed(job: _Job, task: _Task, trunk: torch.nn.Module, bank: ImageBank, devi
         for key in ("pooled", "tokens"):
             if key in arrays:
                 arrays[key][~job.ok[rows]] = 0  # images the store skipped stay zero, as in /features
-        atomic_write_bytes(folder / f"batch_{b:06d}.npz", lambda fh, arrays=arrays: np.savez(fh, **arrays))
+        batches.write(b, arrays)
         done += len(rows)
         bar.update(len(rows))
     bar.close()
@@ -478,60 +461,30 @@ def _write_fold(job: _Job, fold: int, tasks: list[_Task], reports: list[TaskRepo
     """Rank 0: add fold ``fold``'s fine-tuned features (and the fold plan) to the store, crash-safely."""
     by_backbone = {r.backbone: r for r in reports if r.fold == fold and r.status != "stored"}
     with rewrite(job.store) as h5:
-        _write_plan(h5, job.plan)
-        parent = h5.require_group("finetuned").require_group(f"fold_{fold}")
-        parent.attrs["fold"] = fold
-        parent.attrs["fold_plan_sha256"] = job.plan["sha256"]
+        parent = finetuned_fold_group(h5, job.plan, fold)
         for task in tasks:
-            if task.backbone in parent:
-                del parent[task.backbone]
-            _write_task(parent, job, task, by_backbone[task.backbone], device, precision)
+            shape = probe(task.backbone, job.preprocess.input_size)
+            write_finetuned_features(parent, task.backbone, len(job.labels), job.preprocess.n_views, shape.dim,
+                                     shape.n_tokens if task.settings["tokens"] else None,
+                                     _task_attrs(job, task, by_backbone[task.backbone], device, precision),
+                                     _embedded(job, task))
     for task in tasks:
-        shutil.rmtree(_embed_folder(job, task), ignore_errors=True)
+        _embedded(job, task).remove()
 
 
-def _write_plan(h5: h5py.File, plan: dict) -> None:
-    """Store the fold plan; a different stored plan (only reachable with --overwrite) drops every fine-tuned fold."""
-    if "fold_plan" in h5:
-        group = h5["fold_plan"]
-        if group.attrs.get("sha256") == plan["sha256"]:
-            return
-        del h5["fold_plan"]
-        if "finetuned" in h5:
-            del h5["finetuned"]
-    group = h5.create_group("fold_plan")
-    group.create_dataset("fold", data=np.asarray(plan["fold"], dtype=np.int64))
-    for key in ("protocol", "n_folds", "seed", "sha256"):
-        group.attrs[key] = plan[key]
-
-
-def _write_task(parent: h5py.Group, job: _Job, task: _Task, report: TaskReport, device: torch.device,
-                precision: str) -> None:
-    shape = probe(task.backbone, job.preprocess.input_size)
+def _task_attrs(job: _Job, task: _Task, report: TaskReport, device: torch.device, precision: str) -> dict:
+    """The attributes of one task's fine-tuned features: provenance, training and the checkpoint."""
     folder = _task_folder(job.work, task.fold, task.backbone)
     best = folder / "best.pt"
     n_train = len(json.loads((folder / "train_ids.json").read_text())["train"])
-    attrs = {
+    return {
         **job.provenance[task.backbone], **job.preprocess.as_attrs(),
-        "precision": precision, "device": describe_device(device), "token_grid": shape.grid,
+        "precision": precision, "device": describe_device(device),
+        "token_grid": probe(task.backbone, job.preprocess.input_size).grid,
         "pooling": get_backbone(task.backbone).pooling,
-        "finetuned": True, "fold": task.fold, "fold_plan_sha256": job.plan["sha256"],
-        "protocol": job.plan["protocol"], "checkpoint": str(best.resolve()), "checkpoint_sha256": sha256_file(best),
+        "finetuned": True, "fold": task.fold, "fold_plan_sha256": job.plan.sha256,
+        "protocol": job.plan.protocol, "checkpoint": str(best.resolve()), "checkpoint_sha256": sha256_file(best),
         "best_epoch": report.best_epoch, "epochs_run": report.epochs_run, "stopped_early": report.stopped_early,
         "n_train_images": n_train, "train": job.train.as_dict(), "settings_sha256": task.sha256,
         "settings": task.settings, "started_from": job.provenance[task.backbone]["weights"],
     }
-    n, views = len(job.labels), job.preprocess.n_views
-    group = create_feature_datasets(parent, task.backbone, n, views, shape.dim,
-                                    shape.n_tokens if task.settings["tokens"] else None, attrs)
-    embedded = _embed_folder(job, task)
-    covered = np.zeros(n, dtype=bool)
-    for path in sorted(embedded.glob("batch_*.npz")):
-        with np.load(path, allow_pickle=False) as batch:
-            lo, hi = int(batch["rows"][0]), int(batch["rows"][-1]) + 1
-            group["pooled"][lo:hi] = batch["pooled"]
-            if "tokens" in group:
-                group["tokens"][lo:hi] = batch["tokens"]
-            covered[lo:hi] = True
-    if not covered.all():
-        raise StoreError(f"{embedded} lacks the embeddings of {int((~covered).sum())} images; rerun to compute them")

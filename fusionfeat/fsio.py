@@ -106,6 +106,14 @@ def write_json(path: Path, obj: Any) -> None:
 # ----------------------------------------------------------------------------------------------- hashing
 
 
+def require_file(folder: str | os.PathLike, name: str, missing: str) -> Path:
+    """``folder/name`` when that file exists, else a ``FusionfeatError`` saying ``missing``."""
+    path = Path(folder).expanduser() / name
+    if not path.is_file():
+        raise FusionfeatError(missing)
+    return path
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from fusionfeat import runtime
 from fusionfeat.data.images import Preprocess
-from fusionfeat.extract import _collate, _ImageDataset, _progress, default_workers
+from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.fsio import atomic_write_bytes, fsync_dir
 
 GPU_SHARE = 0.25  # copy the bank to the GPU when it takes at most this share of the free GPU memory
@@ -94,10 +95,10 @@ def build_bank(paths: Sequence[str], preprocess: Preprocess, folder: Path, worke
     ok = np.zeros(len(paths), dtype=bool)
     sha256, errors = [""] * len(paths), [""] * len(paths)
     batches = [list(range(lo, min(len(paths), lo + 64))) for lo in range(0, len(paths), 64)]
-    workers = default_workers(device) if workers is None else workers
-    loader = DataLoader(_ImageDataset(list(paths), preprocess), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_collate, prefetch_factor=4 if workers else None)
-    bar = _progress(len(paths), progress, "decode images")
+    workers = runtime.default_workers(device) if workers is None else workers
+    loader = DataLoader(ImageDataset(list(paths), preprocess), batch_sampler=batches, num_workers=workers,
+                        collate_fn=collate_images, prefetch_factor=4 if workers else None)
+    bar = runtime.progress(len(paths), progress, "decode images")
     try:
         for rows, decoded, digests, errs in loader:
             good = np.array([not e for e in errs], dtype=bool)

@@ -35,10 +35,9 @@ def describe_store(path: str | Path) -> str:
             lines.extend(_describe_backbone(store, name))
         fine = store.finetuned_folds()
         if fine:
-            plan = store.fold_plan() or {}
-            lines.append(f"finetuned  folds {', '.join(map(str, fine))} "
-                         f"(plan: {plan.get('protocol', '?')}, {plan.get('n_folds', '?')} folds, "
-                         f"seed {plan.get('seed', '?')})")
+            plan = store.fold_plan()
+            how = "?" if plan is None else f"{plan.protocol}, {plan.n_folds} folds, seed {plan.seed}"
+            lines.append(f"finetuned  folds {', '.join(map(str, fine))} (plan: {how})")
         skipped = [(p, e) for p, e, ok in zip(store.paths, store.errors, store.ok, strict=True) if not ok]
         lines.append(f"skipped    {len(skipped)}")
         lines.extend(f"  {p}: {e}" for p, e in skipped[:50])
@@ -56,10 +55,10 @@ def _describe_backbone(store: FeatureStore, name: str) -> list[str]:
         weights = f"{attrs.get('weights')} sha256 {attrs.get('weights_sha256')}"
     else:
         weights = f"file {attrs.get('weights')} sha256 {attrs.get('weights_sha256')} (a weights file, not ImageNet)"
-    pooled = store._dataset(name, "pooled", None).shape
+    pooled = store.dataset_shape(name, "pooled")
     shapes = f"pooled {'×'.join(map(str, pooled))}"
     if store.has_tokens(name):
-        shapes += f", tokens {'×'.join(map(str, store._dataset(name, 'tokens', None).shape))}"
+        shapes += f", tokens {'×'.join(map(str, store.dataset_shape(name, 'tokens')))}"
     return [
         f"backbone   {name}: {shapes}",
         f"  weights  {weights}",

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionfeat import runtime
 from fusionfeat.backbones import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.bundle import Bundle, trunk_fingerprint
 from fusionfeat.data.images import Preprocess
@@ -120,9 +121,7 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
     counts = {name: 0 for name in bundle.classes}
     counts["error"] = 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(paths), unit="img", desc="predict", disable=not progress)
+    bar = runtime.progress(len(paths), progress, "predict")
     try:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)

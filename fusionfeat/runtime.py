@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -15,9 +16,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` → the first CUDA device if there is one, else the CPU; ``cuda:k`` is checked to exist."""
-    device = (device or "auto").strip().lower()
+    device = (str(device) if device else "auto").strip().lower()
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -64,6 +65,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+def head_precision(device: torch.device) -> str:
+    """The precision of the small torch heads: bf16 autocast on CUDA cards that support it, else fp32 (the CPU
+    keeps fp32, whose numbers the heads were tuned with)."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for a resolved precision (a no-op for fp32)."""
     dtype = _DTYPES[precision]
@@ -72,10 +79,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def default_workers(device: torch.device) -> int:
+    """Image-decoding workers when the user gives none: cores - 1, at most 4 (8 feeding a CUDA device)."""
+    cpus = os.cpu_count() or 1
+    return min(8, max(1, cpus - 1)) if device.type == "cuda" else min(4, max(1, cpus - 1))
+
+
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def progress(total: int, enabled: bool, desc: str, unit: str = "img", leave: bool = True):
+    """The one progress bar of fusionfeat (tqdm; a silent no-op object when not ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1,
+                leave=leave)
 
 
 DEFAULT_HEAD_THREADS = 1

@@ -42,8 +42,16 @@ def f1_from(precision: float, recall: float) -> float:
 # ----------------------------------------------------------------------------------------------- results
 
 
+class _Record:
+    """Results are frozen dataclasses; ``to_dict`` gives their JSON-able fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class Interval:
+class Interval(_Record):
     """A point estimate with a two-sided interval; ``df`` is NaN for bootstrap intervals."""
 
     mean: float
@@ -55,13 +63,9 @@ class Interval:
     n: int
     method: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class PairedTest:
+class PairedTest(_Record):
     """A paired comparison ``a - b``: the difference, its interval, the test statistic and a two-sided p."""
 
     diff: float
@@ -74,13 +78,9 @@ class PairedTest:
     n: int
     method: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class BootstrapResult:
+class BootstrapResult(_Record):
     """A bootstrap interval of a pooled metric (or of a paired difference, with ``p``).
 
     ``unit`` is ``"subject"`` when clusters were resampled, else ``"image"``; ``n_units`` counts them.
@@ -100,13 +100,9 @@ class BootstrapResult:
     n_skipped: int
     p: float = math.nan
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields."""
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class DelongResult:
+class DelongResult(_Record):
     """DeLong's paired comparison of two correlated ROC AUCs (``diff = auc_a - auc_b``)."""
 
     auc_a: float
@@ -120,10 +116,6 @@ class DelongResult:
     level: float
     n_pos: int
     n_neg: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields."""
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------- corrected t

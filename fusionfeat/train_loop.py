@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fusionfeat import runtime
 from fusionfeat.backbones import Stage, embed, get_backbone
 from fusionfeat.distributed import SINGLE, DistContext
 from fusionfeat.errors import FusionfeatError
@@ -292,7 +293,7 @@ def train(task: TrainTask, config: TrainConfig, bank: ImageBank, device: torch.d
         net.train()
         for module in frozen:
             module.eval()
-        bar = _bar(sum(len(b) for b in batches), progress and ctx.is_main, f"{task.name} epoch {epoch + 1}")
+        bar = runtime.progress(sum(len(b) for b in batches), progress and ctx.is_main, f"{task.name} epoch {epoch + 1}")
         t0, sums = time.perf_counter(), np.zeros(4)  # weighted loss, weight, correct, images (this rank)
         for step, batch in enumerate(batches):
             for group in optimizer.param_groups:
@@ -442,9 +443,3 @@ def best_checkpoint(model: FineTuneNet, task: TrainTask, epoch: int) -> dict:
 
 def save_atomic(path: Path, obj: object) -> None:
     atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
-
-
-def _bar(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)

@@ -24,7 +24,6 @@ from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier, make_logreg, make_svm
 
 PAPER_BACKBONES: tuple[str, ...] = ("resnet18", "vgg16")
-FUSION_HEADS: tuple[str, ...] = ("concat", "attention", "svm", "xgboost", "logreg")
 ATTENTION_HEADS: tuple[str, ...] = ("attention-spatial", "attention-pooled")
 INPUTS: tuple[str, ...] = ("pooled", "tokens")
 
@@ -68,6 +67,9 @@ _FUSION: dict[str, tuple[str, bool, Callable[..., BaseEstimator]]] = {
     "xgboost": ("pooled", False, _baseline(XGBoostClassifier)),
     "logreg": ("pooled", False, _baseline(make_logreg)),
 }
+# the fusion names ``all`` expands to, in ``_FUSION`` order (the two attention variants answer to "attention")
+FUSION_HEADS: tuple[str, ...] = tuple(dict.fromkeys(
+    "attention" if name in ATTENTION_HEADS else name for name in _FUSION))
 
 
 def single_head(backbone: str) -> HeadSpec:

@@ -131,15 +131,29 @@ def fit_over_store_folder(b, t):
     return ["fit", t / "v" / "s.h5", "--head", "logreg", "-o", t / "v"], "contains the input"
 
 
-def fit_over_previous_run(b, t):
-    _copy(b, t, "s.h5", "run")
-    return ["fit", t / "s.h5", "--head", "logreg", "-o", t / "run"], "--overwrite"
+def _over_previous(command: str, folder: str):
+    """``command`` (fit or train) writing over the output folder a previous run of it made."""
+    def case(b, t):
+        _copy(b, t, "s.h5", folder)
+        return [command, t / "s.h5", "--head", "logreg", "-o", t / folder], "--overwrite"
+
+    case.__name__ = f"{command}_over_previous_{folder}"
+    return case
 
 
-def fit_under_file(b, t):
-    _copy(b, t, "s.h5")
-    (t / "afile").write_text("x")
-    return ["fit", t / "s.h5", "--head", "logreg", "-o", t / "afile" / "run"], "cannot create the folder"
+def _under_file(command: str, leaf: str):
+    """``command`` (fit or train) asked to write below a file."""
+    def case(b, t):
+        _copy(b, t, "s.h5")
+        (t / "afile").write_text("x")
+        return [command, t / "s.h5", "--head", "logreg", "-o", t / "afile" / leaf], "cannot create the folder"
+
+    case.__name__ = f"{command}_under_file"
+    return case
+
+
+fit_over_previous_run = _over_previous("fit", "run")
+fit_under_file = _under_file("fit", "run")
 
 
 def fit_onto_file(b, t):
@@ -176,15 +190,8 @@ def train_over_user_folder(b, t):
     return ["train", t / "s.h5", "--head", "logreg", "-o", t / "mine"], "did not write"
 
 
-def train_over_previous_bundle(b, t):
-    _copy(b, t, "s.h5", "bundle")
-    return ["train", t / "s.h5", "--head", "logreg", "-o", t / "bundle"], "--overwrite"
-
-
-def train_under_file(b, t):
-    _copy(b, t, "s.h5")
-    (t / "afile").write_text("x")
-    return ["train", t / "s.h5", "--head", "logreg", "-o", t / "afile" / "b"], "cannot create the folder"
+train_over_previous_bundle = _over_previous("train", "bundle")
+train_under_file = _under_file("train", "b")
 
 
 def predict_onto_image(b, t):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from fusionfeat.chunks import ChunkEncoder, decode_chunk, encode_chunk, write_chunks
+from fusionfeat.store.chunks import ChunkEncoder, decode_chunk, encode_chunk, write_chunks
 
 
 def test_direct_chunks_equal_filtered_writes(tmp_path):

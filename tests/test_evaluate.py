@@ -22,6 +22,7 @@ from fusionfeat.evaluate import cross_validate
 from fusionfeat.head_inputs import feature_matrix
 from fusionfeat.metrics import binary_metrics, confusion, summarize
 from fusionfeat.protocols import LeakageError, check_split, make_plan, plan_folds
+from fusionfeat.store import FoldPlan
 from fusionfeat.zoo import HeadSpec
 from tests.conftest import one_torch_thread
 
@@ -48,7 +49,7 @@ class FakeStore:
     classes: list[str] = field(default_factory=lambda: ["hem", "all"])
     positive_class: str = "all"
     weights_kind: str = "imagenet"
-    plan: dict | None = None
+    plan: FoldPlan | None = None
     tuned: list[int] = field(default_factory=list)
     path: str = "fake.h5"
 
@@ -108,7 +109,7 @@ class FakeStore:
             },
         }
 
-    def fold_plan(self) -> dict | None:
+    def fold_plan(self) -> FoldPlan | None:
         return self.plan
 
     def finetuned_folds(self) -> list[int]:
@@ -427,7 +428,7 @@ def test_feature_matrix_concatenates_blocks_in_spec_order_and_keeps_row_order():
 def test_finetuned_features_use_the_stored_plan_and_each_folds_features():
     store = fake_store()
     fold = plan_folds(store.labels, store.groups, store.folds, "grouped", 4, 11)
-    store.plan = {"protocol": "grouped", "n_folds": 4, "seed": 11, "fold": fold}
+    store.plan = FoldPlan("grouped", 4, 11, fold)
     store.tuned = [0, 1, 2, 3]
     fits = recorded_fits(store, features="finetuned")
     assert len(fits) == 4

@@ -229,3 +229,19 @@ def test_token_grid_matches_the_trunk(name, size):
     with torch.inference_mode():
         side = model.trunk(torch.zeros(1, 3, size, size)).shape[-1]
     assert model.spec.token_grid(size) == side
+
+
+def test_extract_loads_and_hashes_each_backbone_once(tiny_folders, tmp_path, monkeypatch):
+    """One load per backbone per process (under torchrun every rank runs this same path once)."""
+    import fusionfeat.extract as engine
+    from fusionfeat.data.images import Preprocess
+    from fusionfeat.data.manifest import build_manifest
+
+    loads: list[str] = []
+    real = engine.load_backbone
+    monkeypatch.setattr(engine, "load_backbone", lambda name, *a, **k: loads.append(name) or real(name, *a, **k))
+    config = engine.ExtractConfig(["resnet18", "vgg16"], {"resnet18": "random", "vgg16": "random"},
+                                  preprocess=Preprocess(input_size=32), workers=0, progress=False)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        result = engine.extract(build_manifest(tiny_folders), tmp_path / "s.h5", config)
+    assert result is not None and result.n_computed == 8 and sorted(loads) == ["resnet18", "vgg16"]

@@ -81,11 +81,11 @@ def test_fold_checkpoints_never_train_on_their_test_fold(tuned):
     data, store, _, result = tuned
     with FeatureStore.open(store) as fs:
         plan = fs.fold_plan()
-        assert (plan["protocol"], plan["n_folds"], plan["seed"]) == ("grouped", 2, 0)
+        assert (plan.protocol, plan.n_folds, plan.seed) == ("grouped", 2, 0)
         assert fs.finetuned_folds() == [0, 1]
         for k in (0, 1):
-            test_paths = set(fs.paths[plan["fold"] == k])
-            test_subjects = set(fs.groups[plan["fold"] == k])
+            test_paths = set(fs.paths[plan.fold == k])
+            test_subjects = set(fs.groups[plan.fold == k])
             ckpt = torch.load(work_dir(store) / f"fold_{k}" / "resnet18" / "best.pt", weights_only=True)
             seen = set(ckpt["train_ids"]) | set(ckpt["val_ids"])
             assert ckpt["fold"] == k and seen and not seen & test_paths
@@ -93,10 +93,11 @@ def test_fold_checkpoints_never_train_on_their_test_fold(tuned):
             assert not {subject_of[p] for p in seen} & test_subjects  # grouped: no subject on both sides
             ids = json.loads((work_dir(store) / f"fold_{k}" / "resnet18" / "train_ids.json").read_text())
             assert ids["train"] == ckpt["train_ids"] and ids["val"] == ckpt["val_ids"]
-            assert len(seen) == int((plan["fold"] != k).sum())  # every other-fold image, nothing else
+            assert len(seen) == int((plan.fold != k).sum())  # every other-fold image, nothing else
             with h5py.File(store, "r") as h5:
                 attrs = dict(h5[f"finetuned/fold_{k}/resnet18"].attrs)
-                assert attrs["fold"] == k and attrs["fold_plan_sha256"] == h5["fold_plan"].attrs["sha256"]
+                assert attrs["fold"] == k
+                assert attrs["fold_plan_sha256"] == h5["fold_plan"].attrs["sha256"] == plan.sha256
             assert attrs["weights_kind"] == "random" and attrs["finetuned"]
             assert Path(attrs["checkpoint"]).is_file() and len(attrs["checkpoint_sha256"]) == 64
 

@@ -66,15 +66,11 @@ def test_fit_missing_store(tmp_path):
     assert result.exit_code == 2 and "no feature store" in result.output
 
 
-@pytest.mark.parametrize("head", ["logreg", "svm", "xgboost", "attention"])
-def test_train_bundle_predict_round_trip(store, tmp_path, head):
-    bundle_dir = tmp_path / "bundle"
-    result = run("train", store, "--head", head, "-o", bundle_dir, "--quiet", "--device", "cpu")
-    assert result.exit_code == 0, result.output
+def assert_predict_matches_store(store, bundle_dir, tmp_path) -> dict[str, dict]:
+    """``predict`` on the store's images gives the bundle's probabilities on the stored features; the rows."""
     bundle = load_bundle(bundle_dir)
     with FeatureStore.open(store) as fs:
-        X = feature_matrix(fs, bundle.spec, np.arange(fs.n_samples))
-        expected = bundle.estimator.predict_proba(X)[:, 1]
+        expected = bundle.estimator.predict_proba(feature_matrix(fs, bundle.spec, np.arange(fs.n_samples)))[:, 1]
         paths = [fs.path.parent / "cells" / p for p in fs.paths]
     out = tmp_path / "pred.csv"
     result = run("predict", bundle_dir, paths[0].parent.parent, "-o", out, "--quiet", "--device", "cpu")
@@ -83,6 +79,15 @@ def test_train_bundle_predict_round_trip(store, tmp_path, head):
         rows = {r["path"]: r for r in csv.DictReader(fh)}
     got = np.array([float(rows[str(p)]["p_all"]) for p in paths])
     np.testing.assert_allclose(got, expected, atol=2e-3)  # features recomputed from the images
+    return rows
+
+
+@pytest.mark.parametrize("head", ["logreg", "svm", "xgboost", "attention"])
+def test_train_bundle_predict_round_trip(store, tmp_path, head):
+    bundle_dir = tmp_path / "bundle"
+    result = run("train", store, "--head", head, "-o", bundle_dir, "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = assert_predict_matches_store(store, bundle_dir, tmp_path)
     assert {r["label"] for r in rows.values()} <= {"all", "hem"}
 
 
@@ -203,18 +208,10 @@ def test_predict_from_images_equals_store_probabilities_with_three_backbones(ima
     result = run("train", path, "--head", head, "--backbones", ",".join(names), "-o", bundle_dir, "--quiet",
                  "--device", "cpu")
     assert result.exit_code == 0, result.output
-    bundle = load_bundle(bundle_dir)
-    assert bundle.spec.backbones == ((head,) if head in names else tuple(names))
-    with FeatureStore.open(path) as fs:
-        expected = bundle.estimator.predict_proba(feature_matrix(fs, bundle.spec, np.arange(fs.n_samples)))[:, 1]
-        paths = [fs.path.parent / "cells" / p for p in fs.paths]
-    out = tmp_path / "pred.csv"
-    result = run("predict", bundle_dir, paths[0].parent.parent, "-o", out, "--quiet", "--device", "cpu")
-    assert result.exit_code == 0, result.output
-    with open(out, newline="") as fh:
-        rows = {r["path"]: r for r in csv.DictReader(fh)}
-    got = np.array([float(rows[str(p)]["p_all"]) for p in paths])
-    np.testing.assert_allclose(got, expected, atol=2e-3)  # features recomputed from the images
+    assert load_bundle(bundle_dir).spec.backbones == ((head,) if head in names else tuple(names))
+    assert_predict_matches_store(path, bundle_dir, tmp_path)
+
+
 def test_fit_head_params_calibration_and_operating_point_from_the_cli(store, tmp_path):
     toml = tmp_path / "heads.toml"
     toml.write_text('[logreg]\nC = 0.5\n\n["*"]\nmax_epochs = 2\n')

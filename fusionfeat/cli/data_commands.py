@@ -96,13 +96,7 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
     for note in manifest.notes:
         click.echo(f"note: {note}", err=True)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        from fusionfeat.distributed import extract_distributed
-
-        result = extract_distributed(manifest, output, config, rank, world)
-    else:
-        result = extract(manifest, output, config)
+    result = extract(manifest, output, config)  # under torchrun every rank runs this; rank 0 gets the result
     if result is None:
         return
     if result.already_complete:

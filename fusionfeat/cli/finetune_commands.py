@@ -90,7 +90,7 @@ def finetune_command(data, store, backbones, weights, protocol, folds, seed, inp
     if result is None:
         return
     plan = result.plan
-    click.echo(f"fold plan: {plan['protocol']}, {plan['n_folds']} folds, seed {plan['seed']}")
+    click.echo(f"fold plan: {plan.protocol}, {plan.n_folds} folds, seed {plan.seed}")
     for r in result.reports:
         if r.status == "stored":
             click.echo(f"fold {r.fold} {r.backbone}: already in the store with these settings; skipped")

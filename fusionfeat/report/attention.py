@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult
+from fusionfeat.fsio import require_file
 
 ATTENTION_FILE = "attention.npz"
 
@@ -49,11 +49,8 @@ def _grid(n_tokens: int) -> tuple[int, int]:
 
 def load_attention(run_dir: str | Path) -> dict[str, Any]:
     """The arrays of a run's ``attention.npz`` (FusionfeatError when the run has none)."""
-    path = Path(run_dir).expanduser() / ATTENTION_FILE
-    if not path.is_file():
-        raise FusionfeatError(
-            f"{Path(run_dir)} has no {ATTENTION_FILE}: no attention-spatial head was cross-validated there; "
-            "run fusionfeat fit --head attention on a store with token maps"
-        )
+    path = require_file(run_dir, ATTENTION_FILE,
+                        f"{Path(run_dir)} has no {ATTENTION_FILE}: no attention-spatial head was cross-validated "
+                        "there; run fusionfeat fit --head attention on a store with token maps")
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}

@@ -245,10 +245,10 @@ def _fusion_help_section(data: dict[str, Any]) -> str:
                 [
                     tag(data, r["head"]),
                     f"{tag(data, r['against'])} ({r['role']})",
-                    f"{signed(t['diff'])} [{signed(t['lo'])}, {signed(t['hi'])}]",
+                    diff_ci(t),
                     pval(t.get("p")),
                     pval(t.get("p_holm")),
-                    f"{signed(b['diff'])} [{signed(b['lo'])}, {signed(b['hi'])}]",
+                    diff_ci(b),
                     pval(b.get("p")),
                     pval(b.get("p_holm")),
                     b["method"],
@@ -275,9 +275,9 @@ def _pairs_section(data: dict[str, Any]) -> str:
                 [
                     tag(data, r["a"]),
                     tag(data, r["b"]),
-                    f"{signed(t['diff'])} [{signed(t['lo'])}, {signed(t['hi'])}]",
+                    diff_ci(t),
                     pval(t.get("p")),
-                    f"{signed(b['diff'])} [{signed(b['lo'])}, {signed(b['hi'])}]",
+                    diff_ci(b),
                     pval(b.get("p")),
                     b["method"],
                 ]
@@ -543,6 +543,11 @@ def num(x: Any, digits: int = 4) -> str:
 def signed(x: Any, digits: int = 4) -> str:
     """A difference with its sign, or n/a."""
     return "n/a" if _missing(x) else f"{x:+.{digits}f}"
+
+
+def diff_ci(test: dict[str, Any]) -> str:
+    """A paired difference with its interval: ``+0.0123 [-0.0040, +0.0286]``."""
+    return f"{signed(test['diff'])} [{signed(test['lo'])}, {signed(test['hi'])}]"
 
 
 def pval(p: Any) -> str:

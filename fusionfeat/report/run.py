@@ -20,7 +20,7 @@ from fusionfeat import paper, stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult
 from fusionfeat.evidence import analyse
-from fusionfeat.fsio import RUN, dumps_json, output_target
+from fusionfeat.fsio import RUN, dumps_json, output_target, require_file
 from fusionfeat.report.attention import write_attention
 from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
@@ -170,17 +170,10 @@ def write_subjects(subjects: dict[str, Any], path: Path) -> None:
                                  *[repr(float(subjects["scores"][h][r][i])) for h in heads]])
 
 
-
-
-
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's ``metrics.json`` data (FusionfeatError when it is not a run folder)."""
-    path = Path(run_dir).expanduser() / METRICS_FILE
-    if not path.is_file():
-        raise FusionfeatError(
-            f"{Path(run_dir)} is not a fusionfeat run folder (no {METRICS_FILE}); "
-            "pass folders written by a fusionfeat evaluation"
-        )
+    path = require_file(run_dir, METRICS_FILE, f"{Path(run_dir)} is not a fusionfeat run folder (no {METRICS_FILE}); "
+                        "pass folders written by a fusionfeat evaluation")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -1,0 +1,217 @@
+"""Read access to a finished store (``FeatureStore``) and its integrity check (``verify_checksums``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fusionfeat.errors import StoreError
+from fusionfeat.store.partial import partial_dir
+from fusionfeat.store.schema import FoldPlan, dataset_sha256, decode_attr, feature_datasets
+
+
+def verify_checksums(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(dataset, status)`` for every feature dataset: OK, MISMATCH, UNREADABLE (…) or NO CHECKSUM."""
+    path = Path(path).expanduser()
+    FeatureStore.open(path).close()  # the usual clear errors for a missing, foreign or unfinished file
+    results = []
+    with h5py.File(path, "r") as h5:
+        for dataset in feature_datasets(h5):
+            recorded = decode_attr(dataset.attrs.get("sha256", ""))
+            try:
+                actual = dataset_sha256(dataset)
+            except OSError as exc:
+                results.append((dataset.name, f"UNREADABLE ({_one_line(exc)})"))
+                continue
+            if not recorded:
+                results.append((dataset.name, "NO CHECKSUM"))
+            else:
+                results.append((dataset.name, "OK" if actual == recorded else "MISMATCH"))
+    return results
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+class FeatureStore:
+    """Read access to a finished store; arrays come back per backbone, view and subset of rows."""
+
+    def __init__(self, h5: h5py.File, path: Path):
+        self._h5 = h5
+        self.path = path
+        try:
+            self._load_samples(h5)
+        except (OSError, KeyError) as exc:
+            h5.close()
+            raise StoreError(f"{path}: cannot read its /samples table ({_one_line(exc)}); the store is damaged: "
+                             "re-extract it") from None
+
+    def _load_samples(self, h5: h5py.File) -> None:
+        samples = h5["samples"]
+        self.classes: list[str] = [str(c) for c in decode_attr(samples.attrs["classes"])]
+        self.positive_class: str = str(decode_attr(samples.attrs["positive"]))
+        self.paths = samples["path"].asstr()[:]
+        self.labels = samples["label"][:].astype(np.int64)
+        self.groups = samples["group"].asstr()[:]
+        self.folds = samples["fold"][:].astype(np.int64)
+        self.sha256 = samples["sha256"].asstr()[:]
+        self.ok = samples["ok"][:].astype(bool)
+        self.errors = samples["error"].asstr()[:]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> FeatureStore:
+        """Open a finished store read-only; a missing, unfinished or foreign file gets a clear error."""
+        path = Path(path).expanduser()
+        if not path.exists():
+            if partial_dir(path).is_dir():
+                raise StoreError(f"{path} is not finished yet; rerun the same `fusionfeat extract` to complete it")
+            raise StoreError(f"no feature store at {path}; create one with `fusionfeat extract DATA -o {path}`")
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError:
+            raise StoreError(f"{path} is not an HDF5 feature store (cannot open it as HDF5)") from None
+        if "samples" not in h5 or "features" not in h5:
+            h5.close()
+            raise StoreError(f"{path} is HDF5 but not a fusionfeat store (no /samples and /features)")
+        if not h5.attrs.get("complete", False):
+            h5.close()
+            raise StoreError(f"{path} is marked incomplete; rerun `fusionfeat extract` to finish it")
+        return cls(h5, path)
+
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def backbones(self) -> list[str]:
+        return list(self._h5["features"].keys())
+
+    @property
+    def n_views(self) -> int:
+        return int(self._h5["features"][self.backbones[0]]["pooled"].shape[1])
+
+    @property
+    def data_root(self) -> str:
+        return str(decode_attr(self._h5.attrs.get("data_root", "")))
+
+    def root_attrs(self) -> dict:
+        return {k: decode_attr(v) for k, v in self._h5.attrs.items()}
+
+    def attrs(self, backbone: str) -> dict:
+        return {k: decode_attr(v) for k, v in self._group(backbone, None).attrs.items()}
+
+    def has_tokens(self, backbone: str, fold: int | None = None) -> bool:
+        return "tokens" in self._group(backbone, fold)
+
+    def dataset_shape(self, backbone: str, kind: str, fold: int | None = None) -> tuple[int, ...]:
+        """Shape of one feature dataset: ``(N, V, D)`` for ``pooled``, ``(N, V, T, C)`` for ``tokens``."""
+        return tuple(int(d) for d in self._dataset(backbone, kind, fold).shape)
+
+    def block_shape(self, backbone: str, inputs: str, fold: int | None = None) -> tuple[int, int]:
+        """(T, C) of one sample's block: (1, D) for ``pooled``, the token map for ``tokens``."""
+        if inputs == "pooled":
+            return 1, self.dataset_shape(backbone, "pooled", fold)[-1]
+        shape = self.dataset_shape(backbone, "tokens", fold)
+        return shape[2], shape[3]
+
+    def pooled(self, backbone: str, view: int = 0, index: np.ndarray | None = None,
+               fold: int | None = None) -> np.ndarray:
+        """Pooled features ``(n, D)`` float32 of one view for the rows in ``index`` (all when None)."""
+        return self._read(self._dataset(backbone, "pooled", fold), view, index).astype(np.float32, copy=False)
+
+    def tokens(self, backbone: str, view: int = 0, index: np.ndarray | None = None,
+               fold: int | None = None) -> np.ndarray:
+        """Token maps ``(n, T, C)`` float16 of one view for the rows in ``index`` (all when None)."""
+        return self._read(self._dataset(backbone, "tokens", fold), view, index)
+
+    def finetuned_folds(self) -> list[int]:
+        if "finetuned" not in self._h5:
+            return []
+        return sorted(int(k.removeprefix("fold_")) for k in self._h5["finetuned"].keys())
+
+    def finetuned_settings(self) -> dict[tuple[int, str], str]:
+        """(fold, backbone) → the settings SHA-256 of every fine-tuned feature group in the store."""
+        folds = self._h5.get("finetuned", {})
+        return {(int(k.removeprefix("fold_")), b): str(decode_attr(folds[k][b].attrs.get("settings_sha256", "")))
+                for k in folds for b in folds[k]}
+
+    def fold_plan(self) -> FoldPlan | None:
+        """The fold plan fine-tuned features were made under (None when nothing was fine-tuned)."""
+        if "fold_plan" not in self._h5:
+            return None
+        group = self._h5["fold_plan"]
+        return FoldPlan.from_attrs({k: decode_attr(v) for k, v in group.attrs.items()}, group["fold"][:])
+
+    def provenance(self) -> dict:
+        """Everything that says where the features came from (JSON-able)."""
+        root = self.root_attrs()
+        return {
+            "store": str(self.path),
+            "data_root": root.get("data_root", ""),
+            "layout": root.get("layout", ""),
+            "created": root.get("created", ""),
+            "versions": root.get("versions", {}),
+            "n_samples": self.n_samples,
+            "n_skipped": int((~self.ok).sum()),
+            "classes": self.classes,
+            "positive_class": self.positive_class,
+            "backbones": {b: self.attrs(b) for b in self.backbones},
+            "finetuned_folds": self.finetuned_folds(),
+        }
+
+    def _group(self, backbone: str, fold: int | None) -> h5py.Group:
+        base = self._h5["features"] if fold is None else self._h5.get(f"finetuned/fold_{fold}")
+        if base is None:
+            raise StoreError(f"{self.path} has no fine-tuned features for fold {fold}; run `fusionfeat finetune`")
+        if backbone not in base:
+            where = "" if fold is None else f" (fine-tuned, fold {fold})"
+            raise StoreError(f"{self.path} has no {backbone} features{where}; it has {', '.join(base.keys())}")
+        return base[backbone]
+
+    def _dataset(self, backbone: str, kind: str, fold: int | None) -> h5py.Dataset:
+        group = self._group(backbone, fold)
+        if kind not in group:
+            raise StoreError(f"{self.path} has no {backbone} {kind}; re-extract without --no-tokens")
+        return group[kind]
+
+    def _read(self, dataset: h5py.Dataset, view: int, index: np.ndarray | None) -> np.ndarray:
+        if not 0 <= view < dataset.shape[1]:
+            raise StoreError(f"view {view} is not stored (the store has {dataset.shape[1]} view(s))")
+        try:
+            return self._read_rows(dataset, view, index)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read {dataset.name} ({_one_line(exc)}); the store is damaged: "
+                             "check it with `fusionfeat info --verify` and re-extract it") from None
+
+    def _read_rows(self, dataset: h5py.Dataset, view: int, index: np.ndarray | None) -> np.ndarray:
+        if index is None:
+            return dataset[:, view]
+        index = np.asarray(index, dtype=np.int64)
+        if index.size == 0:
+            return np.empty((0, *dataset.shape[2:]), dtype=dataset.dtype)
+        order = np.argsort(index, kind="stable")
+        unique, inverse = np.unique(index[order], return_inverse=True)
+        out = np.empty((len(unique), *dataset.shape[2:]), dtype=dataset.dtype)
+        for start in range(0, len(unique), 4096):  # h5py point selections are slow when very long
+            part = unique[start:start + 4096]
+            lo, hi = int(part[0]), int(part[-1]) + 1
+            if hi - lo <= 2 * len(part):  # dense: read the span, then pick
+                out[start:start + len(part)] = dataset[lo:hi, view][part - lo]
+            else:
+                out[start:start + len(part)] = dataset[part, view]
+        result = np.empty((len(index), *dataset.shape[2:]), dtype=dataset.dtype)
+        result[order] = out[inverse]
+        return result
