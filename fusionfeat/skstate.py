@@ -1,7 +1,8 @@
 """scikit-learn pipelines as data: their learned arrays in ``.npz`` and their parameters in JSON, no pickle.
 
 Only the classes fusionfeat's classical heads are made of can be rebuilt (``ALLOWED``): StandardScaler →
-LogisticRegression, and StandardScaler → CalibratedClassifierCV(SVC, sigmoid, ensemble=False). An object is
+LogisticRegression, and StandardScaler → WeightedPlattSVC (a CalibratedClassifierCV(SVC, sigmoid,
+ensemble=False) fitted under the class weights). An object is
 written as ``{"class": name, "state": {attribute: value}}``, where arrays become ``{"array": key}`` references
 into the ``.npz`` (read with ``allow_pickle=False``) and numpy scalars keep their dtype. Loading rebuilds each
 object from its class and attribute dict, so nothing in the files can name code to run.
@@ -19,9 +20,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from fusionfeat.estimators import WeightedPlattSVC
+
 ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
     Pipeline, StandardScaler, LogisticRegression, CalibratedClassifierCV, SVC, _CalibratedClassifier,
-    _SigmoidCalibration)}
+    _SigmoidCalibration, WeightedPlattSVC)}
 
 
 class StateError(ValueError):

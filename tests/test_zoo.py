@@ -81,7 +81,7 @@ PAPER = {
     "concat": (("resnet18", "vgg16"), "pooled", "mlp"),
     "attention-spatial": (("resnet18", "vgg16"), "tokens", "attention-spatial"),
     "attention-pooled": (("resnet18", "vgg16"), "pooled", "attention-pooled"),
-    "svm": (("resnet18", "vgg16"), "pooled", "SVC"),
+    "svm": (("resnet18", "vgg16"), "pooled", "WeightedPlattSVC"),  # an RBF SVC; issue 9 fits its Platt sigmoid weighted
     "xgboost": (("resnet18", "vgg16"), "pooled", "XGBoostClassifier"),
     "logreg": (("resnet18", "vgg16"), "pooled", "LogisticRegression"),
 }
