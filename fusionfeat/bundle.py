@@ -39,6 +39,8 @@ FORMAT = "fusionfeat-bundle"
 FORMAT_VERSION = 2
 MANIFEST = "bundle.json"
 REQUIRED = ("head", "classes", "positive", "backbones", "model_file", "model_kind")
+SELF_CHECKSUM = "manifest_sha256"
+WEIGHTS_KINDS = ("imagenet", "random", "file")
 @dataclass
 class Bundle:
     """A fitted estimator, the head it implements and the provenance its features must match."""
@@ -117,7 +119,16 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
                     n_features_in=int(estimator.n_features_in_))
     names = [meta["model_file"], *([meta["model_arrays"]] if "model_arrays" in meta else [])]
     meta["files"] = {name: sha256_file(folder / name) for name in names}
+    meta[SELF_CHECKSUM] = manifest_digest(meta)
     (folder / MANIFEST).write_text(dumps_json(meta))
+
+
+def manifest_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``bundle.json``'s content without its own checksum (canonical JSON, sorted keys): an edited
+    seed, weights record or backbone order is caught on load, not silently used."""
+    body = {k: v for k, v in meta.items() if k != SELF_CHECKSUM}
+    canonical = json.dumps(json.loads(dumps_json(body)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
@@ -127,7 +138,7 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     A legacy pickle loads only with ``trust_pickle``, after ``warn`` is told (it can run any code).
     """
     path = Path(path).expanduser()
-    info = _read_manifest(path)
+    info = _read_manifest(path, trust_pickle)
     kind = info["model_kind"]
     model_file = bundle_file(path, info["model_file"], "model_file")
     _verify_files(path, info)
@@ -141,7 +152,7 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     return Bundle(estimator, head_spec(info), info)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(path: Path, trust_legacy: bool = False) -> dict[str, Any]:
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise FusionfeatError(f"{path} is not a fusionfeat bundle (no {MANIFEST}); make one with `fusionfeat train`")
@@ -156,6 +167,13 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise FusionfeatError(f"{manifest}: format_version {version!r} is not an integer; the bundle is damaged")
     if version > FORMAT_VERSION:
         raise FusionfeatError(f"{path} was written by a newer fusionfeat (format {version}); upgrade")
+    if version < 2 and not trust_legacy:
+        raise FusionfeatError(f"{path} was written by fusionfeat before bundles carried checksums (format {version}), "
+                              "so edits to it cannot be detected; retrain it, or pass --trust-pickle if you trust "
+                              "its source")
+    if version >= 2 and info.get(SELF_CHECKSUM) != manifest_digest(info):
+        raise FusionfeatError(f"{manifest} was edited after `fusionfeat train` wrote it (its checksum does not "
+                              "match); refusing to use the bundle, retrain it")
     missing = [k for k in REQUIRED if k not in info]
     if missing:
         raise FusionfeatError(f"{manifest} lacks {', '.join(missing)}; the bundle is damaged, retrain it")
@@ -166,6 +184,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         prov = info["backbones"].get(name)
         if prov is None:
             raise FusionfeatError(f"{manifest} has no provenance for backbone {name}; the bundle is damaged")
+        if prov.get("weights_kind") not in WEIGHTS_KINDS or not isinstance(prov.get("weights_sha256"), str):
+            raise FusionfeatError(f"{manifest}: {name} has no valid weights record (weights_kind one of "
+                                  f"{', '.join(WEIGHTS_KINDS)}, weights_sha256); the bundle is damaged")
         for key in ("input_size", "seed"):
             value = prov.get(key, 0)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fusionfeat.bundle import load_bundle
+from fusionfeat.bundle import load_bundle, manifest_digest
 from fusionfeat.cli import main
 from fusionfeat.fsio import sha256_file
 from tests.conftest import REPO, write_cells
@@ -73,9 +73,13 @@ def _copy(base: Path, tmp: Path, *names: str) -> None:
             shutil.copy2(src, tmp / name)
 
 
-def _edit_bundle(bundle: Path, edit) -> None:
+def _edit_bundle(bundle: Path, edit, resign: bool = True) -> None:
+    """Edit bundle.json; ``resign`` also rewrites its self-checksum (as a tool that knows the format would), so
+    the deeper checks are reached; without it the checksum alone must catch the edit."""
     info = json.loads((bundle / "bundle.json").read_text())
     edit(info)
+    if resign and "manifest_sha256" in info:
+        info["manifest_sha256"] = manifest_digest(info)
     (bundle / "bundle.json").write_text(json.dumps(info))
 
 
@@ -217,11 +221,11 @@ def predict_under_file(b, t):
     return ["predict", t / "bundle", t / "cells", "-o", t / "afile" / "p.csv"], "cannot create the folder"
 
 
-def _tampered(edit, message):
+def _tampered(edit, message, *extra):
     def setup(b, t):
         _copy(b, t, "bundle", "xgb")
         folder = edit(t)
-        return ["predict", folder, t / "cells", "-o", t / "p.csv", "--device", "cpu", "--quiet"], message
+        return ["predict", folder, t / "cells", "-o", t / "p.csv", "--device", "cpu", "--quiet", *extra], message
     setup.__name__ = edit.__name__
     return setup
 
@@ -266,6 +270,21 @@ def _escaping_model_file(t):
 
 def _seed_changed(t):
     _edit_bundle(t / "bundle", lambda info: info["backbones"]["resnet18"].update(seed=7))
+    return t / "bundle"
+
+
+def _seed_edited_by_hand(t):
+    _edit_bundle(t / "bundle", lambda info: info["backbones"]["resnet18"].update(seed=7), resign=False)
+    return t / "bundle"
+
+
+def _downgraded_to_legacy(t):
+    def edit(info):
+        for key in ("files", "manifest_sha256"):
+            info.pop(key)
+        info["format_version"] = 1
+        info["backbones"]["resnet18"].update(seed=7)
+    _edit_bundle(t / "bundle", edit, resign=False)
     return t / "bundle"
 
 
@@ -339,10 +358,13 @@ CASES = [
     _tampered(_missing_key, "lacks classes"),
     _tampered(_truncated_arrays, "SHA-256"),
     _tampered(_truncated_xgb, "SHA-256"),
-    _tampered(_truncated_xgb_legacy, "cannot load its model"),
+    _tampered(_truncated_xgb_legacy, "before bundles carried checksums"),
+    _tampered(_truncated_xgb_legacy, "cannot load its model", "--trust-pickle"),
     _tampered(_non_integer_input_size, "input_size"),
     _tampered(_escaping_model_file, "inside the bundle folder"),
     _tampered(_seed_changed, "fingerprint"),
+    _tampered(_seed_edited_by_hand, "was edited after `fusionfeat train` wrote it"),
+    _tampered(_downgraded_to_legacy, "before bundles carried checksums"),
     _tampered(_wrong_width, "expects 10 features"),
     _tampered(_symlink_out, "outside the bundle folder"),
     malicious_pickle, demo_over_data, demo_over_previous_demo, demo_under_file, finetune_bad_freeze,

@@ -143,7 +143,8 @@ def train_command(store, head, backbones, output, balance, seed, device, threads
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
 @overwrite_option
 @click.option("--trust-pickle", is_flag=True,
-              help="Load a legacy bundle's model.joblib (a pickle: it can run any code; only from a trusted source).")
+              help="Load a legacy bundle: one written before bundles carried checksums, or its model.joblib (a pickle: "
+                   "it can run any code). Only for bundles from a trusted source.")
 @click.option("--quiet", is_flag=True)
 def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, overwrite,
                     trust_pickle, quiet):
