@@ -43,3 +43,7 @@ class RandomWeightsWarning(FusionfeatWarning):
 
 class PrecisionWarning(FusionfeatWarning):
     """The requested precision runs emulated (slowly) on this machine."""
+
+
+class DamagedBatchWarning(FusionfeatWarning):
+    """A committed batch of an unfinished extraction is damaged; it is recomputed, never assembled."""

@@ -40,7 +40,14 @@ from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.data.manifest import Manifest
 from fusionfeat.distributed import process_group
-from fusionfeat.errors import DatasetError, FusionfeatError, ImageDecodeError, RandomWeightsWarning, StoreError
+from fusionfeat.errors import (
+    DamagedBatchWarning,
+    DatasetError,
+    FusionfeatError,
+    ImageDecodeError,
+    RandomWeightsWarning,
+    StoreError,
+)
 from fusionfeat.fsio import clean_stale
 from fusionfeat.runtime import autocast, default_workers, describe_device, progress, resolve_precision
 from fusionfeat.store import (
@@ -166,7 +173,8 @@ def warn_damaged(partial: PartialStore, world_size: int = 1, rank: int = 0) -> N
     for batch, problem in sorted(partial.damaged.items()):
         if batch % world_size != rank:
             continue
-        print(f"warning: {partial.batch_path(batch)} is damaged ({problem}); recomputing it", file=sys.stderr)
+        warnings.warn(f"{partial.batch_path(batch)} is damaged ({problem}); recomputing it", DamagedBatchWarning,
+                      stacklevel=2)
 
 
 @contextlib.contextmanager
@@ -414,7 +422,14 @@ def _duplicates(manifest: Manifest, partial: PartialStore, n_batches: int, dedup
             if digest not in first:
                 first[digest] = row
                 continue
-            original = manifest.samples[first[digest]].path
+            kept, other = manifest.samples[first[digest]], manifest.samples[row]
+            original = kept.path
+            if (kept.label, kept.group) != (other.label, other.group):
+                raise DatasetError(
+                    f"{original} and {other.path} are the same image (SHA-256 {digest[:12]}…) but are listed "
+                    f"with different {'labels' if kept.label != other.label else 'subjects'}; fix the data "
+                    "(--dedupe keeps one copy only when both say the same)"
+                )
             if not dedupe:
                 raise DatasetError(
                     f"{original} and {manifest.samples[row].path} are the same image (SHA-256 {digest[:12]}…); "

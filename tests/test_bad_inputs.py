@@ -247,6 +247,16 @@ def test_duplicate_content_refused_then_dedupe_keeps_the_first(tmp_path):
         assert fs.sha256[row] == hashlib.sha256((cells / "hem" / "cell_001.png").read_bytes()).hexdigest()
 
 
+def test_the_same_image_under_two_labels_is_refused_even_with_dedupe(tmp_path):
+    cells = write_cells(tmp_path / "cells", size=32)
+    shutil.copyfile(cells / "hem" / "cell_001.png", cells / "all" / "zz_same_as_hem_001.png")
+    store = tmp_path / "s.h5"
+    refused = run("extract", cells, "-o", store, *FAST, "--dedupe")
+    assert refused.exit_code == 2 and "listed with different labels" in refused.stderr, refused.output
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("fusionfeat: error:")]
+    assert len(errors) == 1 and "Traceback" not in refused.stderr and not store.exists()
+
+
 def test_leakage_check_compares_content_not_only_rows():
     groups = np.array(["", "", "", ""])
     same = "ab" * 32
