@@ -26,7 +26,7 @@ from fusionfeat.fsio import atomic_write_bytes, write_json
 from fusionfeat.image_bank import ImageBank
 from fusionfeat.runtime import autocast
 
-BALANCES = ("weight", "sampler", "none")
+FINETUNE_BALANCES = ("weight", "sampler", "none")
 AUGMENTS = ("flip", "rot90", "jitter")
 EVAL_BATCH = 128
 
@@ -61,7 +61,8 @@ class TrainConfig:
             (self.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
             (self.freeze_stages >= 0, "--freeze-stages must be 0 or more"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.balance in BALANCES, f"--balance {self.balance!r}: choose one of {', '.join(BALANCES)}"),
+            (self.balance in FINETUNE_BALANCES,
+             f"--balance {self.balance!r}: choose one of {', '.join(FINETUNE_BALANCES)}"),
             (self.patience >= 0, "--patience must be 0 (no early stopping) or more"),
             (0 <= self.jitter < 1, "colour jitter strength must be in [0, 1)"),
             (0 <= self.head_dropout < 1, "--head-dropout must be in [0, 1)"),

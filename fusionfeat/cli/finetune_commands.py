@@ -9,7 +9,7 @@ from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option, layout_option, positive_option, root_option
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.runtime import PRECISIONS
-from fusionfeat.train_loop import BALANCES, TrainConfig, parse_augment
+from fusionfeat.train_loop import FINETUNE_BALANCES, TrainConfig, parse_augment
 
 _D = TrainConfig()
 
@@ -44,7 +44,7 @@ _D = TrainConfig()
               help="Freeze the first N stages of each backbone (ResNet: stem, layer1-4; VGG: 5 conv blocks; others: "
               "a stage per resolution, ViT: patch embedding then one per block).")
 @click.option("--label-smoothing", default=_D.label_smoothing, show_default=True)
-@click.option("--balance", type=click.Choice(BALANCES), default=_D.balance, show_default=True,
+@click.option("--balance", type=click.Choice(FINETUNE_BALANCES), default=_D.balance, show_default=True,
               help="weight: class-weighted loss; sampler: class-balanced sampling; none.")
 @click.option("--patience", default=_D.patience, show_default=True,
               help="Stop after N epochs without a better validation loss (0: never).")

@@ -8,7 +8,7 @@ import click
 
 from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option, head_params_from, overwrite_option
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.protocols import BALANCES
 from fusionfeat.runtime import PRECISIONS, head_threads
 
 backbones_option = click.option(
@@ -41,7 +41,7 @@ def _echo_table(run_dir: Path) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for splits and heads [default: 0].")
 @click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
               help="Repeated CV, for 95% intervals.")
-@click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True,
+@click.option("--balance", type=click.Choice(BALANCES), default="weight", show_default=True,
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
 @click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
 @click.option("--positive", default=None, help="Positive class [default: the store's, 'all'].")
@@ -74,8 +74,6 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
     params = head_params_from(head_param, head_params_file)
     if operating_point:
         parse_operating_point(operating_point)
-    if repeats < 1:
-        raise FusionfeatError("--repeats must be at least 1")
     with FeatureStore.open(store) as fs:
         selected = select_backbones(fs, backbones)
         names = expand_head_names(heads, selected, fs.backbones)
@@ -107,7 +105,7 @@ def report_command(runs):
 @click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
 @backbones_option
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--balance", type=click.Choice(["weight", "augment", "none"]), default="weight", show_default=True)
+@click.option("--balance", type=click.Choice(BALANCES), default="weight", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @device_option
 @threads_option
