@@ -183,7 +183,7 @@ def _check_fusable(name: str, backbones: tuple[str, ...]) -> None:
 
 def select_backbones(store: Any, backbones: str | Sequence[str] | None = None) -> tuple[str, ...]:
     """The stored backbones fusion heads read: ``backbones`` (a list or ``"a,b,c"``) in that order, checked
-    against the store, or every stored backbone in store order when ``None``."""
+    against the store, or every stored backbone in the store's (alphabetical) order when ``None``."""
     stored = list(store.backbones)
     if backbones is None:
         return tuple(stored)
@@ -207,7 +207,7 @@ def resolve_heads(
 ) -> list[HeadSpec]:
     """HeadSpecs for head names (``"all"`` and comma lists expand) or ready specs, checked against the store.
 
-    Fusion heads read ``backbones`` (default: every stored backbone, in store order). ``"attention"``
+    Fusion heads read ``backbones`` (default: every stored backbone, in the store's alphabetical order). ``"attention"``
     becomes ``attention-spatial`` when all of them hold token maps, else ``attention-pooled``.
     """
     if isinstance(heads, str):

@@ -1,9 +1,12 @@
-"""The backbone registry: every entry runs extract → finetune → info; probes, pooling and weights are checked
-against torchvision's own models (an independent computation), and policy warnings come from the library."""
+"""The backbone registry: every entry runs extract → finetune → info → fit → train → predict; probes, pooling
+and weights are checked against torchvision's own models (an independent computation), and policy warnings come
+from the library."""
 
 from __future__ import annotations
 
+import csv
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from torch import nn
 
 from fusionfeat import backbones as bb
 from fusionfeat.backbones import BACKBONES, WeightsChoice, embed, input_stats, load_backbone, probe
+from fusionfeat.bundle import load_bundle
 from fusionfeat.cli import main
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
@@ -54,6 +58,24 @@ def test_extract_finetune_info_chain(name, tiny_folders, tmp_path):
             np.testing.assert_allclose(pooled, tokens.astype(np.float32).mean(1), rtol=0.02, atol=2e-3)
         assert fs.finetuned_folds() == [0, 1]
     assert f"backbone   {name}: pooled 8×1×{shape.dim}" in describe_store(store)
+    fast = ["--quiet", "--device", "cpu", "--head-param", f"{name}.max_epochs=2"]
+    fitted = CliRunner().invoke(main, ["fit", str(store), "--head", name, "--features", "finetuned",
+                                       "-o", str(tmp_path / "run"), *fast])
+    assert fitted.exit_code == 0, fitted.output
+    trained = CliRunner().invoke(main, ["train", str(store), "--head", name, "-o", str(tmp_path / "b"), "--quiet",
+                                        "--device", "cpu"])
+    assert trained.exit_code == 0, trained.output
+    predicted = CliRunner().invoke(main, ["predict", str(tmp_path / "b"), str(tiny_folders), "-o",
+                                          str(tmp_path / "p.csv"), "--quiet", "--device", "cpu", "--workers", "0"])
+    assert predicted.exit_code == 0, predicted.output
+    with FeatureStore.open(store) as fs:
+        bundle = load_bundle(tmp_path / "b")
+        column = list(bundle.estimator.classes_).index(bundle.classes.index(bundle.positive))
+        expected = dict(zip(fs.paths, bundle.estimator.predict_proba(fs.pooled(name))[:, column], strict=True))
+    with open(tmp_path / "p.csv", newline="") as fh:
+        got = {str(Path(r["path"]).relative_to(tiny_folders)): float(r["p_all"]) for r in csv.DictReader(fh)}
+    assert set(got) == set(expected)
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), atol=2e-3)
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))

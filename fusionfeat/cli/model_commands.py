@@ -14,7 +14,7 @@ from fusionfeat.runtime import PRECISIONS, head_threads
 backbones_option = click.option(
     "--backbones", default=None,
     help="Stored backbones the fusion heads and baselines read, in this order (comma list) [default: all in the "
-         "store, in store order].")
+         "store, in the store's alphabetical order].")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="CPU threads for fitting the heads (torch, BLAS, XGBoost) [default: 1, the fastest on a shared machine].")
