@@ -119,20 +119,31 @@ def _extract_cmd(data: Path, store: Path, *extra: str) -> list[str]:
             "--batch-size", "2", "--precision", "fp32", *extra]
 
 
-def test_sigkill_then_rerun_equals_uninterrupted_run(tmp_path):
-    data = write_cells(tmp_path / "cells", per_class=8, size=48)
-    killed, clean = tmp_path / "killed.h5", tmp_path / "clean.h5"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The data of the SIGKILL tests and the store an uninterrupted extraction makes of it."""
+    root = tmp_path_factory.mktemp("kill")
+    data = write_cells(root / "cells", per_class=8, size=48)
+    subprocess.run(_extract_cmd(data, root / "clean.h5"), check=True, capture_output=True)
+    return data, root / "clean.h5"
+
+
+@pytest.mark.parametrize("committed, delay", [(1, 0.0), (3, 0.07), (6, 0.02)])
+def test_sigkill_then_rerun_equals_uninterrupted_run(uninterrupted, tmp_path, committed, delay):
+    """Killed after 1, 3 or 6 of 8 batches (plus a little, so the kill may land mid-commit), then rerun."""
+    data, clean = uninterrupted
+    killed = tmp_path / "killed.h5"
     proc = subprocess.Popen(_extract_cmd(data, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(partial_dir(killed).glob("batch_*.npz"))) < 3:
-        time.sleep(0.05)
+    while time.time() < deadline and len(list(partial_dir(killed).glob("batch_*.npz"))) < committed:
+        time.sleep(0.01)
+    time.sleep(delay)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(list(partial_dir(killed).glob("batch_*.npz")))
-    assert 3 <= done_before < 8 and not killed.exists(), "the kill should land mid-run"
+    assert committed <= done_before < 8 and not killed.exists(), "the kill should land mid-run"
     assert "UNFINISHED" in run("info", killed).output
     subprocess.run(_extract_cmd(data, killed), check=True, capture_output=True)
-    subprocess.run(_extract_cmd(data, clean), check=True, capture_output=True)
     a, b = FeatureStore.open(killed), FeatureStore.open(clean)
     for name in ("resnet18", "vgg16"):
         np.testing.assert_array_equal(a.pooled(name), b.pooled(name))
