@@ -36,10 +36,12 @@ import numpy as np
 from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult, cross_validate
+from fusionfeat.evidence import weights_flags
 from fusionfeat.fsio import RUN, STUDY, dumps_json, marker_name, output_target, to_jsonable
 from fusionfeat.metrics import LABELS, METRICS
 from fusionfeat.protocols import default_protocol
 from fusionfeat.report.latex import Tex, latex_table, write_csv
+from fusionfeat.report.markdown import flags_text, tag
 from fusionfeat.report.run import write_run_files
 from fusionfeat.zoo import HeadSpec
 
@@ -246,6 +248,7 @@ def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_B
         "arms": {a.name: {"protocol": a.protocol, "balance": a.balance, "what": a.what, "run": a.name,
                           "n_eval_rows": len(results[a.name].rows["sample"])} for a in arms(honest)},
         "weights_kind": {b: p.get("weights_kind") for b, p in first.provenance.get("backbones", {}).items()},
+        "head_weights": {h: weights_flags(first, h) for h in first.heads},
         "heads_results": compare(results, n_boot=n_boot, seed=int(first.protocol.get("seed") or 0)),
     }
     data = to_jsonable(data)
@@ -314,9 +317,14 @@ def render_study(data: dict[str, Any]) -> str:
         f"seed {data['seed']}; honest protocol: **{data['honest_protocol']}**.",
         "",
     ]
-    if any(k == "random" for k in data["weights_kind"].values()):
-        lines += ["> **RANDOM weights**: these numbers measure random features, not ImageNet ones; the "
-                  "protocol differences are still real differences between protocols.", ""]
+    lines += ["Weights per head: " + "; ".join(f"`{h}` ({flags_text({'weights': f})})"
+                                              for h, f in data.get("head_weights", {}).items()) + ".", ""]
+    random = random_heads(data)
+    if random:
+        lines += [f"> **WARNING: RANDOM-WEIGHT FEATURES** in head(s) {', '.join(f'`{h}`' for h in random)}: "
+                  "these heads' numbers measure random features, not ImageNet ones; the protocol differences "
+                  "are still real differences between protocols.", ""]
+    lines += [f"> **WARNING: LEAKY PROTOCOL** in the `paper` arm: {LEAKY_TEXT}", ""]
     lines += [
         "| arm | protocol | evaluated rows | sub-run |",
         "|---|---|---:|---|",
@@ -334,7 +342,8 @@ def render_study(data: dict[str, Any]) -> str:
     ]
     for head, h in res.items():
         for arm, a in h["arms"].items():
-            lines.append(_md_row([f"`{head}`", arm, *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
+            lines.append(_md_row([head_tag(data, head), arm,
+                                  *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
     lines += [
         "",
         "## Inflation and its split (difference of per-fold means [95% CI], p)",
@@ -350,7 +359,7 @@ def render_study(data: dict[str, Any]) -> str:
         "score the original images at their natural prevalence, so accuracy, precision, F1 and MCC also move "
         "with the change of prevalence. Those are in the separate table below.",
         "",
-        *_contrast_table(res, DECOMPOSED),
+        *_contrast_table(data, DECOMPOSED),
         "",
         "### Prevalence-dependent metrics (not a clean leak split)",
         "",
@@ -358,7 +367,7 @@ def render_study(data: dict[str, Any]) -> str:
         "(balanced by copies) than under the honest arms, so their \"inflation\" and \"leak\" include that "
         "change of prevalence, not only the leak.",
         "",
-        *_contrast_table(res, PREVALENCE_DEPENDENT_SHOWN),
+        *_contrast_table(data, PREVALENCE_DEPENDENT_SHOWN),
         "",
         "## ROC AUC of pooled out-of-fold predictions on the original images (paired bootstrap)",
         "",
@@ -374,7 +383,7 @@ def render_study(data: dict[str, Any]) -> str:
         for cname in ("inflation", "leak", "augmentation"):
             b = h["contrasts"][cname]["pooled_auc_originals"]
             cells += [_ci(b, "estimate", sign=True), _p(b.get("p"))]
-        lines.append(_md_row([f"`{head}`", *cells]))
+        lines.append(_md_row([head_tag(data, head), *cells]))
     unit = next((b.get("unit") for h in res.values() for b in [h["contrasts"]["inflation"]["pooled_auc_originals"]]
                  if b.get("unit")), "image")
     lines += [
@@ -386,20 +395,37 @@ def render_study(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _contrast_table(res: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+LEAKY_TEXT = ("copies balanced before the split, so test folds hold copies of training images; its numbers "
+              "are optimistic by construction (that is what this study measures).")
+
+
+def random_heads(data: dict[str, Any]) -> list[str]:
+    """Heads that read at least one random-weight backbone (all heads for an old study without per-head flags)."""
+    flags = data.get("head_weights")
+    if flags is None:
+        return list(data["heads"]) if any(k == "random" for k in data["weights_kind"].values()) else []
+    return [h for h, f in flags.items() if "RANDOM" in f.values()]
+
+
+def head_tag(data: dict[str, Any], head: str) -> str:
+    """A head's name with its weights flags, e.g. ``resnet18 [RANDOM]`` (markdown, as in report.md)."""
+    return tag({"heads": {head: {"weights": data.get("head_weights", {}).get(head, {})}}}, head)
+
+
+def _contrast_table(data: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     """Markdown rows of the three contrasts of ``metrics`` for every head."""
     lines = [
         _md_row(["head", "metric", "inflation (paper − weight)", "p", "leak (paper − augment)", "p",
                  "augmentation (augment − weight)", "p"]),
         _md_row(["---", "---", *["---:"] * 6]),
     ]
-    for head, h in res.items():
+    for head, h in data["heads_results"].items():
         for m in metrics:
             cells = []
             for cname in ("inflation", "leak", "augmentation"):
                 d = h["contrasts"][cname]["metrics"][m]
                 cells += [_ci(d, "diff", sign=True), _p(d["p"])]
-            lines.append(_md_row([f"`{head}`", _label(m), *cells]))
+            lines.append(_md_row([head_tag(data, head), _label(m), *cells]))
     return lines
 
 
@@ -430,10 +456,15 @@ def _tex(data: dict[str, Any]) -> str:
     for head, h in data["heads_results"].items():
         for m in DECOMPOSED + PREVALENCE_DEPENDENT_SHOWN:
             c = h["contrasts"]
-            rows.append([head, _label(m), Tex(_num(h["arms"]["paper"]["metrics"][m]["mean"])),
+            rows.append([head_tag(data, head).replace("`", ""), _label(m),
+                         Tex(_num(h["arms"]["paper"]["metrics"][m]["mean"])),
                          Tex(_num(h["arms"]["weight"]["metrics"][m]["mean"])),
                          *[Tex(_tex_ci(c[k]["metrics"][m])) for k in ("inflation", "leak", "augmentation")]])
-    return latex_table(header, rows, f"Protocol inflation (honest protocol: {data['honest_protocol']}); "
+    random = random_heads(data)
+    warn = f"LEAKY: the paper arm's {LEAKY_TEXT} "
+    if random:
+        warn += f"RANDOM weights in {', '.join(random)}: those numbers measure random features. "
+    return latex_table(header, rows, f"{warn}Protocol inflation (honest protocol: {data['honest_protocol']}); "
                        "differences with corrected 95% CI (augmentation: paired). The leak split is clean only for "
                        "sensitivity, specificity, balanced accuracy and ROC AUC; rows marked prevalence-dependent "
                        "also carry the paper arm's change of class prevalence", "tab:study")

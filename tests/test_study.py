@@ -158,6 +158,10 @@ def test_report_files(study_dir):
     assert "prevalence-dependent" in md and "clean only for sensitivity, specificity" in md
     tex = (out / "study.tex").read_text()
     assert r"\toprule" in tex and "roc_auc" not in tex  # labels, escaped
+    # per-head weights flags in every table, the warnings in the banner and the LaTeX caption
+    assert "`resnet18` [RANDOM]" in md and "WARNING: RANDOM-WEIGHT FEATURES" in md and "LEAKY PROTOCOL" in md
+    assert all("[RANDOM]" in line for line in md.splitlines() if line.startswith(("| `logreg`", "| `resnet18`")))
+    assert "resnet18 [RANDOM]" in tex and "LEAKY" in tex and "RANDOM weights in" in tex
 
 
 def test_study_cli_and_single_view_refusal(study_dir, tmp_path):
