@@ -121,7 +121,11 @@ def test_random_weights_and_leaky_protocol_are_flagged_at_the_top(tmp_path):
     store = fake_store()
     store.weights_kind = "random"
     result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
-    text = (write_run(result, tmp_path / "paper") / "report.md").read_text()
+    out = write_run(result, tmp_path / "paper")
+    text = (out / "report.md").read_text()
+    captions = [line for line in (out / "report.tex").read_text().splitlines() if line.startswith("\\caption")]
+    assert captions and all("LEAKY PROTOCOL" in c and "RANDOM-WEIGHT FEATURES in logreg" in c for c in captions)
+    assert "logreg [RANDOM]" in (out / "report.tex").read_text()
     head = text[: text.index("## Results")]
     assert "**WARNING: RANDOM-WEIGHT FEATURES** in head(s) `logreg`" in head and "NOT comparable" in head
     assert "**WARNING: LEAKY PROTOCOL (`paper`).**" in head and "BEFORE the split" in head
@@ -391,3 +395,28 @@ def test_a_subject_with_both_classes_skips_the_subject_section_but_keeps_the_run
     data = json.loads((out / "metrics.json").read_text())
     assert "both classes" in data["subjects"]["skipped"] and not (out / "subjects.csv").exists()
     assert "Not computed: subject 'S0' has cells of both classes" in (out / "report.md").read_text()
+
+
+def test_latex_and_csv_tables_carry_intervals_fusion_calibration_and_flags(grouped_run):
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    tex = (out / "report.tex").read_text()
+    for label in ("tab:results", "tab:confusion", "tab:uncertainty", "tab:fusion", "tab:calibration"):
+        assert f"\\label{{{label}}}" in tex
+    assert "holding the fitted models fixed" in tex
+    for head, info in data["heads"].items():  # every head carries its weights flags in the LaTeX tables
+        flag = " [" + ", ".join(sorted(set(info["weights"].values()))) + "]" if len(set(info["weights"].values())) == 1 \
+            else None
+        if flag:
+            assert head.replace("_", "\\_") + flag in tex
+    rows = read_csv(out / "table_results.csv")
+    assert {"corrected_t_ci95_low", "corrected_t_ci95_high", "pooled_oof", "bootstrap_ci95_low",
+            "bootstrap_ci95_high"} <= set(rows[0])
+    for r in rows:
+        u = data["heads"][r["head"]]["uncertainty"][r["metric"]]
+        if u["corrected_t"]["lo"] is not None:
+            assert float(r["corrected_t_ci95_low"]) == pytest.approx(u["corrected_t"]["lo"], abs=1e-12)
+            assert float(r["corrected_t_ci95_high"]) == pytest.approx(u["corrected_t"]["hi"], abs=1e-12)
+        if u["pooled"]["bootstrap"]["lo"] is not None:
+            assert float(r["bootstrap_ci95_low"]) == pytest.approx(u["pooled"]["bootstrap"]["lo"], abs=1e-12)
+    assert any(r["corrected_t_ci95_low"] != "" for r in rows)
