@@ -75,7 +75,7 @@ def inner_oof_scores(
     """
     y = np.asarray(y)
     splits = inner_splits(y, groups, cv, random_state)
-    params = {"groups": np.asarray(groups)} if groups is not None and takes_groups(estimator) else None
+    params = group_params(estimator, groups) or None
     out = cross_val_predict(clone(estimator), X, y, cv=splits, method=method, params=params)
     return out[:, 1] if out.ndim == 2 else out
 
@@ -246,16 +246,33 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         return self.estimator_.fusion_weights(X)
 
 
-def takes_groups(estimator: Any) -> bool:
-    """Whether ``estimator.fit`` accepts ``groups=`` (torch heads and these meta-estimators do)."""
+def _fit_takes_groups(estimator: Any) -> bool:
     return "groups" in inspect.signature(estimator.fit).parameters
 
 
+def group_params(estimator: Any, groups: Any) -> dict[str, Any]:
+    """The fit parameters that hand ``groups`` to ``estimator``: ``{"groups": g}`` when its ``fit`` takes them,
+    ``{"<last step>__groups": g}`` for a ``Pipeline`` whose last step does (e.g. the SVM), else nothing."""
+    if groups is None:
+        return {}
+    g = np.asarray(groups)
+    if _fit_takes_groups(estimator):
+        return {"groups": g}
+    steps = getattr(estimator, "steps", None)
+    if steps and steps[-1][1] not in (None, "passthrough") and _fit_takes_groups(steps[-1][1]):
+        return {f"{steps[-1][0]}__groups": g}
+    return {}
+
+
+def takes_groups(estimator: Any) -> bool:
+    """Whether ``estimator`` can use ``groups`` in ``fit`` (torch heads, these meta-estimators, the SVM)."""
+    return bool(group_params(estimator, np.zeros(0)))
+
+
 def fit_estimator(estimator: Any, X: Any, y: Any, groups: Any = None) -> Any:
-    """``estimator.fit(X, y, groups=groups)`` when it accepts groups and they are given, else ``fit(X, y)``."""
-    if groups is not None and takes_groups(estimator):
-        return estimator.fit(X, y, groups=groups)
-    return estimator.fit(X, y)
+    """``estimator.fit(X, y, groups=groups)`` (or a pipeline's ``step__groups``) when it can use groups and
+    they are given, else ``fit(X, y)``."""
+    return estimator.fit(X, y, **group_params(estimator, groups))
 
 
 def parse_operating_point(text: str) -> dict[str, float]:
