@@ -419,3 +419,21 @@ def test_latex_and_csv_tables_carry_intervals_fusion_calibration_and_flags(group
         if u["pooled"]["bootstrap"]["lo"] is not None:
             assert float(r["bootstrap_ci95_low"]) == pytest.approx(u["pooled"]["bootstrap"]["lo"], abs=1e-12)
     assert any(r["corrected_t_ci95_low"] != "" for r in rows)
+
+
+def test_subject_level_under_paper_aggregates_original_images_only():
+    from fusionfeat.evidence import subject_level
+
+    store = fake_store(cells=6)
+    result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
+    view = np.asarray(result.rows["view"])
+    assert np.any(view != 0)  # the paper protocol scored copies
+    out = subject_level(result, n_boot=50)
+    assert out["n_cells"] == [6] * 12  # each subject's 6 cells, not its copies
+    originals = view == 0
+    groups = np.asarray(result.rows["group"])[originals]
+    p = result.oof["logreg"][0][originals]
+    for subject, score in zip(out["subject"], out["scores"]["logreg"][0], strict=True):
+        assert score == pytest.approx(p[groups == subject].mean(), abs=1e-12)
+    boot = out["heads"]["logreg"]["metrics"]["roc_auc"]["bootstrap"]
+    assert boot["unit"] == "subject" and boot["n_units"] == 12
