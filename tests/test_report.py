@@ -126,6 +126,7 @@ def test_random_weights_and_leaky_protocol_are_flagged_at_the_top(tmp_path):
     captions = [line for line in (out / "report.tex").read_text().splitlines() if line.startswith("\\caption")]
     assert captions and all("LEAKY PROTOCOL" in c and "RANDOM-WEIGHT FEATURES in logreg" in c for c in captions)
     assert "logreg [RANDOM]" in (out / "report.tex").read_text()
+    assert "under `paper` n counts the scored rows" in text and "not augmentation copies" not in text
     head = text[: text.index("## Results")]
     assert "**WARNING: RANDOM-WEIGHT FEATURES** in head(s) `logreg`" in head and "NOT comparable" in head
     assert "**WARNING: LEAKY PROTOCOL (`paper`).**" in head and "BEFORE the split" in head
@@ -404,6 +405,8 @@ def test_latex_and_csv_tables_carry_intervals_fusion_calibration_and_flags(group
     for label in ("tab:results", "tab:confusion", "tab:uncertainty", "tab:fusion", "tab:calibration"):
         assert f"\\label{{{label}}}" in tex
     assert "holding the fitted models fixed" in tex
+    md = (out / "report.md").read_text()
+    assert "holds the fitted models fixed" in md and "n counts evaluated images, not augmentation copies" in md
     for head, info in data["heads"].items():  # every head carries its weights flags in the LaTeX tables
         kinds = set(info["weights"].values())
         if len(kinds) == 1:
