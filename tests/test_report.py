@@ -12,7 +12,6 @@ import pytest
 from scipy import stats as st
 from sklearn import metrics as skm
 
-from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
@@ -216,6 +215,51 @@ def _sk_metric(name, y, pred):
     }[name]()
 
 
+def _ratio(a, b):
+    return a / b if b else math.nan
+
+
+def _hand_metric(name, y, s):
+    """A pooled metric written out from the counts at s >= 0.5 (NaN for an empty denominator, as the
+    bootstrap expects so that it skips the resample); AUC by scikit-learn (NaN with one class)."""
+    if name == "roc_auc":
+        return skm.roc_auc_score(y, s) if 0 < y.sum() < len(y) else math.nan
+    pred, pos = s >= 0.5, y == 1
+    tp, tn = int(np.sum(pred & pos)), int(np.sum(~pred & ~pos))
+    fp, fn = int(np.sum(pred & ~pos)), int(np.sum(~pred & pos))
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "accuracy": _ratio(tp + tn, len(y)),
+        "precision": _ratio(tp, tp + fp),
+        "recall": sens,
+        "specificity": spec,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": (sens + spec) / 2,
+        "mcc": _ratio(tp * tn - fp * fn, math.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))),
+    }[name]
+
+
+def _hand_subject_bootstrap(groups, statistic, n_boot, seed=0):
+    """Subject bootstrap written out, with the same random draws as fusionfeat.stats: subjects in order of first
+    appearance, ``np.random.default_rng(seed).integers(0, k, k)`` subject indices per resample, every row of
+    each drawn subject kept; resamples whose statistic is NaN are skipped. Returns the valid statistics."""
+    subjects = list(dict.fromkeys(groups.tolist()))
+    rows_of = [np.flatnonzero(groups == g) for g in subjects]
+    rng = np.random.default_rng(seed)
+    k = len(subjects)
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows_of[c] for c in rng.integers(0, k, k)])
+        values.append(statistic(idx))
+    values = np.asarray(values, dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _mean_over_repeats(name, y, p):
+    """The statistic of one resample: the metric on each repeat's resampled rows, averaged over repeats."""
+    return lambda idx: float(np.mean([_hand_metric(name, y[idx], row[idx]) for row in p]))
+
+
 def test_uncertainty_numbers_match_independent_computations(grouped_run):
     result, out = grouped_run
     data = json.loads((out / "metrics.json").read_text())
@@ -244,15 +288,16 @@ def test_uncertainty_numbers_match_independent_computations(grouped_run):
                 ]
                 got = [math.nan if v is None else v for v in u["pooled"]["per_repeat"]]  # JSON writes NaN as null
                 assert got == pytest.approx(per_repeat, abs=1e-12, nan_ok=True), (head, name)
-            # the bootstrap interval: subjects resampled, the same call on the CSV's columns
+            # the bootstrap interval: subjects resampled, recomputed by hand from the CSV's columns
             boot = u["pooled"]["bootstrap"]
             assert boot["unit"] == "subject" and boot["n_units"] == 12 and boot["resampled"] == "subjects"
             col = f"p_all_{head}" if name == "roc_auc" else f"pred_{head}"
             p = np.array([[float(r[col]) if name == "roc_auc" else float(r[col] == "all") for r in part]
                           for part in repeats.values()])
-            ref = stats.cluster_bootstrap(_truth(repeats[0]), p, groups, name, n_boot=N_BOOT, seed=0)
+            ok = _hand_subject_bootstrap(groups, _mean_over_repeats(name, _truth(repeats[0]), p), N_BOOT)
+            assert boot["n_skipped"] == N_BOOT - len(ok)
             if boot["lo"] is not None:
-                assert (boot["lo"], boot["hi"]) == pytest.approx((ref.lo, ref.hi))
+                assert (boot["lo"], boot["hi"]) == pytest.approx(tuple(np.quantile(ok, [0.025, 0.975])))
                 assert boot["lo"] <= boot["estimate"] <= boot["hi"] or u["pooled"]["mean"] is None
 
 
@@ -302,8 +347,11 @@ def test_does_fusion_help_table_matches_paired_tests_and_holm(grouped_run):
         assert r["pooled"]["method"] == "paired bootstrap over subjects"
         pa = np.array([[float(x[f"p_all_{a}"]) for x in part] for part in repeats.values()])
         pb = np.array([[float(x[f"p_all_{b}"]) for x in part] for part in repeats.values()])
-        ref = stats.paired_cluster_bootstrap(y, pa, pb, groups, "roc_auc", n_boot=N_BOOT, seed=0)
-        assert (r["pooled"]["lo"], r["pooled"]["hi"], r["pooled"]["p"]) == pytest.approx((ref.lo, ref.hi, ref.p))
+        auc_a, auc_b = _mean_over_repeats("roc_auc", y, pa), _mean_over_repeats("roc_auc", y, pb)
+        d = _hand_subject_bootstrap(groups, lambda idx, fa=auc_a, fb=auc_b: fa(idx) - fb(idx), N_BOOT)  # same draws
+        lo, hi = np.quantile(d, [0.025, 0.975])
+        p_boot = min(1.0, 2 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (len(d) + 1))
+        assert (r["pooled"]["lo"], r["pooled"]["hi"], r["pooled"]["p"]) == pytest.approx((lo, hi, p_boot))
     for key in ("per_fold", "pooled"):  # Holm by hand: sorted p times (m - rank), running max, capped at 1
         p = np.array([r[key]["p"] for r in rows])
         order = np.argsort(p, kind="stable")
@@ -353,8 +401,17 @@ def test_one_repeat_without_subjects_compares_auc_with_delong(tmp_path):
     out = write_run(result, tmp_path / "d", n_boot=50)
     pair = json.loads((out / "metrics.json").read_text())["comparisons"]["pairs"][0]
     y = (result.rows["label"] == 1).astype(int)
-    ref = stats.delong_test(y, result.oof["logreg"][0], result.oof["svm"][0])
-    assert pair["pooled"]["method"] == "DeLong" and pair["pooled"]["p"] == pytest.approx(ref.p)
+    # DeLong (1988) written out: structural components by pairwise comparison of positives with negatives
+    scores = [result.oof["logreg"][0], result.oof["svm"][0]]
+    pos, neg = y == 1, y == 0
+    psi = [(s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :]) for s in scores]
+    v10 = np.column_stack([m.mean(axis=1) for m in psi])
+    v01 = np.column_stack([m.mean(axis=0) for m in psi])
+    cov = np.cov(v10, rowvar=False) / pos.sum() + np.cov(v01, rowvar=False) / neg.sum()
+    diff = v10[:, 0].mean() - v10[:, 1].mean()
+    z = diff / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    assert pair["pooled"]["method"] == "DeLong" and pair["pooled"]["diff"] == pytest.approx(diff)
+    assert pair["pooled"]["p"] == pytest.approx(2 * st.norm.sf(abs(z)))
     assert "DeLong" in (out / "report.md").read_text()
 
 
