@@ -87,7 +87,10 @@ def _missing(v: Any) -> bool:
 
 
 def head_cell(data: dict[str, Any], head: str) -> str:
-    """A head's name with its weights flags, e.g. ``resnet18 [RANDOM]`` (as in report.md, without markdown)."""
+    """A head's name with its weights flags, e.g. ``resnet18 [RANDOM]`` (as in report.md, without markdown);
+    the bare name when the data records no flags."""
+    if not (data["heads"].get(head) or {}).get("weights"):
+        return head
     return tag(data, head).replace("`", "")
 
 

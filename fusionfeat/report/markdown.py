@@ -103,7 +103,7 @@ def random_heads(data: dict[str, Any]) -> list[str]:
 
 def random_backbones(data: dict[str, Any]) -> list[str]:
     used = {b for h in data["heads"].values() for b in h.get("backbones", [])}
-    backbones = data["provenance"].get("backbones", {}) or {}
+    backbones = (data.get("provenance") or {}).get("backbones", {}) or {}
     return [b for b in sorted(used) if str(backbones.get(b, {}).get("weights_kind", "")) == "random"]
 
 
