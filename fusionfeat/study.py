@@ -352,7 +352,8 @@ def render_study(data: dict[str, Any]) -> str:
         "independent; an approximation, usually conservative since the arms read the same images: the paper "
         "arm's folds are over expanded rows, so they are not paired with the honest arms' folds). "
         "Augmentation: corrected paired t on per-fold differences paired by (repeat, fold), since the "
-        "`augment` and `weight` arms share their test folds exactly.",
+        "`augment` and `weight` arms share their test folds exactly. (Any two arms that share their splits, "
+        "e.g. all three when no copies are added, get the paired t; `study.json` names each test's method.)",
         "",
         "The split into leak and augmentation is clean only for sensitivity, specificity, balanced accuracy "
         "and ROC AUC: the paper arm scores class-balanced test folds (copies included) while the honest arms "
