@@ -531,14 +531,25 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)
         return self
 
-    def _grouped_splits(self, y: np.ndarray, groups: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _grouped_splits(self, y: np.ndarray, groups: Any) -> Any:
+        """Grouped inner folds for the sigmoid: at most as many as the rarer class has groups, and every
+        training part holding both classes; else (too few groups) scikit-learn's ``cv`` as without groups."""
         g = np.asarray(groups).astype(str).reshape(-1)
         if len(g) != len(y):
             raise FusionfeatError(f"groups has {len(g)} entries for {len(y)} training rows")
         units = np.where(g == "", np.char.add("\0row-", np.arange(len(g)).astype(str)), g)
-        n_splits = min(int(self.cv), len(np.unique(units)))
+        per_class = [len(np.unique(units[y == c])) for c in np.unique(y)]
+        n_splits = min(int(self.cv), *per_class)
+        if n_splits < 2:
+            return self.cv
         seed = 0 if self.random_state is None else self.random_state
-        return inner_splits(y, g, max(n_splits, 2), seed)
+        try:
+            splits = inner_splits(y, g, n_splits, seed)
+        except FusionfeatError:
+            return self.cv
+        if any(len(np.unique(y[train])) < 2 for train, _ in splits):
+            return self.cv
+        return splits
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The SVC's decision values."""
