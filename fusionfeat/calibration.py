@@ -75,7 +75,7 @@ def inner_oof_scores(
     """
     y = np.asarray(y)
     splits = inner_splits(y, groups, cv, random_state)
-    params = {"groups": np.asarray(groups)} if groups is not None and takes_groups(estimator) else None
+    params = group_params(estimator, groups) or None
     out = cross_val_predict(clone(estimator), X, y, cv=splits, method=method, params=params)
     return out[:, 1] if out.ndim == 2 else out
 
@@ -121,8 +121,9 @@ class CalibratedHead(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     given ``groups``, subject-grouped) inner folds. Costs ``cv + 1`` fits of the head.
 
     Fitted attributes: ``estimator_`` (the head on all rows), ``calibrator_``, ``classes_``,
-    ``inner_oof_`` (calibrated out-of-fold P(``classes_[1]``) of the training rows; in-sample for the
-    calibrator, so use it for ranking-based choices such as a threshold), ``history_`` when the head has one.
+    ``inner_scores_`` (the head's uncalibrated out-of-fold scores of the training rows, for ``classes_[1]``;
+    pick thresholds on these), ``inner_oof_`` (the same calibrated: in-sample for the calibrator, and coarse
+    under isotonic calibration), ``history_`` when the head has one.
     """
 
     def __init__(self, estimator: Any, method: str = "sigmoid", cv: Any = 5, random_state: Any = 0):
@@ -143,20 +144,27 @@ class CalibratedHead(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         scores = inner_oof_scores(self.estimator, X, y, groups, self.cv, self.random_state, method=response)
         y01 = (y == self.classes_[1]).astype(int)
         self.calibrator_ = fit_calibrator(scores, y01, self.method)
+        self.inner_scores_ = np.asarray(scores, dtype=float)
         self.inner_oof_ = self.calibrator_.predict_proba(scores[:, None])[:, 1]
         self.estimator_ = fit_estimator(clone(self.estimator), X, y, groups)
         if hasattr(self.estimator_, "history_"):
             self.history_ = self.estimator_.history_
         return self
 
-    def _scores(self, X: Any) -> np.ndarray:
+    def raw_scores(self, X: Any) -> np.ndarray:
+        """The refitted head's uncalibrated scores for ``classes_[1]`` (the scale of ``inner_scores_``)."""
         check_is_fitted(self)
         out = np.asarray(getattr(self.estimator_, _response(self.estimator_))(X), dtype=float)
         return out[:, 1] if out.ndim == 2 else out
 
+    def calibrate(self, scores: Any) -> np.ndarray:
+        """Calibrated P(``classes_[1]``) of uncalibrated scores."""
+        check_is_fitted(self)
+        return self.calibrator_.predict_proba(np.asarray(scores, dtype=float).reshape(-1, 1))[:, 1]
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (N, 2), columns in ``classes_`` order."""
-        p = self.calibrator_.predict_proba(self._scores(X)[:, None])[:, 1]
+        p = self.calibrate(self.raw_scores(X))
         return np.column_stack([1 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
@@ -175,11 +183,15 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     out-of-fold probabilities of its training rows; ``predict_proba`` is the head's, unchanged.
 
     ``positive`` is the class label whose sensitivity is targeted (default: ``classes_[1]``). When the head
-    already provides ``inner_oof_`` after fitting (a ``CalibratedHead``), those probabilities are used and
-    no extra inner fits are made; otherwise ``cv`` inner fits score the training rows first.
+    is a ``CalibratedHead``, its uncalibrated inner out-of-fold scores (``inner_scores_``) are used and no
+    extra inner fits are made: the threshold is picked on that raw decision scale and applied there
+    (calibrated inner probabilities are in-sample for the calibrator and, under isotonic calibration,
+    tied in steps, which overshoots the target); ``threshold_`` is then that raw threshold mapped through
+    the calibrator, for the record. Otherwise ``cv`` inner fits score the training rows first.
 
-    Fitted attributes: ``estimator_``, ``classes_``, ``threshold_`` (on P(positive)), ``inner_rates_``
-    (sensitivity and specificity at ``threshold_`` on the inner predictions), ``history_`` when present.
+    Fitted attributes: ``estimator_``, ``classes_``, ``threshold_`` (on P(positive)), ``score_threshold_``
+    (on the raw scale of a calibrated head, else None), ``inner_rates_`` (sensitivity and specificity at the
+    threshold on the inner predictions), ``history_`` when present.
     """
 
     def __init__(
@@ -215,13 +227,25 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             )
         self.pos_index_ = int(np.flatnonzero(self.classes_ == positive)[0])
         self.estimator_ = fit_estimator(clone(self.estimator), X, y, groups)
+        y01 = (y == positive).astype(int)
+        self.score_threshold_ = None
+        raw = getattr(self.estimator_, "inner_scores_", None)
+        if raw is not None and hasattr(self.estimator_, "calibrate"):
+            sign = 1.0 if self.pos_index_ == 1 else -1.0  # raw scores rank classes_[1]
+            scores = sign * np.asarray(raw, dtype=float)
+            self.score_threshold_ = fs.threshold_for(y01, scores, sens=self.sens, spec=self.spec)
+            self.inner_rates_ = fs.rates_at(y01, scores, self.score_threshold_)
+            p1 = float(self.estimator_.calibrate(np.array([sign * self.score_threshold_]))[0])
+            self.threshold_ = p1 if self.pos_index_ == 1 else 1 - p1
+            if hasattr(self.estimator_, "history_"):
+                self.history_ = self.estimator_.history_
+            return self
         inner = getattr(self.estimator_, "inner_oof_", None)
         if inner is None:
             inner = inner_oof_scores(self.estimator, X, y, groups, self.cv, self.random_state)
         inner = np.asarray(inner, dtype=float)
         if self.pos_index_ == 0:
             inner = 1 - inner  # inner_oof_ is P(classes_[1])
-        y01 = (y == positive).astype(int)
         self.threshold_ = fs.threshold_for(y01, inner, sens=self.sens, spec=self.spec)
         self.inner_rates_ = fs.rates_at(y01, inner, self.threshold_)
         if hasattr(self.estimator_, "history_"):
@@ -234,9 +258,15 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         return np.asarray(self.estimator_.predict_proba(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        """The positive class where P(positive) >= ``threshold_``, the other class elsewhere."""
-        p = self.predict_proba(X)[:, self.pos_index_]
+        """The positive class where P(positive) >= ``threshold_`` (for a calibrated head: where its raw score
+        reaches ``score_threshold_``), the other class elsewhere."""
+        check_is_fitted(self)
         other = self.classes_[1 - self.pos_index_]
+        if self.score_threshold_ is not None:
+            sign = 1.0 if self.pos_index_ == 1 else -1.0
+            s = sign * np.asarray(self.estimator_.raw_scores(X), dtype=float)
+            return np.where(s >= self.score_threshold_, self.classes_[self.pos_index_], other)
+        p = self.predict_proba(X)[:, self.pos_index_]
         return np.where(p >= self.threshold_, self.classes_[self.pos_index_], other)
 
     @available_if(_has_fusion_weights)
@@ -246,16 +276,33 @@ class InnerOperatingPoint(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         return self.estimator_.fusion_weights(X)
 
 
-def takes_groups(estimator: Any) -> bool:
-    """Whether ``estimator.fit`` accepts ``groups=`` (torch heads and these meta-estimators do)."""
+def _fit_takes_groups(estimator: Any) -> bool:
     return "groups" in inspect.signature(estimator.fit).parameters
 
 
+def group_params(estimator: Any, groups: Any) -> dict[str, Any]:
+    """The fit parameters that hand ``groups`` to ``estimator``: ``{"groups": g}`` when its ``fit`` takes them,
+    ``{"<last step>__groups": g}`` for a ``Pipeline`` whose last step does (e.g. the SVM), else nothing."""
+    if groups is None:
+        return {}
+    g = np.asarray(groups)
+    if _fit_takes_groups(estimator):
+        return {"groups": g}
+    steps = getattr(estimator, "steps", None)
+    if steps and steps[-1][1] not in (None, "passthrough") and _fit_takes_groups(steps[-1][1]):
+        return {f"{steps[-1][0]}__groups": g}
+    return {}
+
+
+def takes_groups(estimator: Any) -> bool:
+    """Whether ``estimator`` can use ``groups`` in ``fit`` (torch heads, these meta-estimators, the SVM)."""
+    return bool(group_params(estimator, np.zeros(0)))
+
+
 def fit_estimator(estimator: Any, X: Any, y: Any, groups: Any = None) -> Any:
-    """``estimator.fit(X, y, groups=groups)`` when it accepts groups and they are given, else ``fit(X, y)``."""
-    if groups is not None and takes_groups(estimator):
-        return estimator.fit(X, y, groups=groups)
-    return estimator.fit(X, y)
+    """``estimator.fit(X, y, groups=groups)`` (or a pipeline's ``step__groups``) when it can use groups and
+    they are given, else ``fit(X, y)``."""
+    return estimator.fit(X, y, **group_params(estimator, groups))
 
 
 def parse_operating_point(text: str) -> dict[str, float]:

@@ -30,6 +30,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from fusionfeat.calibration import inner_splits
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.heads import AttentionFusion, Blocks, ConcatFusion, as_blocks
 from fusionfeat.protocols import inner_split
@@ -514,13 +515,41 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         self.cv = cv
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any) -> WeightedPlattSVC:
-        """Fit SVC and sigmoid with the class weights as sample weights; returns ``self``."""
+    def fit(self, X: Any, y: Any, groups: Any = None) -> WeightedPlattSVC:
+        """Fit SVC and sigmoid with the class weights as sample weights; returns ``self``.
+
+        Without ``groups`` the sigmoid's inner folds are scikit-learn's ``cv``-fold stratified split. With
+        ``groups`` (subject, else source-image ids; ``""`` a row of its own) they are grouped
+        (``calibration.inner_splits``: StratifiedGroupKFold, shuffled by ``random_state``), so neither a
+        subject's other cells nor a rotated copy of a row score it for the sigmoid."""
         X, y, weights = _weighted_fit_data(self, X, y, (np.float64, np.float32))
         svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.random_state)
-        calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=self.cv, ensemble=False)
+        cv: Any = self.cv
+        if groups is not None:
+            cv = self._grouped_splits(y, groups)
+        calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
         self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)
         return self
+
+    def _grouped_splits(self, y: np.ndarray, groups: Any) -> Any:
+        """Grouped inner folds for the sigmoid: at most as many as the rarer class has groups, and every
+        training part holding both classes; else (too few groups) scikit-learn's ``cv`` as without groups."""
+        g = np.asarray(groups).astype(str).reshape(-1)
+        if len(g) != len(y):
+            raise FusionfeatError(f"groups has {len(g)} entries for {len(y)} training rows")
+        units = np.where(g == "", np.char.add("\0row-", np.arange(len(g)).astype(str)), g)
+        per_class = [len(np.unique(units[y == c])) for c in np.unique(y)]
+        n_splits = min(int(self.cv), *per_class)
+        if n_splits < 2:
+            return self.cv
+        seed = 0 if self.random_state is None else self.random_state
+        try:
+            splits = inner_splits(y, g, n_splits, seed)
+        except FusionfeatError:
+            return self.cv
+        if any(len(np.unique(y[train])) < 2 for train, _ in splits):
+            return self.cv
+        return splits
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The SVC's decision values."""

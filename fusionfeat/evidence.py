@@ -238,16 +238,20 @@ def comparisons(
 def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any] | None:
     """Subject-level diagnosis (None when no subject is known): per head, each subject's aggregated score
     per repeat, the metrics on those scores (per repeat, averaged, with a bootstrap over subjects), the
-    confusion matrix at 0.5 (summed over repeats) and ROC points per repeat."""
+    confusion matrix at 0.5 (summed over repeats) and ROC points per repeat.
+
+    Only original images (view 0) are aggregated: under ``--cv paper`` the scored rotated/mirrored copies are
+    not extra cells of the subject."""
     if not subjects_known(result):
         return None
     how = result.options.get("subject_aggregate", "mean")
-    y = positives(result)
-    groups = np.asarray(result.rows["group"]).astype(str)
+    originals = np.asarray(result.rows["view"]) == 0
+    y = positives(result)[originals]
+    groups = np.asarray(result.rows["group"]).astype(str)[originals]
     out: dict[str, Any] = {"aggregate": how, "threshold": 0.5, "heads": {}}
     for head in result.heads:
         try:
-            per_repeat = [stats.aggregate_by_subject(row, groups, y, how) for row in result.oof[head]]
+            per_repeat = [stats.aggregate_by_subject(row[originals], groups, y, how) for row in result.oof[head]]
         except FusionfeatError as err:  # e.g. a subject with cells of both classes: say so, keep the run
             return {"aggregate": how, "skipped": str(err)}
         first = per_repeat[0]
@@ -259,8 +263,9 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
             values = [pooled_value(name, label, scores[r], hard[r]) for r in range(len(scores))]
             boot = stats.cluster_bootstrap(label, scores if name == "roc_auc" else hard, None, name,
                                            n_boot=n_boot, seed=seed)
+            # one row per subject here, so resampling rows is resampling subjects
             metrics[name] = {"per_repeat": values, "mean": float(np.mean(values)),
-                             "bootstrap": {**boot.to_dict(), "resampled": "subjects"}}
+                             "bootstrap": {**boot.to_dict(), "unit": "subject", "resampled": "subjects"}}
         confusion = np.zeros((2, 2), dtype=np.int64)
         roc = []
         for r in range(len(scores)):

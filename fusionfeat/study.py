@@ -10,10 +10,17 @@ three calls; each written as a run folder by ``report.write_run``):
 - ``weight``: the honest split with class weights (``--balance weight``), no copies.
 
 inflation = paper − weight = (paper − augment) + (augment − weight) = leak + augmentation.
-The arms do not share splits (the paper arm scores expanded rows), so per-fold metrics are compared with
+The ``augment`` and ``weight`` arms share their test folds exactly (same repeat, fold and rows), so the
+augmentation contrast is the corrected paired t (``stats.corrected_paired_t``) on per-fold differences paired
+by (repeat, fold). The paper arm's folds are over expanded rows, so the inflation and leak contrasts use
 ``stats.corrected_difference_t`` (Nadeau–Bengio corrected variance of each arm, Welch-combined: an
-approximation), and ROC AUC is also compared on the original images with a paired subject (or image)
-bootstrap of the pooled out-of-fold predictions. See ``docs/protocols.md``.
+approximation). ROC AUC is also compared on the original images with a paired subject (or image) bootstrap
+of the pooled out-of-fold predictions.
+
+The paper arm scores class-balanced test folds (copies included) while the honest arms score originals at
+the natural prevalence, so prevalence-dependent metrics (accuracy, precision, F1, MCC) mix a change of
+prevalence into "leak" and "inflation"; the split is clean only for the prevalence-free metrics
+(``PREVALENCE_FREE``). See ``docs/protocols.md``.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ import numpy as np
 from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluate import CVResult, cross_validate
+from fusionfeat.evidence import weights_flags
 from fusionfeat.fsio import RUN, STUDY, dumps_json, marker_name, output_target, to_jsonable
 from fusionfeat.metrics import LABELS, METRICS
 from fusionfeat.protocols import default_protocol
 from fusionfeat.report.latex import Tex, latex_table, write_csv
+from fusionfeat.report.markdown import flags_text, tag
 from fusionfeat.report.run import write_run_files
 from fusionfeat.zoo import HeadSpec
 
@@ -43,6 +52,10 @@ STUDY_CSV = "study.csv"
 STUDY_TEX = "study.tex"
 N_BOOT = 1000
 SHOWN = ("accuracy", "balanced_accuracy", "f1", "mcc", "roc_auc")
+# metrics that do not depend on the test fold's class prevalence: the only ones whose leak split is clean
+PREVALENCE_FREE: tuple[str, ...] = ("recall", "sensitivity", "specificity", "balanced_accuracy", "roc_auc")
+DECOMPOSED: tuple[str, ...] = ("balanced_accuracy", "roc_auc", "recall", "specificity")
+PREVALENCE_DEPENDENT_SHOWN = tuple(m for m in SHOWN if m not in PREVALENCE_FREE)
 
 
 @dataclass(frozen=True)
@@ -136,11 +149,7 @@ def compare(results: dict[str, CVResult], n_boot: int = N_BOOT, seed: int = 0) -
             arms_out[name] = {"metrics": per_metric, "pooled_auc_originals": _pooled_auc(res, head, n_boot, seed)}
         contrasts = {}
         for cname, a, b, meaning in CONTRASTS:
-            per_metric = {
-                m: stats.corrected_difference_t(*fold_values(results[a], head, m),
-                                                *fold_values(results[b], head, m)).to_dict()
-                for m in METRICS
-            }
+            per_metric = {m: _contrast(results[a], results[b], head, m) for m in METRICS}
             contrasts[cname] = {
                 "of": [a, b],
                 "meaning": meaning,
@@ -149,6 +158,26 @@ def compare(results: dict[str, CVResult], n_boot: int = N_BOOT, seed: int = 0) -
             }
         out[head] = {"arms": arms_out, "contrasts": contrasts}
     return out
+
+
+def shares_splits(res_a: CVResult, res_b: CVResult, head: str) -> bool:
+    """Whether two arms scored the same test rows on every (repeat, fold): then their fits are paired."""
+    if res_a.test_fold.shape != res_b.test_fold.shape or len(res_a.rows["sample"]) != len(res_b.rows["sample"]):
+        return False
+    same_rows = all(np.array_equal(res_a.rows[k], res_b.rows[k]) for k in ("sample", "view"))
+    keys_a = [(f.repeat, f.fold) for f in res_a.fold_results(head)]
+    keys_b = [(f.repeat, f.fold) for f in res_b.fold_results(head)]
+    return same_rows and keys_a == keys_b and bool(np.array_equal(res_a.test_fold, res_b.test_fold))
+
+
+def _contrast(res_a: CVResult, res_b: CVResult, head: str, metric: str) -> dict[str, Any]:
+    """``a − b`` of one metric's per-fold means: corrected paired t when the arms share their splits (per-fold
+    differences paired by (repeat, fold)), else the corrected Welch difference."""
+    if shares_splits(res_a, res_b, head):
+        va, n_train, n_test = fold_values(res_a, head, metric)
+        vb, _, _ = fold_values(res_b, head, metric)
+        return stats.corrected_paired_t(va - vb, n_train, n_test).to_dict()
+    return stats.corrected_difference_t(*fold_values(res_a, head, metric), *fold_values(res_b, head, metric)).to_dict()
 
 
 def _common(res_a: CVResult, res_b: CVResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -219,11 +248,13 @@ def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_B
         "arms": {a.name: {"protocol": a.protocol, "balance": a.balance, "what": a.what, "run": a.name,
                           "n_eval_rows": len(results[a.name].rows["sample"])} for a in arms(honest)},
         "weights_kind": {b: p.get("weights_kind") for b, p in first.provenance.get("backbones", {}).items()},
+        "head_weights": {h: weights_flags(first, h) for h in first.heads},
         "heads_results": compare(results, n_boot=n_boot, seed=int(first.protocol.get("seed") or 0)),
     }
     data = to_jsonable(data)
     (out / STUDY_JSON).write_text(dumps_json(data))
-    write_csv(out / STUDY_CSV, ["head", "metric", "quantity", "estimate", "lo", "hi", "p", "method"], _csv_rows(data))
+    write_csv(out / STUDY_CSV, ["head", "metric", "quantity", "estimate", "lo", "hi", "p", "method",
+                                "prevalence_dependent"], _csv_rows(data))
     (out / STUDY_TEX).write_text(_tex(data))
     (out / STUDY_MD).write_text(render_study(data))
 
@@ -232,20 +263,21 @@ def _csv_rows(data: dict[str, Any]) -> list[list[Any]]:
     rows = []
     for head, h in data["heads_results"].items():
         for m in METRICS:
+            dep = m not in PREVALENCE_FREE
             for arm, a in h["arms"].items():
                 ci = a["metrics"][m]
-                rows.append([head, m, arm, ci["mean"], ci["lo"], ci["hi"], None, ci["method"]])
+                rows.append([head, m, arm, ci["mean"], ci["lo"], ci["hi"], None, ci["method"], dep])
             for cname, c in h["contrasts"].items():
                 d = c["metrics"][m]
-                rows.append([head, m, cname, d["diff"], d["lo"], d["hi"], d["p"], d["method"]])
+                rows.append([head, m, cname, d["diff"], d["lo"], d["hi"], d["p"], d["method"], dep])
         for arm, a in h["arms"].items():
             b = a["pooled_auc_originals"]
             rows.append([head, "pooled_auc_originals", arm, b.get("estimate"), b.get("lo"), b.get("hi"), None,
-                         b.get("method")])
+                         b.get("method"), False])
         for cname, c in h["contrasts"].items():
             b = c["pooled_auc_originals"]
             rows.append([head, "pooled_auc_originals", cname, b.get("estimate"), b.get("lo"), b.get("hi"),
-                         b.get("p"), b.get("method")])
+                         b.get("p"), b.get("method"), False])
     return rows
 
 
@@ -285,9 +317,14 @@ def render_study(data: dict[str, Any]) -> str:
         f"seed {data['seed']}; honest protocol: **{data['honest_protocol']}**.",
         "",
     ]
-    if any(k == "random" for k in data["weights_kind"].values()):
-        lines += ["> **RANDOM weights**: these numbers measure random features, not ImageNet ones; the "
-                  "protocol differences are still real differences between protocols.", ""]
+    lines += ["Weights per head: " + "; ".join(f"`{h}` ({flags_text({'weights': f})})"
+                                              for h, f in data.get("head_weights", {}).items()) + ".", ""]
+    random = random_heads(data)
+    if random:
+        lines += [f"> **WARNING: RANDOM-WEIGHT FEATURES** in head(s) {', '.join(f'`{h}`' for h in random)}: "
+                  "these heads' numbers measure random features, not ImageNet ones; the protocol differences "
+                  "are still real differences between protocols.", ""]
+    lines += [f"> **WARNING: LEAKY PROTOCOL** in the `paper` arm: {LEAKY_TEXT}", ""]
     lines += [
         "| arm | protocol | evaluated rows | sub-run |",
         "|---|---|---:|---|",
@@ -300,31 +337,38 @@ def render_study(data: dict[str, Any]) -> str:
         "## Metrics per protocol (mean over folds × repeats [corrected resampled t 95% CI, shown clipped to the "
         "metric's range])",
         "",
-        _md_row(["head", "arm", *[LABELS[m] for m in SHOWN]]),
+        _md_row(["head", "arm", *[_label(m) for m in SHOWN]]),
         _md_row(["---", "---", *["---:"] * len(SHOWN)]),
     ]
     for head, h in res.items():
         for arm, a in h["arms"].items():
-            lines.append(_md_row([f"`{head}`", arm, *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
+            lines.append(_md_row([head_tag(data, head), arm,
+                                  *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
     lines += [
         "",
         "## Inflation and its split (difference of per-fold means [95% CI], p)",
         "",
-        "Corrected Welch t (each arm's Nadeau–Bengio corrected variance, combined as if independent; an "
-        "approximation, usually conservative since the arms read the same images).",
+        "Inflation and leak: corrected Welch t (each arm's Nadeau–Bengio corrected variance, combined as if "
+        "independent; an approximation, usually conservative since the arms read the same images: the paper "
+        "arm's folds are over expanded rows, so they are not paired with the honest arms' folds). "
+        "Augmentation: corrected paired t on per-fold differences paired by (repeat, fold), since the "
+        "`augment` and `weight` arms share their test folds exactly. (Any two arms that share their splits, "
+        "e.g. all three when no copies are added, get the paired t; `study.json` names each test's method.)",
         "",
-        _md_row(["head", "metric", "inflation (paper − weight)", "p", "leak (paper − augment)", "p",
-                 "augmentation (augment − weight)", "p"]),
-        _md_row(["---", "---", *["---:"] * 6]),
-    ]
-    for head, h in res.items():
-        for m in SHOWN:
-            cells = []
-            for cname in ("inflation", "leak", "augmentation"):
-                d = h["contrasts"][cname]["metrics"][m]
-                cells += [_ci(d, "diff", sign=True), _p(d["p"])]
-            lines.append(_md_row([f"`{head}`", LABELS[m], *cells]))
-    lines += [
+        "The split into leak and augmentation is clean only for sensitivity, specificity, balanced accuracy "
+        "and ROC AUC: the paper arm scores class-balanced test folds (copies included) while the honest arms "
+        "score the original images at their natural prevalence, so accuracy, precision, F1 and MCC also move "
+        "with the change of prevalence. Those are in the separate table below.",
+        "",
+        *_contrast_table(data, DECOMPOSED),
+        "",
+        "### Prevalence-dependent metrics (not a clean leak split)",
+        "",
+        "**Prevalence-dependent**: under the paper arm these are measured at a different class prevalence "
+        "(balanced by copies) than under the honest arms, so their \"inflation\" and \"leak\" include that "
+        "change of prevalence, not only the leak.",
+        "",
+        *_contrast_table(data, PREVALENCE_DEPENDENT_SHOWN),
         "",
         "## ROC AUC of pooled out-of-fold predictions on the original images (paired bootstrap)",
         "",
@@ -340,7 +384,7 @@ def render_study(data: dict[str, Any]) -> str:
         for cname in ("inflation", "leak", "augmentation"):
             b = h["contrasts"][cname]["pooled_auc_originals"]
             cells += [_ci(b, "estimate", sign=True), _p(b.get("p"))]
-        lines.append(_md_row([f"`{head}`", *cells]))
+        lines.append(_md_row([head_tag(data, head), *cells]))
     unit = next((b.get("unit") for h in res.values() for b in [h["contrasts"]["inflation"]["pooled_auc_originals"]]
                  if b.get("unit")), "image")
     lines += [
@@ -350,6 +394,45 @@ def render_study(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+LEAKY_TEXT = ("copies balanced before the split, so test folds hold copies of training images; its numbers "
+              "are optimistic by construction (that is what this study measures).")
+
+
+def random_heads(data: dict[str, Any]) -> list[str]:
+    """Heads that read at least one random-weight backbone (all heads for an old study without per-head flags)."""
+    flags = data.get("head_weights")
+    if flags is None:
+        return list(data["heads"]) if any(k == "random" for k in data["weights_kind"].values()) else []
+    return [h for h, f in flags.items() if "RANDOM" in f.values()]
+
+
+def head_tag(data: dict[str, Any], head: str) -> str:
+    """A head's name with its weights flags, e.g. ``resnet18 [RANDOM]`` (markdown, as in report.md)."""
+    return tag({"heads": {head: {"weights": data.get("head_weights", {}).get(head, {})}}}, head)
+
+
+def _contrast_table(data: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    """Markdown rows of the three contrasts of ``metrics`` for every head."""
+    lines = [
+        _md_row(["head", "metric", "inflation (paper − weight)", "p", "leak (paper − augment)", "p",
+                 "augmentation (augment − weight)", "p"]),
+        _md_row(["---", "---", *["---:"] * 6]),
+    ]
+    for head, h in data["heads_results"].items():
+        for m in metrics:
+            cells = []
+            for cname in ("inflation", "leak", "augmentation"):
+                d = h["contrasts"][cname]["metrics"][m]
+                cells += [_ci(d, "diff", sign=True), _p(d["p"])]
+            lines.append(_md_row([head_tag(data, head), _label(m), *cells]))
+    return lines
+
+
+def _label(metric: str) -> str:
+    """The metric's label, marked when it depends on the test fold's class prevalence."""
+    return LABELS[metric] if metric in PREVALENCE_FREE else f"{LABELS[metric]} (prevalence-dependent)"
 
 
 def _balance_note(data: dict[str, Any]) -> list[str]:
@@ -372,13 +455,20 @@ def _tex(data: dict[str, Any]) -> str:
     header = ["head", "metric", "paper", "honest (weight)", "inflation", "leak", "augmentation"]
     rows = []
     for head, h in data["heads_results"].items():
-        for m in SHOWN:
+        for m in DECOMPOSED + PREVALENCE_DEPENDENT_SHOWN:
             c = h["contrasts"]
-            rows.append([head, LABELS[m], Tex(_num(h["arms"]["paper"]["metrics"][m]["mean"])),
+            rows.append([head_tag(data, head).replace("`", ""), _label(m),
+                         Tex(_num(h["arms"]["paper"]["metrics"][m]["mean"])),
                          Tex(_num(h["arms"]["weight"]["metrics"][m]["mean"])),
                          *[Tex(_tex_ci(c[k]["metrics"][m])) for k in ("inflation", "leak", "augmentation")]])
-    return latex_table(header, rows, f"Protocol inflation (honest protocol: {data['honest_protocol']}); "
-                       "differences with corrected 95% CI", "tab:study")
+    random = random_heads(data)
+    warn = f"LEAKY: the paper arm's {LEAKY_TEXT} "
+    if random:
+        warn += f"RANDOM weights in {', '.join(random)}: those numbers measure random features. "
+    return latex_table(header, rows, f"{warn}Protocol inflation (honest protocol: {data['honest_protocol']}); "
+                       "differences with corrected 95% CI (augmentation: paired). The leak split is clean only for "
+                       "sensitivity, specificity, balanced accuracy and ROC AUC; rows marked prevalence-dependent "
+                       "also carry the paper arm's change of class prevalence", "tab:study")
 
 
 def _tex_ci(d: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from fusionfeat import protocols
+from fusionfeat.calibration import fit_estimator
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.extract import software_versions
 from fusionfeat.head_inputs import head_blocks, rows_matrix
@@ -44,8 +45,11 @@ def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: in
     blocks = head_blocks(store, spec)
     estimator = spec.build(blocks=blocks, class_weight="balanced" if balance == "weight" else None,
                            random_state=seed, device=device, progress=progress)
+    # the inner splits (torch heads' early stopping, the SVM's sigmoid) group by subject, else by source image,
+    # as in cross_validate: a copy (--balance augment) never validates its own image
+    groups = protocols.image_groups(np.asarray(store.groups).astype(str)[rows.sample], rows.sample)
     with head_threads():  # 1 CPU thread unless the caller chose (train --threads)
-        estimator.fit(X, y)
+        fit_estimator(estimator, X, y, groups)
     counts = np.bincount(labels[kept], minlength=2)
     info = {
         "classes": list(store.classes),

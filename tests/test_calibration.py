@@ -206,3 +206,28 @@ def test_calibration_and_threshold_inside_cross_validate_never_see_the_test_fold
         for seen in CV_LOG[4 * k : 4 * k + 4]:
             assert not test & set(seen.tolist())
     assert not np.isnan(result.oof["spy"]).any()
+
+
+def test_isotonic_operating_point_is_picked_on_raw_inner_scores_and_does_not_overshoot():
+    """The threshold for sens=0.95 of an isotonic-calibrated head is picked on the head's uncalibrated inner
+    out-of-fold scores (the calibrated ones are tied in steps): its inner sensitivity is no further from the
+    target than without calibration, and predictions apply it on the raw scale."""
+    X, y, _ = _data(240, seed=7)
+    X = X[:, 1:]
+    cv = StratifiedKFold(4, shuffle=True, random_state=2)
+    plain = InnerOperatingPoint(LogisticRegression(), sens=0.95, cv=cv).fit(X, y)
+    cal = InnerOperatingPoint(CalibratedHead(LogisticRegression(), "isotonic", cv=cv), sens=0.95).fit(X, y)
+    assert abs(cal.inner_rates_["sensitivity"] - 0.95) <= abs(plain.inner_rates_["sensitivity"] - 0.95)
+    # by hand: the raw inner decision values, the largest threshold keeping >= 95% of positives above it
+    raw = cross_val_predict(LogisticRegression(), X, y, cv=cv, method="decision_function")
+    pos = np.sort(raw[y == 1])[::-1]
+    k = int(np.ceil(0.95 * len(pos) - 1e-9))
+    assert cal.score_threshold_ == pytest.approx(pos[k - 1])
+    assert cal.inner_rates_["sensitivity"] == pytest.approx(np.mean(raw[y == 1] >= pos[k - 1]))
+    # the old choice, on calibrated (isotonic, in-sample, tied) inner probabilities, lands further away
+    iso = cal.estimator_.inner_oof_
+    old = fs.threshold_for(y, iso, sens=0.95)
+    assert abs(np.mean(iso[y == 1] >= old) - 0.95) >= abs(cal.inner_rates_["sensitivity"] - 0.95)
+    head = LogisticRegression().fit(X, y)
+    np.testing.assert_array_equal(cal.predict(X), (head.decision_function(X) >= cal.score_threshold_).astype(int))
+    assert 0 <= cal.threshold_ <= 1

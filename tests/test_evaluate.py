@@ -651,3 +651,52 @@ def test_svm_platt_sigmoid_is_fitted_with_the_class_weights():
     old = CalibratedClassifierCV(SVC(random_state=0, class_weight="balanced"), method="sigmoid", cv=5,
                                         ensemble=False).fit(Xs, y).predict_proba(Xs)
     assert (got[:, 1] >= 0.5).sum() > (old[:, 1] >= 0.5).sum()  # the old sigmoid (unweighted) undid the weights
+
+
+def test_svm_platt_sigmoid_uses_grouped_inner_folds_when_given_groups():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+    from sklearn.utils.class_weight import compute_sample_weight
+
+    from fusionfeat.calibration import fit_estimator
+    from fusionfeat.estimators import make_svm
+
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"s{i}" for i in range(30)], 4)  # 30 subjects, 4 cells each
+    y = np.repeat((rng.random(30) < 0.35).astype(int), 4)
+    X = rng.normal(size=(120, 5)) + 0.8 * y[:, None]
+    got = fit_estimator(make_svm("balanced", 0), X, y, groups).predict_proba(X)
+    Xs = StandardScaler().fit_transform(X)
+    splits = list(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(Xs, y, groups))
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])  # no subject on both sides of a sigmoid fold
+    ref = CalibratedClassifierCV(SVC(random_state=0), method="sigmoid", cv=splits, ensemble=False)
+    ref.fit(Xs, y, sample_weight=compute_sample_weight("balanced", y))
+    np.testing.assert_allclose(got, ref.predict_proba(Xs), rtol=1e-12, atol=1e-12)
+    ungrouped = make_svm("balanced", 0).fit(X, y).predict_proba(X)
+    assert not np.allclose(got, ungrouped)  # the groups changed the sigmoid's folds
+
+
+def test_isotonic_operating_point_inner_sensitivity_is_no_further_from_target():
+    store = fake_store(signal=0.8)
+    got = {}
+    for cal in (None, "isotonic"):
+        result = cross_validate(store, ["logreg", "svm"], folds=3, progress=False, backbones=PAIR, calibrate=cal,
+                                operating_point="sens=0.95")
+        got[cal] = {h: np.array([f.inner_rates["sensitivity"] for f in result.fold_results(h)]) for h in result.heads}
+    for head in ("logreg", "svm"):
+        assert np.all(np.abs(got["isotonic"][head] - 0.95) <= np.abs(got[None][head] - 0.95) + 1e-12), head
+
+
+def test_svm_with_too_few_groups_keeps_the_ungrouped_sigmoid_folds():
+    from fusionfeat.calibration import fit_estimator
+    from fusionfeat.estimators import make_svm
+
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(40, dtype=int), np.zeros(20, dtype=int)]
+    X = rng.normal(size=(60, 4)) + y[:, None]
+    groups = np.r_[[f"a{i % 8}" for i in range(40)], ["h0"] * 20]  # one HEM subject: no grouped fold can hold it out
+    got = fit_estimator(make_svm("balanced", 0), X, y, groups).predict_proba(X)
+    np.testing.assert_array_equal(got, make_svm("balanced", 0).fit(X, y).predict_proba(X))

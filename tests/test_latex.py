@@ -85,7 +85,7 @@ def test_run_tables(tmp_path):
     assert len(table) == 2 * len(METRICS)
     auc = next(r for r in table if r["head"] == "logreg" and r["metric"] == "roc_auc")
     assert float(auc["mean"]) == data["heads"]["logreg"]["summary"]["roc_auc"]["mean"]
-    assert auc["ci95_low"] == ""  # NaN → empty
+    assert auc["corrected_t_ci95_low"] == ""  # no uncertainty data → empty
     with open(tmp_path / "table_confusion.csv") as fh:
         conf = list(csv.reader(fh))
     assert conf == [["head", "TN", "FP", "FN", "TP"], ["attention_spatial", "10", "2", "3", "9"],

@@ -248,3 +248,24 @@ def test_fit_bad_toml_is_one_line(store, tmp_path):
     bad.write_text("[logreg\nC = ")
     result = run("fit", store, "--head", "logreg", "-o", tmp_path / "r", "--quiet", "--head-params", bad)
     assert result.exit_code == 2 and "not valid TOML" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_train_fits_with_image_groups_for_inner_splits(store, monkeypatch):
+    """train hands the head the same groups as cross_validate (subject, else source image), so the SVM's
+    sigmoid folds and the torch heads' early-stopping split never split an image from its copies."""
+    from fusionfeat.estimators import WeightedPlattSVC
+    from fusionfeat.train import train_head
+
+    seen = {}
+    original = WeightedPlattSVC.fit
+
+    def spy(self, X, y, groups=None):
+        seen["groups"] = groups
+        return original(self, X, y, groups)
+
+    monkeypatch.setattr(WeightedPlattSVC, "fit", spy)
+    with FeatureStore.open(store) as fs:
+        train_head(fs, "svm", progress=False, device="cpu")
+        kept = np.flatnonzero(fs.ok)
+    assert seen["groups"] is not None
+    assert list(seen["groups"]) == [f"image-{s}" for s in kept]  # no subjects here: one group per source image

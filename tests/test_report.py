@@ -12,7 +12,6 @@ import pytest
 from scipy import stats as st
 from sklearn import metrics as skm
 
-from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.estimators import TorchHeadClassifier
 from fusionfeat.evaluate import cross_validate
@@ -121,7 +120,12 @@ def test_random_weights_and_leaky_protocol_are_flagged_at_the_top(tmp_path):
     store = fake_store()
     store.weights_kind = "random"
     result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
-    text = (write_run(result, tmp_path / "paper") / "report.md").read_text()
+    out = write_run(result, tmp_path / "paper")
+    text = (out / "report.md").read_text()
+    captions = [line for line in (out / "report.tex").read_text().splitlines() if line.startswith("\\caption")]
+    assert captions and all("LEAKY PROTOCOL" in c and "RANDOM-WEIGHT FEATURES in logreg" in c for c in captions)
+    assert "logreg [RANDOM]" in (out / "report.tex").read_text()
+    assert "under `paper` n counts the scored rows" in text and "not augmentation copies" not in text
     head = text[: text.index("## Results")]
     assert "**WARNING: RANDOM-WEIGHT FEATURES** in head(s) `logreg`" in head and "NOT comparable" in head
     assert "**WARNING: LEAKY PROTOCOL (`paper`).**" in head and "BEFORE the split" in head
@@ -211,6 +215,51 @@ def _sk_metric(name, y, pred):
     }[name]()
 
 
+def _ratio(a, b):
+    return a / b if b else math.nan
+
+
+def _hand_metric(name, y, s):
+    """A pooled metric written out from the counts at s >= 0.5 (NaN for an empty denominator, as the
+    bootstrap expects so that it skips the resample); AUC by scikit-learn (NaN with one class)."""
+    if name == "roc_auc":
+        return skm.roc_auc_score(y, s) if 0 < y.sum() < len(y) else math.nan
+    pred, pos = s >= 0.5, y == 1
+    tp, tn = int(np.sum(pred & pos)), int(np.sum(~pred & ~pos))
+    fp, fn = int(np.sum(pred & ~pos)), int(np.sum(~pred & pos))
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "accuracy": _ratio(tp + tn, len(y)),
+        "precision": _ratio(tp, tp + fp),
+        "recall": sens,
+        "specificity": spec,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": (sens + spec) / 2,
+        "mcc": _ratio(tp * tn - fp * fn, math.sqrt(float(tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))),
+    }[name]
+
+
+def _hand_subject_bootstrap(groups, statistic, n_boot, seed=0):
+    """Subject bootstrap written out, with the same random draws as fusionfeat.stats: subjects in order of first
+    appearance, ``np.random.default_rng(seed).integers(0, k, k)`` subject indices per resample, every row of
+    each drawn subject kept; resamples whose statistic is NaN are skipped. Returns the valid statistics."""
+    subjects = list(dict.fromkeys(groups.tolist()))
+    rows_of = [np.flatnonzero(groups == g) for g in subjects]
+    rng = np.random.default_rng(seed)
+    k = len(subjects)
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rows_of[c] for c in rng.integers(0, k, k)])
+        values.append(statistic(idx))
+    values = np.asarray(values, dtype=float)
+    return values[np.isfinite(values)]
+
+
+def _mean_over_repeats(name, y, p):
+    """The statistic of one resample: the metric on each repeat's resampled rows, averaged over repeats."""
+    return lambda idx: float(np.mean([_hand_metric(name, y[idx], row[idx]) for row in p]))
+
+
 def test_uncertainty_numbers_match_independent_computations(grouped_run):
     result, out = grouped_run
     data = json.loads((out / "metrics.json").read_text())
@@ -239,15 +288,16 @@ def test_uncertainty_numbers_match_independent_computations(grouped_run):
                 ]
                 got = [math.nan if v is None else v for v in u["pooled"]["per_repeat"]]  # JSON writes NaN as null
                 assert got == pytest.approx(per_repeat, abs=1e-12, nan_ok=True), (head, name)
-            # the bootstrap interval: subjects resampled, the same call on the CSV's columns
+            # the bootstrap interval: subjects resampled, recomputed by hand from the CSV's columns
             boot = u["pooled"]["bootstrap"]
             assert boot["unit"] == "subject" and boot["n_units"] == 12 and boot["resampled"] == "subjects"
             col = f"p_all_{head}" if name == "roc_auc" else f"pred_{head}"
             p = np.array([[float(r[col]) if name == "roc_auc" else float(r[col] == "all") for r in part]
                           for part in repeats.values()])
-            ref = stats.cluster_bootstrap(_truth(repeats[0]), p, groups, name, n_boot=N_BOOT, seed=0)
+            ok = _hand_subject_bootstrap(groups, _mean_over_repeats(name, _truth(repeats[0]), p), N_BOOT)
+            assert boot["n_skipped"] == N_BOOT - len(ok)
             if boot["lo"] is not None:
-                assert (boot["lo"], boot["hi"]) == pytest.approx((ref.lo, ref.hi))
+                assert (boot["lo"], boot["hi"]) == pytest.approx(tuple(np.quantile(ok, [0.025, 0.975])))
                 assert boot["lo"] <= boot["estimate"] <= boot["hi"] or u["pooled"]["mean"] is None
 
 
@@ -297,8 +347,11 @@ def test_does_fusion_help_table_matches_paired_tests_and_holm(grouped_run):
         assert r["pooled"]["method"] == "paired bootstrap over subjects"
         pa = np.array([[float(x[f"p_all_{a}"]) for x in part] for part in repeats.values()])
         pb = np.array([[float(x[f"p_all_{b}"]) for x in part] for part in repeats.values()])
-        ref = stats.paired_cluster_bootstrap(y, pa, pb, groups, "roc_auc", n_boot=N_BOOT, seed=0)
-        assert (r["pooled"]["lo"], r["pooled"]["hi"], r["pooled"]["p"]) == pytest.approx((ref.lo, ref.hi, ref.p))
+        auc_a, auc_b = _mean_over_repeats("roc_auc", y, pa), _mean_over_repeats("roc_auc", y, pb)
+        d = _hand_subject_bootstrap(groups, lambda idx, fa=auc_a, fb=auc_b: fa(idx) - fb(idx), N_BOOT)  # same draws
+        lo, hi = np.quantile(d, [0.025, 0.975])
+        p_boot = min(1.0, 2 * min(np.sum(d <= 0) + 1, np.sum(d >= 0) + 1) / (len(d) + 1))
+        assert (r["pooled"]["lo"], r["pooled"]["hi"], r["pooled"]["p"]) == pytest.approx((lo, hi, p_boot))
     for key in ("per_fold", "pooled"):  # Holm by hand: sorted p times (m - rank), running max, capped at 1
         p = np.array([r[key]["p"] for r in rows])
         order = np.argsort(p, kind="stable")
@@ -348,8 +401,17 @@ def test_one_repeat_without_subjects_compares_auc_with_delong(tmp_path):
     out = write_run(result, tmp_path / "d", n_boot=50)
     pair = json.loads((out / "metrics.json").read_text())["comparisons"]["pairs"][0]
     y = (result.rows["label"] == 1).astype(int)
-    ref = stats.delong_test(y, result.oof["logreg"][0], result.oof["svm"][0])
-    assert pair["pooled"]["method"] == "DeLong" and pair["pooled"]["p"] == pytest.approx(ref.p)
+    # DeLong (1988) written out: structural components by pairwise comparison of positives with negatives
+    scores = [result.oof["logreg"][0], result.oof["svm"][0]]
+    pos, neg = y == 1, y == 0
+    psi = [(s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :]) for s in scores]
+    v10 = np.column_stack([m.mean(axis=1) for m in psi])
+    v01 = np.column_stack([m.mean(axis=0) for m in psi])
+    cov = np.cov(v10, rowvar=False) / pos.sum() + np.cov(v01, rowvar=False) / neg.sum()
+    diff = v10[:, 0].mean() - v10[:, 1].mean()
+    z = diff / math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    assert pair["pooled"]["method"] == "DeLong" and pair["pooled"]["diff"] == pytest.approx(diff)
+    assert pair["pooled"]["p"] == pytest.approx(2 * st.norm.sf(abs(z)))
     assert "DeLong" in (out / "report.md").read_text()
 
 
@@ -391,3 +453,47 @@ def test_a_subject_with_both_classes_skips_the_subject_section_but_keeps_the_run
     data = json.loads((out / "metrics.json").read_text())
     assert "both classes" in data["subjects"]["skipped"] and not (out / "subjects.csv").exists()
     assert "Not computed: subject 'S0' has cells of both classes" in (out / "report.md").read_text()
+
+
+def test_latex_and_csv_tables_carry_intervals_fusion_calibration_and_flags(grouped_run):
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    tex = (out / "report.tex").read_text()
+    for label in ("tab:results", "tab:confusion", "tab:uncertainty", "tab:fusion", "tab:calibration"):
+        assert f"\\label{{{label}}}" in tex
+    assert "holding the fitted models fixed" in tex
+    md = (out / "report.md").read_text()
+    assert "holds the fitted models fixed" in md and "n counts evaluated images, not augmentation copies" in md
+    for head, info in data["heads"].items():  # every head carries its weights flags in the LaTeX tables
+        kinds = set(info["weights"].values())
+        if len(kinds) == 1:
+            assert f"{head} [{kinds.pop()}]" in tex
+    rows = read_csv(out / "table_results.csv")
+    assert {"corrected_t_ci95_low", "corrected_t_ci95_high", "pooled_oof", "bootstrap_ci95_low",
+            "bootstrap_ci95_high"} <= set(rows[0])
+    for r in rows:
+        u = data["heads"][r["head"]]["uncertainty"][r["metric"]]
+        if u["corrected_t"]["lo"] is not None:
+            assert float(r["corrected_t_ci95_low"]) == pytest.approx(u["corrected_t"]["lo"], abs=1e-12)
+            assert float(r["corrected_t_ci95_high"]) == pytest.approx(u["corrected_t"]["hi"], abs=1e-12)
+        if u["pooled"]["bootstrap"]["lo"] is not None:
+            assert float(r["bootstrap_ci95_low"]) == pytest.approx(u["pooled"]["bootstrap"]["lo"], abs=1e-12)
+    assert any(r["corrected_t_ci95_low"] != "" for r in rows)
+
+
+def test_subject_level_under_paper_aggregates_original_images_only():
+    from fusionfeat.evidence import subject_level
+
+    store = fake_store(cells=6)
+    result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
+    view = np.asarray(result.rows["view"])
+    assert np.any(view != 0)  # the paper protocol scored copies
+    out = subject_level(result, n_boot=50)
+    assert out["n_cells"] == [6] * 12  # each subject's 6 cells, not its copies
+    originals = view == 0
+    groups = np.asarray(result.rows["group"])[originals]
+    p = result.oof["logreg"][0][originals]
+    for subject, score in zip(out["subject"], out["scores"]["logreg"][0], strict=True):
+        assert score == pytest.approx(p[groups == subject].mean(), abs=1e-12)
+    boot = out["heads"]["logreg"]["metrics"]["roc_auc"]["bootstrap"]
+    assert boot["unit"] == "subject" and boot["n_units"] == 12

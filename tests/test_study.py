@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from functools import partial
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy import stats as st
 from sklearn.metrics import roc_auc_score
 
 from fusionfeat.cli import main
@@ -74,6 +76,48 @@ def test_inflation_is_paper_minus_honest(study_dir):
                 assert lo <= c["inflation"]["metrics"][m]["diff"] <= hi
 
 
+def fold_table(out, study, arm, head="resnet18", metric="roc_auc"):
+    """Per-fit values, training and test row counts of one arm, read from its metrics.json."""
+    folds = metrics_json(out / arm)["heads"][head]["folds"]
+    n_eval = study["arms"][arm]["n_eval_rows"]
+    keys = [(f["repeat"], f["fold"]) for f in folds]
+    values = np.array([f["metrics"][metric] for f in folds], dtype=float)
+    n_test = np.array([f["n_test"] for f in folds], dtype=float)
+    return keys, values, n_eval - n_test, n_test
+
+
+def test_contrast_tests_by_hand(study_dir):
+    """augmentation (augment − weight, same splits) is the corrected paired t: checked with scipy's t
+    distribution; inflation (paper − weight, different splits) is the corrected Welch t, computed by hand."""
+    out, _ = study_dir
+    study = json.loads((out / "study.json").read_text())
+    c = study["heads_results"]["resnet18"]["contrasts"]
+    keys_a, va, n_train, n_test = fold_table(out, study, "augment")
+    keys_w, vw, n_train_w, n_test_w = fold_table(out, study, "weight")
+    assert keys_a == keys_w and np.array_equal(n_test, n_test_w)  # the two honest arms share their folds
+    d = va - vw
+    j = len(d)
+    se = math.sqrt((1 / j + np.mean(n_test / n_train)) * d.var(ddof=1))
+    half = st.t.ppf(0.975, j - 1) * se
+    aug = c["augmentation"]["metrics"]["roc_auc"]
+    assert aug["method"] == "corrected paired t"
+    assert aug["diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert aug["lo"] == pytest.approx(d.mean() - half, abs=1e-9) and aug["hi"] == pytest.approx(d.mean() + half,
+                                                                                              abs=1e-9)
+    assert aug["p"] == pytest.approx(2 * st.t.sf(abs(d.mean() / se), j - 1), abs=1e-9)
+
+    _, vp, n_train_p, n_test_p = fold_table(out, study, "paper")
+    var_p = (1 / len(vp) + np.mean(n_test_p / n_train_p)) * vp.var(ddof=1)
+    var_w = (1 / len(vw) + np.mean(n_test_w / n_train_w)) * vw.var(ddof=1)
+    se = math.sqrt(var_p + var_w)
+    df = (var_p + var_w) ** 2 / (var_p**2 / (len(vp) - 1) + var_w**2 / (len(vw) - 1))
+    diff = vp.mean() - vw.mean()
+    inflation = c["inflation"]["metrics"]["roc_auc"]
+    assert inflation["method"] == "corrected Welch t"
+    assert inflation["lo"] == pytest.approx(diff - st.t.ppf(0.975, df) * se, abs=1e-9)
+    assert inflation["p"] == pytest.approx(2 * st.t.sf(abs(diff / se), df), abs=1e-9)
+
+
 def oof_auc_on_originals(folder, head):
     """Mean over repeats of the AUC of view-0 rows, from predictions.csv (independent of the study code)."""
     with open(folder / "predictions.csv") as fh:
@@ -109,8 +153,15 @@ def test_report_files(study_dir):
         rows = list(csv.DictReader(fh))
     quantities = {r["quantity"] for r in rows}
     assert quantities == {"paper", "augment", "weight", "inflation", "leak", "augmentation"}
+    dependent = {r["metric"] for r in rows if r["prevalence_dependent"] == "True"}
+    assert dependent == {"accuracy", "precision", "f1", "mcc"}
+    assert "prevalence-dependent" in md and "clean only for sensitivity, specificity" in md
     tex = (out / "study.tex").read_text()
     assert r"\toprule" in tex and "roc_auc" not in tex  # labels, escaped
+    # per-head weights flags in every table, the warnings in the banner and the LaTeX caption
+    assert "`resnet18` [RANDOM]" in md and "WARNING: RANDOM-WEIGHT FEATURES" in md and "LEAKY PROTOCOL" in md
+    assert all("[RANDOM]" in line for line in md.splitlines() if line.startswith(("| `logreg`", "| `resnet18`")))
+    assert "resnet18 [RANDOM]" in tex and "LEAKY" in tex and "RANDOM weights in" in tex
 
 
 def test_study_cli_and_single_view_refusal(study_dir, tmp_path):

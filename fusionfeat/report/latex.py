@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionfeat.metrics import LABELS, METRICS
+from fusionfeat.report.markdown import random_heads, tag
 
 TEX_FILE = "report.tex"
 RESULTS_CSV = "table_results.csv"
@@ -85,22 +86,139 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def head_cell(data: dict[str, Any], head: str) -> str:
+    """A head's name with its weights flags, e.g. ``resnet18 [RANDOM]`` (as in report.md, without markdown);
+    the bare name when the data records no flags."""
+    if not (data["heads"].get(head) or {}).get("weights"):
+        return head
+    return tag(data, head).replace("`", "")
+
+
+def warnings_caption(data: dict[str, Any]) -> str:
+    """The report's warnings, for every caption: LEAKY protocol, RANDOM-weight heads (empty when none)."""
+    parts = []
+    if data["protocol"].get("leaky"):
+        parts.append("LEAKY PROTOCOL (paper): copies balanced before the split, scores optimistic by construction.")
+    random = random_heads(data)
+    if random:
+        parts.append(f"RANDOM-WEIGHT FEATURES in {', '.join(random)}: not comparable with ImageNet features.")
+    return " ".join(parts)
+
+
+def _caption(data: dict[str, Any], text: str) -> str:
+    warn = warnings_caption(data)
+    return f"{warn} {text}" if warn else text
+
+
+def _num(x: Any, digits: int = 4, sign: bool = False) -> str:
+    if _missing(x):
+        return "--"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def _interval(lo: Any, hi: Any, sign: bool = False) -> str:
+    return f"[{_num(lo, sign=sign)}, {_num(hi, sign=sign)}]"
+
+
+def _pval(p: Any) -> str:
+    return "--" if _missing(p) else (f"{p:.3g}" if p >= 1e-3 else "<0.001")
+
+
+def _uncertainty_table(data: dict[str, Any]) -> str:
+    heads = {h: i for h, i in data["heads"].items() if i.get("uncertainty")}
+    if not heads:
+        return ""
+    header = ["head", "metric", "per-fold mean $\\pm$ sd", "corrected t 95% CI", "pooled OOF", "bootstrap 95% CI"]
+    rows = []
+    unit = "images"
+    for head, info in heads.items():
+        for m in METRICS:
+            u = info["uncertainty"][m]
+            ci, pooled = u["corrected_t"], u["pooled"]
+            unit = pooled["bootstrap"].get("resampled", unit)
+            rows.append([head_cell(data, head), LABELS[m], tex_pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
+                         _interval(ci.get("lo"), ci.get("hi")), _num(pooled.get("mean")),
+                         _interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"))])
+    caption = _caption(data, "Uncertainty. Per-fold mean and sd over folds x repeats; corrected t: Nadeau-Bengio "
+                       "corrected resampled t interval; pooled OOF: the metric on all out-of-fold predictions of a "
+                       f"repeat, averaged over repeats; bootstrap: percentile interval resampling {unit}, holding "
+                       "the fitted models fixed (it excludes training variability, so it is usually narrower "
+                       "than the corrected t)")
+    header[2] = Tex("per-fold mean $\\pm$ sd")
+    return latex_table(header, rows, caption, "tab:uncertainty")
+
+
+def _fusion_table(data: dict[str, Any]) -> str:
+    comp = data.get("comparisons") or {}
+    rows_in = comp.get("fusion_table") or []
+    if not rows_in:
+        return ""
+    header = ["fusion head", "against", "d AUC per-fold [95% CI]", "p", "p (Holm)", "d AUC pooled [95% CI]", "p",
+              "p (Holm)", "pooled test"]
+    rows = []
+    for r in rows_in:
+        t, b = r["per_fold"], r["pooled"]
+        rows.append([head_cell(data, r["head"]), f"{head_cell(data, r['against'])} ({r['role']})",
+                     f"{_num(t.get('diff'), sign=True)} {_interval(t.get('lo'), t.get('hi'), sign=True)}",
+                     _pval(t.get("p")), _pval(t.get("p_holm")),
+                     f"{_num(b.get('diff', b.get('estimate')), sign=True)} "
+                     f"{_interval(b.get('lo'), b.get('hi'), sign=True)}",
+                     _pval(b.get("p")), _pval(b.get("p_holm")), b.get("method", "")])
+    caption = _caption(data, "Does fusion help? Difference in ROC AUC (fusion - reference) on the same splits: "
+                       "per-fold with the corrected resampled paired t-test; pooled OOF with the paired test named; "
+                       f"Holm-adjusted over the rows. Best single-backbone head: {comp.get('best_single')}")
+    return latex_table(header, rows, caption, "tab:fusion")
+
+
+def _calibration_table(data: dict[str, Any]) -> str:
+    heads = {h: i["calibration"] for h, i in data["heads"].items() if i.get("calibration")}
+    if not heads:
+        return ""
+    first = next(iter(heads.values()))
+    how = first.get("calibrated")
+    rows = [[head_cell(data, h), _num(c.get("brier")), _num(c.get("ece"))] for h, c in heads.items()]
+    caption = _caption(data, f"Calibration of the pooled out-of-fold P({data['positive']}): Brier score and ECE "
+                       f"({first.get('n_bins', 10)} equal-width bins), averaged over repeats; "
+                       + (f"calibrated post hoc ({how}) inside each training fold" if how else "no post-hoc "
+                          "calibration"))
+    return latex_table(["head", "Brier", "ECE"], rows, caption, "tab:calibration")
+
+
+RESULTS_COLUMNS = ["mean", "std", "corrected_t_ci95_low", "corrected_t_ci95_high", "pooled_oof",
+                   "bootstrap_ci95_low", "bootstrap_ci95_high", "bootstrap_unit", "n_folds", "n_repeats"]
+
+
+def _results_csv_row(info: dict[str, Any], metric: str) -> list[Any]:
+    summary = info["summary"][metric]
+    u = (info.get("uncertainty") or {}).get(metric) or {}
+    ci = u.get("corrected_t") or {}
+    pooled = u.get("pooled") or {}
+    boot = pooled.get("bootstrap") or {}
+    return [summary.get("mean"), summary.get("std"), ci.get("lo"), ci.get("hi"), pooled.get("mean"), boot.get("lo"),
+            boot.get("hi"), boot.get("resampled", boot.get("unit")), summary.get("n_folds"), summary.get("n_repeats")]
+
+
 def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     """Write ``report.tex`` and the CSV tables of a run's JSON data into ``out``; return their names."""
     heads = data["heads"]
     folds, repeats = data["protocol"].get("n_folds", "?"), data["protocol"].get("repeats", 1)
     unit = f"{folds} folds" + (f" x {repeats} repeats" if repeats and repeats > 1 else "")
     header = ["head", *[LABELS[m] for m in METRICS]]
-    rows = [[h, *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]] for h, i in heads.items()]
-    caption = f"Results, mean and standard deviation over {unit}; protocol {data['protocol'].get('name', '')}"
+    rows = [[head_cell(data, h), *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]]
+            for h, i in heads.items()]
+    caption = _caption(data, f"Results, per-fold mean and standard deviation over {unit}; protocol "
+                       f"{data['protocol'].get('name', '')}")
     tex = latex_table(header, rows, caption, "tab:results")
     conf_header = ["head", "TN", "FP", "FN", "TP"]
     conf_rows = [[h, *[int(x) for row in i["confusion_total"] for x in row]] for h, i in heads.items()]
-    tex += "\n" + latex_table(conf_header, conf_rows, "Confusion counts summed over folds (and repeats)",
-                              "tab:confusion")
+    tex_conf_rows = [[head_cell(data, h), *r[1:]] for h, r in zip(heads, conf_rows, strict=True)]
+    tex += "\n" + latex_table(conf_header, tex_conf_rows,
+                              _caption(data, "Confusion counts summed over folds (and repeats)"), "tab:confusion")
+    for extra in (_uncertainty_table(data), _fusion_table(data), _calibration_table(data)):
+        if extra:
+            tex += "\n" + extra
     (out / TEX_FILE).write_text(tex)
-    stats = ["mean", "std", "ci95_low", "ci95_high", "n_folds", "n_repeats"]
-    write_csv(out / RESULTS_CSV, ["head", "metric", *stats],
-              [[h, m, *[i["summary"][m].get(k) for k in stats]] for h, i in heads.items() for m in METRICS])
+    write_csv(out / RESULTS_CSV, ["head", "metric", *RESULTS_COLUMNS],
+              [[h, m, *_results_csv_row(i, m)] for h, i in heads.items() for m in METRICS])
     write_csv(out / CONFUSION_CSV, conf_header, conf_rows)
     return [TEX_FILE, RESULTS_CSV, CONFUSION_CSV]

@@ -103,7 +103,7 @@ def random_heads(data: dict[str, Any]) -> list[str]:
 
 def random_backbones(data: dict[str, Any]) -> list[str]:
     used = {b for h in data["heads"].values() for b in h.get("backbones", [])}
-    backbones = data["provenance"].get("backbones", {}) or {}
+    backbones = (data.get("provenance") or {}).get("backbones", {}) or {}
     return [b for b in sorted(used) if str(backbones.get(b, {}).get("weights_kind", "")) == "random"]
 
 
@@ -186,10 +186,11 @@ def _intervals_section(data: dict[str, Any]) -> str:
         f"- **per-fold mean ± sd**: each metric computed on each of the {p.get('n_folds')} folds × "
         f"{p.get('repeats', 1)} repeats, then averaged.",
         "- **corrected t 95% CI**: Nadeau–Bengio corrected resampled t interval over folds × repeats (variance "
-        "inflated by n_test/n_train for the overlap of training sets; n counts evaluated images, not "
-        "augmentation copies).",
+        "inflated by n_test/n_train for the overlap of training sets; " + _counted(p) + ").",
         "- **pooled OOF**: the metric computed once on all out-of-fold predictions of a repeat, averaged over "
-        f"repeats; **bootstrap 95% CI**: percentile interval of that value, resampling {unit}.",
+        f"repeats; **bootstrap 95% CI**: percentile interval of that value, resampling {unit}. It holds the "
+        "fitted models fixed (it excludes training variability), which is why it is usually narrower than the "
+        "corrected t interval.",
         "- ROC AUC: the per-fold value ranks images within a fold only; the pooled value also ranks images of "
         "different folds (different models) against each other, so the two can differ.",
         "",
@@ -218,6 +219,14 @@ def _intervals_section(data: dict[str, Any]) -> str:
                 )
             )
     return "\n".join(lines)
+
+
+def _counted(protocol: dict[str, Any]) -> str:
+    """What n_train and n_test count, which depends on whether copies were scored."""
+    if protocol.get("leaky"):
+        return ("under `paper` n counts the scored rows, so the rotated/mirrored copies added before the split "
+                "count as images")
+    return "n counts evaluated images, not augmentation copies"
 
 
 def _fusion_help_section(data: dict[str, Any]) -> str:

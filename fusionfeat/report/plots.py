@@ -55,7 +55,8 @@ def _reliability_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -
     bins = np.clip(np.ceil(np.asarray(curve["prob_pred"]) * n_bins) - 1, 0, n_bins - 1)  # bin i: (i/n, (i+1)/n]
     hist.bar((bins + 0.5) / n_bins, curve["count"], width=0.9 / n_bins, color="C0", alpha=0.6)
     hist.set_xlabel(f"mean predicted P({data['positive']})")
-    hist.set_ylabel("images")
+    repeats = int(data["protocol"].get("repeats", 1) or 1)
+    hist.set_ylabel("rows × repeats" if repeats > 1 else "rows")  # the curve pools every repeat's rows
     return fig
 
 
