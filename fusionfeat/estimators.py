@@ -524,14 +524,22 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         subject's other cells nor a rotated copy of a row score it for the sigmoid."""
         X, y, weights = _weighted_fit_data(self, X, y, (np.float64, np.float32))
         svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.random_state)
-        cv: Any = self.cv
+        cv: Any = self._ungrouped_cv(y)
         if groups is not None:
-            cv = self._grouped_splits(y, groups)
+            cv = self._grouped_splits(y, groups, cv)
         calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
         self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)
         return self
 
-    def _grouped_splits(self, y: np.ndarray, groups: Any) -> Any:
+    def _ungrouped_cv(self, y: np.ndarray) -> int:
+        """``cv`` folds, or fewer when the rarer class has fewer training rows (a tiny fold); refused below 2."""
+        smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+        if smallest < 2:
+            raise FusionfeatError(f"the SVM's Platt sigmoid needs at least 2 training images of each class; a "
+                                  f"training fold has {smallest}: use fewer folds or more images")
+        return min(int(self.cv), smallest)
+
+    def _grouped_splits(self, y: np.ndarray, groups: Any, fallback: int) -> Any:
         """Grouped inner folds for the sigmoid: at most as many as the rarer class has groups, and every
         training part holding both classes; else (too few groups) scikit-learn's ``cv`` as without groups."""
         g = np.asarray(groups).astype(str).reshape(-1)
@@ -541,14 +549,14 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         per_class = [len(np.unique(units[y == c])) for c in np.unique(y)]
         n_splits = min(int(self.cv), *per_class)
         if n_splits < 2:
-            return self.cv
+            return fallback
         seed = 0 if self.random_state is None else self.random_state
         try:
             splits = inner_splits(y, g, n_splits, seed)
         except FusionfeatError:
-            return self.cv
+            return fallback
         if any(len(np.unique(y[train])) < 2 for train, _ in splits):
-            return self.cv
+            return fallback
         return splits
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -653,6 +653,22 @@ def test_svm_platt_sigmoid_is_fitted_with_the_class_weights():
     assert (got[:, 1] >= 0.5).sum() > (old[:, 1] >= 0.5).sum()  # the old sigmoid (unweighted) undid the weights
 
 
+def test_svm_on_a_tiny_fold_uses_fewer_sigmoid_folds_and_refuses_one_image_per_class():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    from fusionfeat.estimators import WeightedPlattSVC
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(9, 3)), np.array([0] * 6 + [1] * 3)
+    X[y == 1] += 1.0
+    got = WeightedPlattSVC(random_state=0).fit(X, y).predict_proba(X)  # 3 images of class 1: 3 sigmoid folds
+    ref = CalibratedClassifierCV(SVC(random_state=0), method="sigmoid", cv=3, ensemble=False).fit(X, y)
+    np.testing.assert_allclose(got, ref.predict_proba(X), rtol=1e-12, atol=1e-12)
+    with pytest.raises(FusionfeatError, match="at least 2 training images of each class"):
+        WeightedPlattSVC().fit(X[:7], y[:7])
+
+
 def test_svm_platt_sigmoid_uses_grouped_inner_folds_when_given_groups():
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import StratifiedGroupKFold
