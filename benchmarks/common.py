@@ -20,7 +20,7 @@ import torchvision
 
 import fusionfeat
 from fusionfeat.data.manifest import Manifest, build_manifest
-from fusionfeat.runtime import autocast, cpu_supports_bf16
+from fusionfeat.runtime import autocast, cpu_bf16_speedup, cpu_supports_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 # beside the repo here; inside it (.devdata/, ignored, carried) on a lent device machine
@@ -56,6 +56,7 @@ def machine_info() -> dict:
         "fusionfeat": fusionfeat.__version__,
         "capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": cpu_supports_bf16(),
+        "cpu_bf16_speedup": round(cpu_bf16_speedup(), 2),
         "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

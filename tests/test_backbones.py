@@ -180,6 +180,29 @@ def test_weights_choice_parse_and_restore(tmp_path):
         WeightsChoice.from_provenance("resnet18", recorded)
 
 
+@pytest.mark.parametrize("speedup, auto", [(0.5, "fp32"), (1.1, "fp32"), (2.0, "bf16")])
+def test_auto_precision_on_the_cpu_follows_the_measured_bf16_speedup(monkeypatch, speedup, auto):
+    from fusionfeat import runtime
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_bf16_speedup", lambda: speedup)
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == auto
+    if speedup < 1:
+        with pytest.warns(PrecisionWarning, match="measured 2.0x slower than fp32"):
+            assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert runtime.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_bf16_speedup_is_measured_only_where_bf16_is_native():
+    from fusionfeat import runtime
+
+    speedup = runtime.cpu_bf16_speedup()
+    assert speedup == 0.0 if not runtime.cpu_supports_bf16() else speedup > 0
+
+
 def test_emulated_bf16_is_a_warning_from_the_library(monkeypatch, tiny_folders, tmp_path):
     from fusionfeat import runtime
 
