@@ -55,28 +55,33 @@ def check_blocks(blocks: Sequence[Sequence[int]] | None, n_features: int) -> Blo
 
 
 def _block_stats(X: np.ndarray, blocks: Blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-block, per-channel mean and std over samples and tokens, in float64, one chunk at a time.
+    """Per-block, per-channel mean and std over samples and tokens, one chunk at a time: float32 sums within a
+    chunk, float64 across chunks (torch converts float16 several times faster than numpy).
 
-    Also the one pass that checks every value of ``X`` is finite.
+    Also the one pass that checks every value of ``X`` is finite (a NaN or infinity makes its chunk's sum
+    non-finite, and scikit-learn's check then names it).
     """
-    sums = [np.zeros(c) for _, c in blocks]
-    sqs = [np.zeros(c) for _, c in blocks]
+    sums = [torch.zeros(c, dtype=torch.float64) for _, c in blocks]
+    sqs = [torch.zeros(c, dtype=torch.float64) for _, c in blocks]
     for start in range(0, X.shape[0], STATS_ROWS):
-        chunk = np.asarray(X[start : start + STATS_ROWS], dtype=np.float32)
-        assert_all_finite(chunk, input_name="X")
+        raw = _host_rows(X, slice(start, start + STATS_ROWS))
+        chunk = torch.from_numpy(raw).float()
         col = 0
         for i, (t, c) in enumerate(blocks):
-            part = chunk[:, col : col + t * c].reshape(-1, c)
-            sums[i] += part.sum(axis=0, dtype=np.float64)
-            sqs[i] += np.square(part).sum(axis=0, dtype=np.float64)
+            part = chunk[:, col : col + t * c].view(-1, t, c)  # a view: no copy of the block
+            total, square = part.sum(dim=(0, 1)), part.square().sum(dim=(0, 1))
+            if not bool(torch.isfinite(total).all() and torch.isfinite(square).all()):
+                assert_all_finite(raw, input_name="X")  # scikit-learn's message for the offending value
+            sums[i] += total.double()
+            sqs[i] += square.double()
             col += t * c
     locs, scales = [], []
     for (t, _), s, q in zip(blocks, sums, sqs, strict=True):
         n = X.shape[0] * t
         mean = s / n
-        std = np.sqrt(np.maximum(q / n - mean**2, 0.0))
-        locs.append(torch.from_numpy(mean).float())
-        scales.append(torch.from_numpy(np.where(std > 1e-6, std, 1.0)).float())
+        std = torch.sqrt(torch.clamp(q / n - mean**2, min=0.0))
+        locs.append(mean.float())
+        scales.append(torch.where(std > 1e-6, std, 1.0).float())
     return locs, scales
 
 
@@ -272,7 +277,8 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         """The epoch loop; leaves the best epoch's weights in ``module``."""
         device = next(module.parameters()).device
         precision = head_precision(device)
-        optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                                      fused=device.type in ("cpu", "cuda"))  # one kernel: 3× faster step on CPU
         y_t = torch.as_tensor(y, device=device)
         history: list[dict] = []
         best_loss, best_epoch, best_state, waited = math.inf, 0, None, 0
@@ -299,7 +305,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
                 "val_acc": None,
             }
             if len(val_idx):
-                logits = _logits(module, X, val_idx, precision)
+                logits = _logits(module, X, val_idx, precision, check=False)
                 row["val_loss"] = nn.functional.cross_entropy(logits, y_t[val_idx], weight=weight).item()
                 row["val_acc"] = (logits.argmax(1) == y_t[val_idx]).float().mean().item()
             history.append(row)
@@ -409,23 +415,32 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         return est
 
 
+def _host_rows(X: np.ndarray, rows: Any) -> np.ndarray:
+    """``X[rows]`` as a C-contiguous array torch may wrap (a copy when ``X`` is read-only, e.g. a memory map)."""
+    out = np.ascontiguousarray(X[rows])
+    return out if out.flags.writeable else out.copy()
+
+
 def _batch(X: np.ndarray, idx: np.ndarray, device: torch.device, check: bool = False) -> torch.Tensor:
-    """Rows ``idx`` of ``X`` as a float32 tensor on ``device`` (only this batch is converted)."""
-    batch = np.asarray(X[idx], dtype=np.float32)
+    """Rows ``idx`` of ``X`` as a tensor on ``device``: float16 rows stay float16 (half the bytes to move; the
+    module's ``BlockInput`` converts them, pooling first where it can), any other dtype becomes float32."""
+    batch = _host_rows(X, idx)
     if check:
         assert_all_finite(batch, input_name="X")
-    return torch.from_numpy(batch).to(device, non_blocking=True)
+    tensor = torch.from_numpy(batch).to(device, non_blocking=True)
+    return tensor if tensor.dtype == torch.float16 else tensor.float()
 
 
-def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, precision: str) -> torch.Tensor:
-    """Eval-mode float32 logits for rows ``idx``, in chunks; restores the module's train/eval mode."""
+def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, precision: str, check: bool = True) -> torch.Tensor:
+    """Eval-mode float32 logits for rows ``idx``, in chunks; restores the module's train/eval mode. ``check``
+    refuses non-finite rows (off for the validation rows of ``fit``, which checked all of X once)."""
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
     out = []
     with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(idx), STATS_ROWS):
-            out.append(module(_batch(X, idx[start : start + STATS_ROWS], device, check=True)).float())
+            out.append(module(_batch(X, idx[start : start + STATS_ROWS], device, check=check)).float())
     module.train(was_training)
     return torch.cat(out)
 

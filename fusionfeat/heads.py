@@ -57,12 +57,22 @@ class BlockInput(nn.Module):
             getattr(self, f"scale_{i}").copy_(torch.as_tensor(scale))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps, start = [], 0
+        return [(block.float() - loc) / scale for block, loc, scale in self._raw(x)]
+
+    def pooled(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's standardised token mean ``(B, C)``: the mean of :meth:`forward`'s maps, computed by
+        pooling first (the standardisation is affine per channel), so a token map is read once, not three times."""
+        return [(block.float().mean(dim=1) - loc) / scale for block, loc, scale in self._raw(x)]
+
+    def _raw(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per block: its unstandardised ``(B, T, C)`` view of ``x`` (float16 rows stay float16 here), location
+        and scale."""
+        out, start = [], 0
         for i, (t, c) in enumerate(self.blocks):
             block = x[:, start : start + t * c].reshape(-1, t, c)
-            maps.append((block - getattr(self, f"loc_{i}")) / getattr(self, f"scale_{i}"))
+            out.append((block, getattr(self, f"loc_{i}"), getattr(self, f"scale_{i}")))
             start += t * c
-        return maps
+        return out
 
 
 class MLP(nn.Module):
@@ -113,7 +123,7 @@ class ConcatFusion(nn.Module):
         self.mlp = MLP(sum(c for _, c in self.inputs.blocks), n_classes, **mlp_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([m.mean(dim=1) for m in self.inputs(x)], dim=1))
+        return self.mlp(torch.cat(self.inputs.pooled(x), dim=1))
 
 
 class AttentionFusion(nn.Module):
@@ -166,13 +176,12 @@ class AttentionFusion(nn.Module):
 
     def _branches(self, x: torch.Tensor) -> torch.Tensor:
         """One fused vector per backbone: ``(B, K, dim)``."""
-        maps = self.inputs(x)
         if self.variant == "pooled":
-            seq = torch.stack([p(m.mean(dim=1)) for p, m in zip(self.proj, maps, strict=True)], dim=1)
+            seq = torch.stack([p(m) for p, m in zip(self.proj, self.inputs.pooled(x), strict=True)], dim=1)
             seq = seq + self.embed[0]
             out, _ = self.attn[0](seq, seq, seq, need_weights=False)
             return self.norm[0](seq + self.drop(out))
-        seqs = [p(m) + e for p, m, e in zip(self.proj, maps, self.embed, strict=True)]
+        seqs = [p(m) + e for p, m, e in zip(self.proj, self.inputs(x), self.embed, strict=True)]
         branches = []
         for i, query in enumerate(seqs):
             context = torch.cat(seqs[:i] + seqs[i + 1 :], dim=1)
