@@ -14,6 +14,7 @@ PNG plot (time and peak RSS against N).
 
     python benchmarks/scaling.py                                  # N = 1k, 4k, 16k (long: for a quiet machine)
     python benchmarks/scaling.py --quick --plot /tmp/scaling.png  # N = 200, 400: a dry run of every step
+    python benchmarks/scaling.py --merge a.json b.json --out all.json  # one table and plot from runs side by side
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ CNMC_MANIFEST = REPO.parent / "shared" / "data" / "C-NMC_2019_manifest" / "cnmc_
 BACKBONES = ("resnet18", "vgg16")
 FULL_SIZE = 224
 POOL = 64  # distinct synthetic token maps per class and backbone (rows draw from them: timing, not accuracy)
+NOISE = 0.12  # share of images whose features are drawn from the other class (about C-NMC's error rate)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -140,11 +142,14 @@ def write_store(path: Path, labels: np.ndarray, groups: np.ndarray, folds: np.nd
                           None, None], 0).astype(np.float16)
         blobs = [[encode_chunk(pool[c, k]) for k in range(POOL)] for c in range(2)]
         pooled_pool = pool.astype(np.float32).mean(axis=2)
+        # NOISE of the images look like the other class: the heads cannot fit every row, so early stopping
+        # stops them as on real data instead of every epoch still shaving the loss of a separable set
+        looks = np.where(rng.random(n) < NOISE, 1 - labels, labels)
         for lo in range(0, n, 1024):
             hi = min(n, lo + 1024)
             pick = rng.integers(0, POOL, size=(hi - lo, n_views))
-            group["pooled"][lo:hi] = pooled_pool[labels[lo:hi, None], pick]
-            parts = [blobs[labels[lo + i]][pick[i, v]] for i in range(hi - lo) for v in range(n_views)]
+            group["pooled"][lo:hi] = pooled_pool[looks[lo:hi, None], pick]
+            parts = [blobs[looks[lo + i]][pick[i, v]] for i in range(hi - lo) for v in range(n_views)]
             offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
             write_chunks(group["tokens"], lo, np.frombuffer(b"".join(parts), dtype=np.uint8), offsets)
     h5.attrs["n_skipped"] = 0
@@ -179,39 +184,55 @@ def fit_step(work: Path, n: int, args, protocol: str) -> dict:
     made = time.perf_counter() - start
     run_dir = work / f"run{n}-{protocol}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    run = measured(cli("fit", str(store), "--head", args.heads, "--cv", protocol, "-o", str(run_dir), "--quiet"),
+    probe_json = work / f"probe{n}-{protocol}.json"
+    probe_json.unlink(missing_ok=True)
+    probe = [sys.executable, str(Path(__file__).with_name("fit_probe.py")), str(probe_json)]
+    run = measured([*probe, "fit", str(store), "--head", args.heads, "--cv", protocol, "-o", str(run_dir), "--quiet"],
                    args.step_timeout_s)
-    per_head = {}
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        for head, info in json.loads(metrics.read_text()).get("heads", {}).items():
-            per_head[head] = round(sum(f["metrics"].get("fit_time", 0) + f["metrics"].get("predict_time", 0)
-                                       for f in info["folds"]), 2)
-    feature_bytes = feature_bytes_read(store, protocol)
-    return {"step": f"fit {protocol}", "n": n, "views": views, "store_mib": store.stat().st_size / 2**20,
-            "store_write_s": made, "per_head_s": per_head, "head_feature_mib": feature_bytes / 2**20, **run}
+    per_head, per_head_rss = {}, {}
+    if probe_json.is_file():  # the probe resets the high-water mark per head: its own run peak is the true one
+        probed = json.loads(probe_json.read_text())
+        per_head = {h: round(v["seconds"], 1) for h, v in probed["heads"].items()}
+        per_head_rss = {h: v["peak_rss_mib"] and round(v["peak_rss_mib"]) for h, v in probed["heads"].items()}
+        run["peak_rss_mib"] = probed["run"]["peak_rss_mib"] or run["peak_rss_mib"]
+    rows, feature_bytes = feature_bytes_read(store, protocol)
+    return {"step": f"fit {protocol}", "n": n, "views": views, "rows": rows, "store_mib": store.stat().st_size / 2**20,
+            "store_write_s": made, "per_head_s": per_head, "per_head_peak_rss_mib": per_head_rss,
+            "head_feature_mib": feature_bytes / 2**20, **run}
 
 
-def feature_bytes_read(store: Path, protocol: str) -> int:
-    """Bytes of the largest matrix a head holds: both backbones' tokens as float16, one row per training row."""
+def feature_bytes_read(store: Path, protocol: str) -> tuple[int, int]:
+    """Rows the heads read and the bytes of the largest matrix a head holds: both backbones' tokens as float16,
+    one row per image (grouped) or per balanced row (paper: the minority class topped up with rotated copies)."""
     from fusionfeat.store import FeatureStore
 
     with FeatureStore.open(store) as fs:
         n = int(fs.ok.sum())
         rows = n if protocol != "paper" else 2 * int(max(np.bincount(fs.labels[fs.ok], minlength=2)))  # balanced
         per_row = sum(int(np.prod(fs.block_shape(b, "tokens"))) for b in fs.backbones) * 2
-    return rows * per_row
+    return rows, rows * per_row
 
 
 def table(results: list[dict], exponents: dict) -> str:
-    lines = ["| step | N | wall (s) | peak RSS (MiB) | heads' token bytes (MiB) | exit |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = ["| step | N images | rows | wall (s) | peak RSS (MiB) | heads' token bytes (MiB) | exit |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
         rss = f"{r['peak_rss_mib']:.0f}" if r["peak_rss_mib"] is not None else "n/a"
         feat = f"{r['head_feature_mib']:.0f}" if "head_feature_mib" in r else ""
-        lines.append(f"| {r['step']} | {r['n']} | {r['seconds']:.1f} | {rss} | {feat} | {r['rc']} |")
+        lines.append(f"| {r['step']} | {r['n']} | {r.get('rows', '')} | {r['seconds']:.1f} | {rss} | {feat} | "
+                     f"{r['rc']} |")
     lines += ["", "Exponent of time vs N (log-log least squares): "
               + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in exponents.items())]
+    fits = [r for r in results if r.get("per_head_s")]
+    if fits:
+        heads = list(dict.fromkeys(h for r in fits for h in r["per_head_s"]))
+        lines += ["", "Per head, wall seconds (its X read included) / peak RSS MiB (high-water mark reset before "
+                  "each head):", "", "| step | N | " + " | ".join(heads) + " |",
+                  "|---|---:" + "|---:" * len(heads) + "|"]
+        for r in fits:
+            cells = [f"{r['per_head_s'].get(h, float('nan')):.0f} / {r['per_head_peak_rss_mib'].get(h) or 'n/a'}"
+                     for h in heads]
+            lines.append(f"| {r['step']} | {r['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -243,7 +264,33 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def merge(paths: list[Path], out: Path, plot_path: Path) -> None:
+    """One table, exponent set and plot from several runs' JSON (series run side by side, one per core)."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    results = [r for rep in reports for r in rep["results"]]
+    series = [s for s in dict.fromkeys(r["step"] for r in results) if "per-image" not in s]
+    exponents = {s: exponent([r["n"] for r in results if r["step"] == s and r["rc"] == 0],
+                             [r["seconds"] for r in results if r["step"] == s and r["rc"] == 0]) for s in series}
+    md = table(results, exponents)
+    out.write_text(json.dumps({"merged": [str(p) for p in paths], "commands": [r["command"] for r in reports],
+                               "results": results, "exponents": exponents}, indent=2))
+    out.with_suffix(".md").write_text(md + "\n")
+    plot(results, plot_path, "\n".join(f"{r['command']}  ({r['date']}, load {r['load_average_start'][0]:.1f}"
+                                       f"-{r['load_average_end'][0]:.1f})" for r in reports))
+    print(md)
+    print(f"wrote {out}, {out.with_suffix('.md')} and {plot_path}")
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--merge":  # python benchmarks/scaling.py --merge a.json b.json --out c.json --plot p.png
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--merge", nargs="+", type=Path, required=True)
+        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument("--plot", type=Path, default=REPO / "docs" / "scaling.png")
+        margs = parser.parse_args(argv)
+        merge(margs.merge, margs.out, margs.plot)
+        return {}
     args = parse_args(argv)
     header = run_header("benchmarks/scaling.py", argv)
     work = args.work
