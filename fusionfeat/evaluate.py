@@ -65,6 +65,7 @@ class FoldResult:
     n_train_images: int | None = None  # evaluated images among the training rows (no augmentation copies)
     threshold: float | None = None  # operating-point threshold on P(positive), chosen on the training fold
     inner_rates: dict[str, float] | None = None  # inner out-of-fold sensitivity/specificity at ``threshold``
+    kernel: str | None = None  # the SVM's kernel as fitted: "rbf", or "rbf-nystroem(K)" past its max_exact_rows
 
 
 @dataclass
@@ -418,7 +419,17 @@ def _fit_fold(
         n_train_images=int(np.sum(split.train < n_eval)),
         threshold=None if threshold is None else float(threshold),
         inner_rates=getattr(est, "inner_rates_", None),
+        kernel=fitted_kernel(est),
     )
+
+
+def fitted_kernel(est: Any) -> str | None:
+    """The ``kernel_`` of a fitted head (through pipelines and calibration/operating-point wrappers); None without."""
+    while est is not None:
+        if hasattr(est, "kernel_"):
+            return str(est.kernel_)
+        est = est.steps[-1][1] if hasattr(est, "steps") else getattr(est, "estimator_", None)
+    return None
 
 
 def _history(est: Any) -> list[dict[str, float]] | None:

@@ -2,7 +2,8 @@
 
 Only the classes fusionfeat's classical heads are made of can be rebuilt (``ALLOWED``): StandardScaler →
 LogisticRegression, and StandardScaler → WeightedPlattSVC (a CalibratedClassifierCV(SVC, sigmoid,
-ensemble=False) fitted under the class weights). An object is
+ensemble=False) fitted under the class weights; past its ``max_exact_rows`` a Nystroem map and a
+CalibratedClassifierCV(LinearSVC) instead). An object is
 written as ``{"class": name, "state": {attribute: value}}``, where arrays become ``{"array": key}`` references
 into the ``.npz`` (read with ``allow_pickle=False``) and numpy scalars keep their dtype. Loading rebuilds each
 object from its class and attribute dict, so nothing in the files can name code to run.
@@ -15,16 +16,17 @@ from typing import Any
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
+from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
+from sklearn.svm import SVC, LinearSVC
 
 from fusionfeat.estimators import WeightedPlattSVC
 
 ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
     Pipeline, StandardScaler, LogisticRegression, CalibratedClassifierCV, SVC, _CalibratedClassifier,
-    _SigmoidCalibration, WeightedPlattSVC)}
+    _SigmoidCalibration, WeightedPlattSVC, Nystroem, LinearSVC)}
 
 
 class StateError(ValueError):

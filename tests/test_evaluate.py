@@ -631,6 +631,24 @@ def test_head_params_are_set_typed_and_recorded():
     assert result.head_info["svm"]["params"]["weightedplattsvc__gamma"] == 0.5
 
 
+def test_svm_records_the_kernel_each_fold_used_and_the_report_says_when_it_was_approximated():
+    from fusionfeat.report.markdown import render_report
+    from fusionfeat.report.run import run_json
+
+    store = fake_store()
+    approx = cross_validate(store, ["svm"], folds=3, progress=False, head_params={"svm": {"max_exact_rows": "10"}})
+    assert approx.head_info["svm"]["params"]["weightedplattsvc__max_exact_rows"] == 10
+    n_train = [f.n_train for f in approx.fold_results("svm")]
+    assert [f.kernel for f in approx.fold_results("svm")] == [f"rbf-nystroem({min(n, 1000)})" for n in n_train]
+    data = run_json(approx, n_boot=20)
+    assert [f["kernel"] for f in data["heads"]["svm"]["folds"]] == [f.kernel for f in approx.fold_results("svm")]
+    assert "approximate kernel" in render_report(data) and "svm.max_exact_rows=none" in render_report(data)
+    exact = cross_validate(store, ["svm"], folds=3, progress=False, head_params={"svm": {"max_exact_rows": "none"}})
+    assert exact.head_info["svm"]["params"]["weightedplattsvc__max_exact_rows"] is None
+    assert {f.kernel for f in exact.fold_results("svm")} == {"rbf"}
+    assert "approximate kernel" not in render_report(run_json(exact, n_boot=20))
+
+
 def test_svm_platt_sigmoid_is_fitted_with_the_class_weights():
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.preprocessing import StandardScaler

@@ -400,6 +400,14 @@ def _params_section(data: dict[str, Any]) -> str:
     ]
     for head, params in heads.items():
         lines.append(md_row([tag(data, head), ", ".join(f"{k}={v}" for k, v in params.items())]))
+    for head, info in data["heads"].items():
+        folds = info.get("folds") or []
+        approx = sorted({f["kernel"] for f in folds if (f.get("kernel") or "rbf") != "rbf"})
+        if approx:
+            n_approx = sum(f.get("kernel") in approx for f in folds)
+            lines += ["", f"{tag(data, head)}: approximate kernel ({', '.join(approx)}) in {n_approx} "
+                      f"of {len(folds)} folds, whose training rows exceed `max_exact_rows`; "
+                      f"`--head-param {head}.max_exact_rows=none` fits the exact SVC (cost ~ rows²)."]
     return "\n".join(lines)
 
 

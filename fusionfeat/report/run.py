@@ -88,6 +88,7 @@ def run_json(result: CVResult, n_boot: int = 2000) -> dict[str, Any]:
                     "roc": f.roc,
                     "history": f.history,
                     "fusion_weights": f.fusion_weights,
+                    "kernel": f.kernel,
                 }
                 for f in folds
             ],
