@@ -218,3 +218,27 @@ _SUBSET = {"check_methods_subset_invariance": "float32 matmuls differ in the las
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_cross_attention_equals_multihead_attention_on_the_same_parameters():
+    from fusionfeat.heads import cross_attention
+
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    query, context = torch.randn(3, 7, 32), torch.randn(3, 11, 32)
+    expected = attn(query, context, context, need_weights=False)[0]
+    torch.testing.assert_close(cross_attention(attn, query, context), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_block_input_pools_before_standardising_and_reads_float16_rows():
+    from fusionfeat.heads import BlockInput
+
+    torch.manual_seed(0)
+    inputs = BlockInput(((3, 4), (1, 2)))
+    inputs.set_stats([torch.randn(4), torch.randn(2)], [torch.rand(4) + 0.5, torch.rand(2) + 0.5])
+    x = torch.randn(5, 14).half()
+    maps = inputs(x)
+    assert all(m.dtype == torch.float32 for m in maps)
+    torch.testing.assert_close(maps[0], (x[:, :12].float().reshape(5, 3, 4) - inputs.loc_0) / inputs.scale_0)
+    for pooled, full in zip(inputs.pooled(x), maps, strict=True):
+        torch.testing.assert_close(pooled, full.mean(dim=1), rtol=1e-5, atol=1e-6)
