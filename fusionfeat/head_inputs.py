@@ -17,6 +17,8 @@ import numpy as np
 
 from fusionfeat.errors import FusionfeatError
 
+READ_ROWS = 256  # rows read from the store at a time: bounds the temporary copies while X is assembled
+
 
 class RowsLike(Protocol):
     """Rows of a store that mix views: the stored sample and the view of each row."""
@@ -46,13 +48,17 @@ def feature_matrix(store: Any, spec: Any, index: np.ndarray, view: int = 0, fold
 
 
 def rows_matrix(store: Any, spec: Any, rows: RowsLike, fold: int | None = None) -> np.ndarray:
-    """X for rows that mix views (originals and their rotated/mirrored copies), in row order."""
+    """X for rows that mix views (originals and their rotated/mirrored copies), in row order; read
+    ``READ_ROWS`` rows at a time, so reading needs little memory beyond X itself."""
     out = np.empty((len(rows.sample), _width(head_blocks(store, spec, fold))), dtype=input_dtype(spec.inputs))
+    sample = np.asarray(rows.sample)
     for view in np.unique(rows.view):
         at = np.flatnonzero(rows.view == view)
-        part = np.empty((len(at), out.shape[1]), dtype=out.dtype)
-        _fill(store, spec, np.asarray(rows.sample)[at], int(view), fold, part)
-        out[at] = part
+        for lo in range(0, len(at), READ_ROWS):
+            chunk = at[lo : lo + READ_ROWS]
+            part = np.empty((len(chunk), out.shape[1]), dtype=out.dtype)
+            _fill(store, spec, sample[chunk], int(view), fold, part)
+            out[chunk] = part
     return out
 
 
@@ -79,13 +85,13 @@ def _width(blocks: tuple[tuple[int, int], ...]) -> int:
 
 
 def _fill(store: Any, spec: Any, index: np.ndarray, view: int, fold: int | None, out: np.ndarray) -> None:
-    """Write the rows ``index`` of one view into ``out`` (same order), reading each stored row once."""
-    if len(index) == 0:
-        return
-    uniq, inverse = np.unique(index, return_inverse=True)
+    """Write the rows ``index`` of one view into ``out`` (same order), ``READ_ROWS`` at a time, reading each
+    stored row of a chunk once."""
     read = store.tokens if spec.inputs == "tokens" else store.pooled
-    blocks = (read(backbone, view=view, index=uniq, fold=fold) for backbone in spec.backbones)
-    _place(out, blocks, inverse)
+    for lo in range(0, len(index), READ_ROWS):
+        uniq, inverse = np.unique(index[lo : lo + READ_ROWS], return_inverse=True)
+        blocks = (read(backbone, view=view, index=uniq, fold=fold) for backbone in spec.backbones)
+        _place(out[lo : lo + READ_ROWS], blocks, inverse)
 
 
 def _place(out: np.ndarray, blocks: Any, inverse: np.ndarray | None = None) -> None:

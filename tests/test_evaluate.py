@@ -734,3 +734,66 @@ def test_svm_with_too_few_groups_keeps_the_ungrouped_sigmoid_folds():
     groups = np.r_[[f"a{i % 8}" for i in range(40)], ["h0"] * 20]  # one HEM subject: no grouped fold can hold it out
     got = fit_estimator(make_svm("balanced", 0), X, y, groups).predict_proba(X)
     np.testing.assert_array_equal(got, make_svm("balanced", 0).fit(X, y).predict_proba(X))
+
+
+# ----------------------------------------------------------------------------------------------- fold layout
+
+
+def test_permute_rows_in_place_equals_fancy_indexing():
+    from fusionfeat.evaluate import permute_rows
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50):
+        for source in (np.arange(n), rng.permutation(n), np.roll(np.arange(n), 1)):
+            X = rng.normal(size=(n, 3)).astype(np.float16)
+            expected = X[source].copy()
+            permute_rows(X, source)
+            np.testing.assert_array_equal(X, expected)
+
+
+def test_row_layout_gives_each_split_its_rows_as_views_of_the_shared_matrix():
+    from fusionfeat.evaluate import RowLayout
+    from fusionfeat.protocols import Split
+
+    rng = np.random.default_rng(1)
+    original = rng.normal(size=(40, 5)).astype(np.float16)
+    X = original.copy()
+    layout = RowLayout(len(X))
+    for k in range(6):
+        order = rng.permutation(40)
+        left_out = 3 if k % 2 else 0  # rows in neither side (e.g. copies of test images) stay in X, unused
+        split = Split(repeat=0, fold=k, train=order[:30 - left_out], test=order[30:])
+        X_train, X_test = layout.arrange(X, split)
+        np.testing.assert_array_equal(X_train, original[split.train])
+        np.testing.assert_array_equal(X_test, original[split.test])
+        assert np.shares_memory(X_train, X) and np.shares_memory(X_test, X)
+    np.testing.assert_array_equal(np.sort(X, axis=0), np.sort(original, axis=0))  # same rows, moved
+
+
+def test_cross_validation_feeds_the_same_rows_with_the_in_place_layout():
+    store = fake_store()
+    fits = recorded_fits(store, protocol="paper", folds=5, repeats=2, seed=0)
+    plan = make_plan_for(store, "paper", repeats=2)
+    ident = np.stack([np.asarray(plan.rows.sample), np.asarray(plan.rows.view)], axis=1)
+    assert len(fits) == len(plan.splits)
+    for fit, split in zip(fits, plan.splits, strict=True):
+        np.testing.assert_array_equal(fit["train"], ident[split.train])
+        np.testing.assert_array_equal(fit["test"], ident[split.test])
+
+
+def test_rows_matrix_reads_in_chunks_without_changing_x(monkeypatch):
+    import fusionfeat.head_inputs as hi
+    from fusionfeat.zoo import fusion_head
+
+    store = fake_store()
+    plan = make_plan_for(store, "paper")
+    spec = fusion_head("attention-spatial", ("resnet18", "vgg16"))
+    assert spec.inputs == "tokens"
+    whole = hi.rows_matrix(store, spec, plan.rows)
+    monkeypatch.setattr(hi, "READ_ROWS", 7)
+    np.testing.assert_array_equal(hi.rows_matrix(store, spec, plan.rows), whole)
+    index = np.array([5, 3, 5, 0, 11, 2, 9, 9, 1])
+    monkeypatch.setattr(hi, "READ_ROWS", 2)
+    chunked = hi.feature_matrix(store, spec, index)
+    monkeypatch.setattr(hi, "READ_ROWS", 1000)
+    np.testing.assert_array_equal(chunked, hi.feature_matrix(store, spec, index))
