@@ -57,32 +57,38 @@ def check_blocks(blocks: Sequence[Sequence[int]] | None, n_features: int) -> Blo
 
 
 def _block_stats(X: np.ndarray, blocks: Blocks) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-block, per-channel mean and std over samples and tokens, one chunk at a time: float32 sums within a
-    chunk, float64 across chunks (torch converts float16 several times faster than numpy).
+    """Per-block, per-channel mean and std over samples and tokens, one chunk at a time (torch converts float16
+    several times faster than numpy). Values are shifted by the first chunk's channel means before summing
+    (float32 within a chunk, float64 across chunks), so a large mean does not cancel the variance away.
 
     Also the one pass that checks every value of ``X`` is finite (a NaN or infinity makes its chunk's sum
-    non-finite, and scikit-learn's check then names it).
+    non-finite, and scikit-learn's check then names it) and within float32's range.
     """
     sums = [torch.zeros(c, dtype=torch.float64) for _, c in blocks]
     sqs = [torch.zeros(c, dtype=torch.float64) for _, c in blocks]
+    shifts: list[torch.Tensor] = []
     for start in range(0, X.shape[0], STATS_ROWS):
         raw = _host_rows(X, slice(start, start + STATS_ROWS))
         chunk = torch.from_numpy(raw).float()
         col = 0
         for i, (t, c) in enumerate(blocks):
             part = chunk[:, col : col + t * c].view(-1, t, c)  # a view: no copy of the block
-            total, square = part.sum(dim=(0, 1)), part.square().sum(dim=(0, 1))
+            if len(shifts) <= i:
+                shifts.append(part.mean(dim=(0, 1)))
+            centred = part - shifts[i]
+            total, square = centred.sum(dim=(0, 1)), centred.square().sum(dim=(0, 1))
             if not bool(torch.isfinite(total).all() and torch.isfinite(square).all()):
                 assert_all_finite(raw, input_name="X")  # scikit-learn's message for the offending value
+                raise ValueError("X has values beyond float32's range (about 3.4e38): the heads compute in float32")
             sums[i] += total.double()
             sqs[i] += square.double()
             col += t * c
     locs, scales = [], []
-    for (t, _), s, q in zip(blocks, sums, sqs, strict=True):
+    for (t, _), s, q, shift in zip(blocks, sums, sqs, shifts, strict=True):
         n = X.shape[0] * t
         mean = s / n
         std = torch.sqrt(torch.clamp(q / n - mean**2, min=0.0))
-        locs.append(mean.float())
+        locs.append((shift.double() + mean).float())
         scales.append(torch.where(std > 1e-6, std, 1.0).float())
     return locs, scales
 
@@ -429,8 +435,10 @@ def _batch(X: np.ndarray, idx: np.ndarray, device: torch.device, check: bool = F
     batch = _host_rows(X, idx)
     if check:
         assert_all_finite(batch, input_name="X")
-    tensor = torch.from_numpy(batch).to(device, non_blocking=True)
-    return tensor if tensor.dtype == torch.float16 else tensor.float()
+    tensor = torch.from_numpy(batch)
+    if tensor.dtype != torch.float16:
+        tensor = tensor.float()  # on the host: a float64 or integer X travels as float32, not wider
+    return tensor.to(device, non_blocking=True)
 
 
 def _logits(module: nn.Module, X: np.ndarray, idx: np.ndarray, precision: str, check: bool = True) -> torch.Tensor:
@@ -550,18 +558,20 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         ``groups`` (subject, else source-image ids; ``""`` a row of its own) they are grouped
         (``calibration.inner_splits``: StratifiedGroupKFold, shuffled by ``random_state``), so neither a
         subject's other cells nor a rotated copy of a row score it for the sigmoid."""
+        max_exact = _count_param("max_exact_rows", self.max_exact_rows, minimum=0, optional=True)
+        n_components = _count_param("n_components", self.n_components, minimum=1)
         X, y, weights = _weighted_fit_data(self, X, y, (np.float64, np.float32))
         cv: Any = self._ungrouped_cv(y)
         if groups is not None:
             cv = self._grouped_splits(y, groups, cv)
-        if self.max_exact_rows is None or X.shape[0] <= int(self.max_exact_rows):
+        if max_exact is None or X.shape[0] <= max_exact:
             svc = SVC(kernel="rbf", C=self.C, gamma=self.gamma, random_state=self.random_state)
             calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False)
             self.calibrated_ = calibrated.fit(X, y, sample_weight=weights)
             self.approximation_, self.kernel_ = None, "rbf"
             return self
         seed = 0 if self.random_state is None else self.random_state
-        k = min(int(self.n_components), X.shape[0])
+        k = min(n_components, X.shape[0])
         self.approximation_ = Nystroem(kernel="rbf", gamma=rbf_gamma(X, self.gamma), n_components=k,
                                        random_state=seed).fit(X)
         self.kernel_ = f"rbf-nystroem({k})"
@@ -619,6 +629,17 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """The more probable class."""
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def _count_param(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    """A whole-number hyper-parameter as an int (``None`` kept when ``optional``); else a one-line error."""
+    if value is None and optional:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or int(value) < minimum:
+        also = " or none" if optional else ""
+        raise FusionfeatError(f"the SVM's {name} must be a whole number >= {minimum}{also}; got {value!r}")
+    return int(value)
 
 
 def rbf_gamma(X: np.ndarray, gamma: str | float) -> float:

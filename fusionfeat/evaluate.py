@@ -445,13 +445,13 @@ class RowLayout:
     def arrange(self, X: np.ndarray, split: Split) -> tuple[np.ndarray, np.ndarray]:
         """Rearrange ``X`` in place for ``split``; returns the (train, test) views."""
         n_train, n_test = len(split.train), len(split.test)
+        position = np.empty_like(self.row_at)  # position[r]: where original row r sits now
+        position[self.row_at] = np.arange(len(self.row_at))
         used = np.concatenate([split.train, split.test]).astype(np.int64)
-        if len(np.unique(used)) != len(used):  # a row on both sides or twice: not a layout, copy as before
-            return X[split.train], X[split.test]
+        if len(np.unique(used)) != len(used):  # a row on both sides or twice: not a layout, copy the rows
+            return X[position[split.train]], X[position[split.test]]
         rest = np.setdiff1d(np.arange(len(self.row_at)), used)
         want = np.concatenate([used, rest])
-        position = np.empty_like(self.row_at)
-        position[self.row_at] = np.arange(len(self.row_at))
         permute_rows(X, position[want])
         self.row_at = want
         return X[:n_train], X[n_train : n_train + n_test]

@@ -11,6 +11,7 @@ object from its class and attribute dict, so nothing in the files can name code 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -68,6 +69,13 @@ def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     raise StateError(f"cannot save a {type(value).__name__} without pickle")
 
 
+def _constructor_defaults(cls: type) -> dict[str, Any]:
+    """``cls.__init__``'s parameters with defaults: an object saved before a parameter existed gets today's
+    default, so ``get_params``, ``clone`` and ``repr`` keep working (its fitted state is what it was saved with)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def _decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     if isinstance(value, list):
         return [_decode(v, arrays) for v in value]
@@ -78,6 +86,7 @@ def _decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
         if cls is None or not isinstance(value["state"], dict):
             raise StateError(f"class {value['class']!r} is not one fusionfeat saves")
         obj = cls.__new__(cls)
+        obj.__dict__.update(_constructor_defaults(cls))  # parameters added since the object was saved
         obj.__dict__.update({str(k): _decode(v, arrays) for k, v in value["state"].items()})
         return obj
     if set(value) == {"array"}:

@@ -790,6 +790,11 @@ def test_rows_matrix_reads_in_chunks_without_changing_x(monkeypatch):
     spec = fusion_head("attention-spatial", ("resnet18", "vgg16"))
     assert spec.inputs == "tokens"
     whole = hi.rows_matrix(store, spec, plan.rows)
+    sample, view = np.asarray(plan.rows.sample), np.asarray(plan.rows.view)
+    direct = np.concatenate([np.stack([store.tokens(b, view=int(v), index=np.array([s]))[0]
+                                       for s, v in zip(sample, view, strict=True)]).reshape(len(sample), -1)
+                             for b in spec.backbones], axis=1)
+    np.testing.assert_array_equal(whole, direct)  # against reads of one stored row at a time
     monkeypatch.setattr(hi, "READ_ROWS", 7)
     np.testing.assert_array_equal(hi.rows_matrix(store, spec, plan.rows), whole)
     index = np.array([5, 3, 5, 0, 11, 2, 9, 9, 1])
@@ -797,3 +802,16 @@ def test_rows_matrix_reads_in_chunks_without_changing_x(monkeypatch):
     chunked = hi.feature_matrix(store, spec, index)
     monkeypatch.setattr(hi, "READ_ROWS", 1000)
     np.testing.assert_array_equal(chunked, hi.feature_matrix(store, spec, index))
+
+
+def test_row_layout_copies_the_right_rows_when_a_split_repeats_a_row():
+    from fusionfeat.evaluate import RowLayout
+    from fusionfeat.protocols import Split
+
+    original = np.arange(24, dtype=np.float32).reshape(8, 3)
+    X = original.copy()
+    layout = RowLayout(len(X))
+    layout.arrange(X, Split(repeat=0, fold=0, train=np.array([7, 6, 5, 4]), test=np.array([0, 1])))
+    X_train, X_test = layout.arrange(X, Split(repeat=0, fold=1, train=np.array([0, 0, 1]), test=np.array([2])))
+    np.testing.assert_array_equal(X_train, original[[0, 0, 1]])
+    np.testing.assert_array_equal(X_test, original[[2]])

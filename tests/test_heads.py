@@ -242,3 +242,51 @@ def test_block_input_pools_before_standardising_and_reads_float16_rows():
     torch.testing.assert_close(maps[0], (x[:, :12].float().reshape(5, 3, 4) - inputs.loc_0) / inputs.scale_0)
     for pooled, full in zip(inputs.pooled(x), maps, strict=True):
         torch.testing.assert_close(pooled, full.mean(dim=1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_both_cross_attention_paths_match_multihead_attention_in_outputs_and_gradients(explicit):
+    from fusionfeat.heads import cross_attention
+
+    torch.manual_seed(1)
+    attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
+    query = torch.randn(2, 5, 16, requires_grad=True)
+    context = torch.randn(2, 9, 16, requires_grad=True)
+    ours = cross_attention(attn, query, context, explicit=explicit)
+    grads = torch.autograd.grad(ours.square().sum(), [query, context, attn.in_proj_weight, attn.out_proj.weight])
+    reference = attn(query, context, context, need_weights=False)[0]
+    expected = torch.autograd.grad(reference.square().sum(),
+                                   [query, context, attn.in_proj_weight, attn.out_proj.weight])
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_input_statistics_match_numpy_in_float64_despite_large_channel_means():
+    from fusionfeat.estimators import _block_stats
+
+    rng = np.random.default_rng(0)
+    n, blocks = 700, ((3, 4), (1, 2))  # more rows than one statistics chunk (256)
+    means = np.array([1000.0, 2000.0, -500.0, 0.0])
+    tokens = rng.normal(means, [1.0, 1.0, 3.0, 0.5], size=(n, 3, 4))
+    pooled = rng.normal([10.0, -3.0], [2.0, 0.1], size=(n, 1, 2))
+    X = np.concatenate([tokens.reshape(n, -1), pooled.reshape(n, -1)], axis=1).astype(np.float16)
+    X.setflags(write=False)  # read-only input (a memory map, say) is fine
+    locs, scales = _block_stats(X, blocks)
+    as64 = X.astype(np.float64)
+    for (loc, scale), values in zip(zip(locs, scales, strict=True),
+                                    (as64[:, :12].reshape(-1, 4), as64[:, 12:].reshape(-1, 2)), strict=True):
+        np.testing.assert_allclose(loc.numpy(), values.mean(axis=0), rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(scale.numpy(), values.std(axis=0), rtol=2e-3)
+
+
+def test_input_statistics_refuse_values_beyond_float32():
+    from fusionfeat.estimators import _block_stats
+
+    X = np.ones((10, 3))
+    X[4, 1] = 1e300
+    with pytest.raises(ValueError, match="float32"):
+        _block_stats(X, ((1, 3),))
+    X[4, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _block_stats(X, ((1, 3),))

@@ -123,3 +123,32 @@ def test_an_exact_svm_saved_before_the_approximation_existed_still_predicts():
     for name in ("approximation_", "kernel_"):
         del svm[-1].__dict__[name]
     np.testing.assert_array_equal(svm.predict_proba(X), expected)
+
+
+def test_an_svm_saved_before_its_size_parameters_existed_loads_with_their_defaults():
+    from sklearn.base import clone
+
+    X, y = _data(100, 6)
+    svm = make_svm("balanced", 0).fit(X, y)
+    expected = svm.predict_proba(X)
+    tree, arrays = dump_estimator(svm)
+    state = tree["state"]["steps"][1]["tuple"][1]["state"]  # the pipeline's WeightedPlattSVC
+    assert "max_exact_rows" in state
+    for name in ("approximation_", "kernel_", "max_exact_rows", "n_components"):
+        del state[name]
+    loaded = load_estimator(json.loads(json.dumps(tree)), arrays)
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    params = loaded[-1].get_params()
+    assert params["max_exact_rows"] == 5000 and params["n_components"] == 1000
+    assert repr(clone(loaded))
+
+
+@pytest.mark.parametrize("name, value", [("max_exact_rows", float("inf")), ("max_exact_rows", -1),
+                                         ("max_exact_rows", 2.5), ("n_components", 0), ("n_components", "10")])
+def test_svm_size_parameters_out_of_range_are_one_line_errors(name, value):
+    from fusionfeat.errors import FusionfeatError
+    from fusionfeat.estimators import WeightedPlattSVC
+
+    X, y = _data(60, 7)
+    with pytest.raises(FusionfeatError, match=name):
+        WeightedPlattSVC(**{name: value}).fit(X, y)
