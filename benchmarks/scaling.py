@@ -244,7 +244,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 4))
     for step in dict.fromkeys(r["step"] for r in results if "per-image" not in r["step"]):
-        rs = [r for r in results if r["step"] == step and r["rc"] == 0]
+        rs = sorted((r for r in results if r["step"] == step and r["rc"] == 0), key=lambda r: r["n"])
         if not rs:
             continue
         ax_t.plot([r["n"] for r in rs], [r["seconds"] for r in rs], "o-", label=step)
@@ -275,8 +275,11 @@ def merge(paths: list[Path], out: Path, plot_path: Path) -> None:
     out.write_text(json.dumps({"merged": [str(p) for p in paths], "commands": [r["command"] for r in reports],
                                "results": results, "exponents": exponents}, indent=2))
     out.with_suffix(".md").write_text(md + "\n")
-    plot(results, plot_path, "\n".join(f"{r['command']}  ({r['date']}, load {r['load_average_start'][0]:.1f}"
-                                       f"-{r['load_average_end'][0]:.1f})" for r in reports))
+    dates = sorted(r["date"] for r in reports)
+    loads = [x for r in reports for x in (r["load_average_start"][0], r["load_average_end"][0])]
+    machine = reports[0]["machine"]
+    plot(results, plot_path, f"benchmarks/scaling.py, {len(reports)} runs merged, from {dates[0][:16]} UTC; "
+         f"{machine['cpu']}, {machine['cores']} cores; load {min(loads):.1f}-{max(loads):.1f}")
     print(md)
     print(f"wrote {out}, {out.with_suffix('.md')} and {plot_path}")
 
