@@ -620,15 +620,18 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The SVC's (or, approximated, the LinearSVC's) decision values."""
-        return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(self._features(X))
+        features = self._features(X)  # checks it is fitted first
+        return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(features)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Weighted-Platt class probabilities (N, 2), columns in ``classes_`` order."""
-        return self.calibrated_.predict_proba(self._features(X))
+        features = self._features(X)  # checks it is fitted first
+        return self.calibrated_.predict_proba(features)
 
     def predict(self, X: Any) -> np.ndarray:
         """The more probable class."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # checks it is fitted first
+        return self.classes_[proba.argmax(axis=1)]
 
 
 def _count_param(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
