@@ -118,6 +118,18 @@ def build_module(
     raise FusionfeatError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}")
 
 
+def whole_number(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    """A head's whole-number hyper-parameter as an int (``None`` kept when ``optional``); a one-line error for
+    anything else (a fraction, infinity, a string, below ``minimum``) instead of truncating or tracing back."""
+    if value is None and optional:
+        return None
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or int(value) < minimum:
+        also = " or none" if optional else ""
+        raise FusionfeatError(f"{name} must be a whole number >= {minimum}{also}; got {value!r}")
+    return int(value)
+
+
 def _check_class_weight(class_weight: Any) -> None:
     if not (class_weight is None or class_weight == "balanced" or isinstance(class_weight, dict)):
         raise FusionfeatError(
@@ -206,8 +218,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         if not 0.0 <= self.val_fraction < 1.0:
             raise FusionfeatError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
         for name in ("batch_size", "max_epochs", "patience"):
-            if int(getattr(self, name)) < 1:
-                raise FusionfeatError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+            whole_number(name, getattr(self, name), minimum=1)
 
     def _split(
         self, y: np.ndarray, groups: Any, rng: np.random.RandomState
@@ -558,8 +569,8 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         ``groups`` (subject, else source-image ids; ``""`` a row of its own) they are grouped
         (``calibration.inner_splits``: StratifiedGroupKFold, shuffled by ``random_state``), so neither a
         subject's other cells nor a rotated copy of a row score it for the sigmoid."""
-        max_exact = _count_param("max_exact_rows", self.max_exact_rows, minimum=0, optional=True)
-        n_components = _count_param("n_components", self.n_components, minimum=1)
+        max_exact = whole_number("the SVM's max_exact_rows", self.max_exact_rows, minimum=0, optional=True)
+        n_components = whole_number("the SVM's n_components", self.n_components, minimum=1)
         X, y, weights = _weighted_fit_data(self, X, y, (np.float64, np.float32))
         cv: Any = self._ungrouped_cv(y)
         if groups is not None:
@@ -632,17 +643,6 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         """The more probable class."""
         proba = self.predict_proba(X)  # checks it is fitted first
         return self.classes_[proba.argmax(axis=1)]
-
-
-def _count_param(name: str, value: Any, minimum: int, optional: bool = False) -> int | None:
-    """A whole-number hyper-parameter as an int (``None`` kept when ``optional``); else a one-line error."""
-    if value is None and optional:
-        return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value != int(value) or int(value) < minimum:
-        also = " or none" if optional else ""
-        raise FusionfeatError(f"the SVM's {name} must be a whole number >= {minimum}{also}; got {value!r}")
-    return int(value)
 
 
 def rbf_gamma(X: np.ndarray, gamma: str | float) -> float:

@@ -299,3 +299,11 @@ def test_input_statistics_refuse_values_beyond_float32():
     X[4, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         _block_stats(X, ((1, 3),))
+
+
+@pytest.mark.parametrize("name, value", [("max_epochs", float("inf")), ("max_epochs", 2.5), ("batch_size", 0),
+                                         ("patience", "3")])
+def test_torch_head_whole_number_parameters_are_one_line_errors(name, value):
+    X = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    with pytest.raises(FusionfeatError, match=f"{name} must be a whole number >= 1"):
+        TorchHeadClassifier(**{name: value}, device="cpu").fit(X, np.arange(20) % 2)
