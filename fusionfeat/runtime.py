@@ -94,7 +94,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+    return "bf16" if cpu_supports_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
 
 
 def head_precision(device: torch.device) -> str:
