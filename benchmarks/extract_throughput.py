@@ -1,8 +1,8 @@
-"""Extraction throughput: end-to-end ``fusionfeat.extract`` against compute-only and a naive per-image loop.
+"""Extraction throughput: end-to-end ``fusionfeat.engines.extract`` against compute-only and a naive per-image loop.
 
 Three variants, measured in one process and interleaved repeat by repeat (so machine noise hits them alike):
 
-* ``e2e``: the whole ``fusionfeat.extract.extract(...)`` call into a temporary store: model set-up, decoding in
+* ``e2e``: the whole ``fusionfeat.engines.extract.extract(...)`` call into a temporary store: model set-up, decoding in
   loader workers, every backbone on each batch, fp16 tokens + pooled vectors committed as batch files, and the
   final HDF5 assembly. The split (set-up / batches / assembly) is timed by wrapping the engine's steps.
 * ``compute``: the same trunks (``load_backbone``) on pre-decoded, pre-normalised tensors, same batch size, same
@@ -36,10 +36,10 @@ import torchvision
 # benchmarks/common.py: the script folder is on sys.path
 from common import benchmark_parser, flops_per_image, run_header, run_trunks, subset_manifest, write_report
 
-import fusionfeat.extract as engine
-from fusionfeat.backbones import RANDOM, load_backbone
+import fusionfeat.engines.extract as engine
 from fusionfeat.data.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, normalize_batch
 from fusionfeat.data.manifest import Manifest
+from fusionfeat.encoders import RANDOM, load_backbone
 from fusionfeat.runtime import resolve_device, resolve_precision
 
 VARIANTS = ("e2e", "compute", "compile", "naive")

@@ -1,6 +1,6 @@
 """Cross-validation on cached features, against the paper's end-to-end alternative, measured in one run.
 
-1. **Extraction (measured).** ``fusionfeat.extract.extract`` runs resnet18 + vgg16 (random weights, seeded,
+1. **Extraction (measured).** ``fusionfeat.engines.extract.extract`` runs resnet18 + vgg16 (random weights, seeded,
    224 px, tokens on) over ``--n-real`` evenly spaced ALL-IDB2 images into a temporary store. Timed end to end
    (seconds per image), and each trunk's forward pass is timed on its own by forward hooks.
 2. **A 2,600-image store (resampled).** Rows of real features are drawn with replacement (classes balanced),
@@ -52,15 +52,15 @@ from common import (  # benchmarks/common.py: the script folder is on sys.path
     write_report,
 )
 
-import fusionfeat.extract as engine
-from fusionfeat.backbones import RANDOM
+import fusionfeat.engines.extract as engine
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import Manifest
-from fusionfeat.estimators import TorchHeadClassifier
-from fusionfeat.evaluate import cross_validate
+from fusionfeat.encoders import RANDOM
+from fusionfeat.evaluation.cv import cross_validate
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HEAD_NAMES, expand_head_names
 from fusionfeat.runtime import resolve_device, resolve_precision
 from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store, now_iso
-from fusionfeat.zoo import HEAD_NAMES, expand_head_names
 
 BACKBONES = ("resnet18", "vgg16")
 INPUT_SIZE = 224

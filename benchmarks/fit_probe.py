@@ -39,8 +39,8 @@ def reset_peak_rss() -> bool:
 
 def main() -> None:
     out, argv = Path(sys.argv[1]), sys.argv[2:]
-    from fusionfeat import evaluate
     from fusionfeat.cli import main as cli_main
+    from fusionfeat.evaluation import cv as evaluate
 
     heads: dict[str, dict] = {}
     run = {"peak_rss_mib": 0.0}

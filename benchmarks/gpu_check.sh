@@ -33,7 +33,7 @@ for bs in 64 128; do
 done
 python3 - <<'PY'
 import time, torch
-from fusionfeat.backbones import load_backbone
+from fusionfeat.encoders import load_backbone
 ms = [load_backbone(n, "random").trunk.cuda().to(memory_format=torch.channels_last) for n in ("resnet18", "vgg16")]
 x = torch.randn(128, 3, 224, 224, device="cuda").contiguous(memory_format=torch.channels_last)
 with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):

@@ -6,7 +6,7 @@ On one GPU (or, for a dry run, the CPU with a tiny ``--n``):
    names, and a Manifest over it;
 2. compute-only: the bare trunks on random on-device tensors at the same batch size, both backbones and resnet18
    alone (pooled + fp16 tokens brought to the host, as the engine does);
-3. end to end: ``fusionfeat.extract.extract`` on the farm, timing each batch as the engine yields it: start-up
+3. end to end: ``fusionfeat.engines.extract.extract`` on the farm, timing each batch as the engine yields it: start-up
    (model build, workers, first decode and forward) apart from the steady rate over the batches after warm-up,
    with a ``torch.profiler`` window over ``--profile-batches`` batches (GPU busy fraction, host↔device copies,
    synchronising ``.cpu()`` copies, loader wait (decoding), committer time); both backbones, then resnet18 alone;
@@ -38,10 +38,10 @@ import torch
 # benchmarks/common.py: the script folder is on sys.path
 from common import DEFAULT_DATA, REPO, flops_per_image, run_header, run_trunks
 
-import fusionfeat.extract as engine
-from fusionfeat.backbones import RANDOM, load_backbone
+import fusionfeat.engines.extract as engine
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import Manifest, Sample, build_manifest
+from fusionfeat.encoders import RANDOM, load_backbone
 from fusionfeat.runtime import resolve_device, resolve_precision
 from fusionfeat.store import PartialStore, partial_dir
 from fusionfeat.store.chunks import ChunkEncoder

@@ -25,7 +25,7 @@ from extract_throughput import gemm_peak
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fusionfeat.estimators import TorchHeadClassifier, build_module
+from fusionfeat.heads.torch_head import TorchHeadClassifier, build_module
 
 BLOCKS = ((49, 512), (49, 512))  # resnet18 and vgg16 token maps at 224 px
 

@@ -35,10 +35,10 @@ import numpy as np
 # benchmarks/common.py: the script folder is on sys.path
 from common import REPO, measured, run_header
 
-from fusionfeat.backbones import RANDOM, load_backbone
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.synthetic import generate_class_folders
-from fusionfeat.extract import software_versions
+from fusionfeat.encoders import RANDOM, load_backbone
+from fusionfeat.engines.extract import software_versions
 from fusionfeat.store import STR_DTYPE, create_feature_datasets, create_store_file, finish_store, now_iso
 from fusionfeat.store.chunks import encode_chunk, write_chunks
 

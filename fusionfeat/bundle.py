@@ -8,7 +8,7 @@ A bundle is a folder of data only, never code:
   of every other file in the bundle, checked on load;
 * the model: ``model.pt`` (torch heads: a plain state dict, loaded with ``weights_only=True``),
   ``model.xgb.json`` (XGBoost's own JSON format), or ``model.sklearn.json`` + ``model.sklearn.npz``
-  (scikit-learn pipelines as their parameters and learned arrays, see ``fusionfeat.skstate``).
+  (scikit-learn pipelines as their parameters and learned arrays, see ``fusionfeat.heads.state``).
 
 Every file a bundle names must lie inside its folder. A legacy ``model.joblib`` (a pickle) loads only when
 the caller passes ``trust_pickle=True`` (``predict --trust-pickle``).
@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusionfeat.backbones import BACKBONES, RANDOM, load_backbone
+from fusionfeat.encoders import BACKBONES, RANDOM, load_backbone
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier
 from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
-from fusionfeat.skstate import StateError, dump_estimator, load_estimator
+from fusionfeat.heads.boosted import XGBoostClassifier
+from fusionfeat.heads.state import StateError, dump_estimator, load_estimator
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HeadSpec, head_from_record
 from fusionfeat.store import now_iso
-from fusionfeat.zoo import HeadSpec, head_from_record
 
 FORMAT = "fusionfeat-bundle"
 FORMAT_VERSION = 2

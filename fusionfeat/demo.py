@@ -8,17 +8,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionfeat.backbones import IMAGENET, RANDOM, get_backbone, imagenet_cache_path
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.data.synthetic import generate_cnmc_like
+from fusionfeat.encoders import IMAGENET, RANDOM, get_backbone, imagenet_cache_path
+from fusionfeat.engines.extract import ExtractConfig, extract
 from fusionfeat.errors import RandomWeightsWarning
-from fusionfeat.evaluate import cross_validate
-from fusionfeat.extract import ExtractConfig, extract
+from fusionfeat.evaluation.cv import cross_validate
 from fusionfeat.fsio import DEMO, check_output, marker_name, output_lock
+from fusionfeat.heads.zoo import HEAD_NAMES
 from fusionfeat.report import write_run
 from fusionfeat.store import FeatureStore
-from fusionfeat.zoo import HEAD_NAMES
 
 DEMO_DATA, DEMO_STORE, DEMO_RUN = "data", "features.h5", "run"
 

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 
 from fusionfeat import runtime
-from fusionfeat.backbones import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.bundle import Bundle, trunk_fingerprint
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
+from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
+from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
-from fusionfeat.extract import iter_embeddings
 from fusionfeat.fsio import CSV, output_target
-from fusionfeat.head_inputs import embedding_matrix
+from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
 
 
@@ -158,7 +158,7 @@ def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
 
 def positive_proba(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """P(positive class) per image from fresh embeddings ``{backbone: (pooled, tokens)}`` (view 0), laid out
-    exactly as the head was trained (``fusionfeat.head_inputs``)."""
+    exactly as the head was trained (``fusionfeat.heads.inputs``)."""
     column = list(bundle.estimator.classes_).index(bundle.classes.index(bundle.positive))
     X = embedding_matrix(bundle.spec, embeddings)
     try:

@@ -35,15 +35,15 @@ import numpy as np
 
 from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.evaluate import CVResult, cross_validate
-from fusionfeat.evidence import weights_flags
+from fusionfeat.evaluation.cv import CVResult, cross_validate
+from fusionfeat.evaluation.evidence import weights_flags
+from fusionfeat.evaluation.metrics import LABELS, METRICS
 from fusionfeat.fsio import RUN, STUDY, dumps_json, marker_name, output_target, to_jsonable
-from fusionfeat.metrics import LABELS, METRICS
+from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.protocols import default_protocol
+from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.latex import Tex, latex_table, write_csv
-from fusionfeat.report.markdown import flags_text, tag
 from fusionfeat.report.run import write_run_files
-from fusionfeat.zoo import HeadSpec
 
 DEFAULT_HEADS: tuple[str, ...] = ("resnet18", "vgg16", "concat", "attention")
 STUDY_JSON = "study.json"

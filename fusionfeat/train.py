@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 
 from fusionfeat import protocols
-from fusionfeat.calibration import fit_estimator
+from fusionfeat.engines.extract import software_versions
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.extract import software_versions
-from fusionfeat.head_inputs import head_blocks, rows_matrix
+from fusionfeat.heads.calibration import fit_estimator
+from fusionfeat.heads.inputs import head_blocks, rows_matrix
+from fusionfeat.heads.zoo import HeadSpec, resolve_heads
 from fusionfeat.runtime import head_threads
 from fusionfeat.store import FeatureStore
-from fusionfeat.zoo import HeadSpec, resolve_heads
 
 
 def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: int = 0, device: str = "auto",

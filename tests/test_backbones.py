@@ -15,18 +15,19 @@ import torchvision
 from click.testing import CliRunner
 from torch import nn
 
-from fusionfeat import backbones as bb
-from fusionfeat.backbones import BACKBONES, WeightsChoice, embed, input_stats, load_backbone, probe
+import fusionfeat.encoders.registry as bb
+import fusionfeat.encoders.trunks as trunks
 from fusionfeat.bundle import load_bundle
 from fusionfeat.cli import main
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
+from fusionfeat.encoders import BACKBONES, WeightsChoice, embed, input_stats, load_backbone, parse_weights, probe
+from fusionfeat.engines.extract import ExtractConfig, extract
+from fusionfeat.engines.finetune import FinetuneConfig, finetune
+from fusionfeat.engines.train_loop import TrainConfig
 from fusionfeat.errors import FusionfeatError, PrecisionWarning, RandomWeightsWarning, WeightsError
-from fusionfeat.extract import ExtractConfig, extract
-from fusionfeat.finetune import FinetuneConfig, finetune
 from fusionfeat.info import describe_store
 from fusionfeat.store import FeatureStore
-from fusionfeat.train_loop import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -147,7 +148,7 @@ def test_trunk_only_file_loads_for_a_features_backbone(tmp_path):
 def test_backbones_with_other_normalisation_cannot_share_a_store(monkeypatch):
     registry = dict(BACKBONES)
     registry["vgg16_features"] = bb.BackboneSpec("vgg16_features", weights_name="IMAGENET1K_FEATURES",
-                                                 builder="vgg16", build=bb.VGG16Features)
+                                                 builder="vgg16", build=trunks.VGG16Features)
     monkeypatch.setattr(bb, "BACKBONES", registry)
     mean, std = input_stats(["resnet18", "vgg16", "densenet121"])
     assert mean == (0.485, 0.456, 0.406) and std == (0.229, 0.224, 0.225)  # torchvision's ImageNet statistics
@@ -163,8 +164,8 @@ def test_preprocess_round_trips_through_attrs():
 
 
 def test_weights_choice_parse_and_restore(tmp_path):
-    assert bb.parse_weights("random", ["resnet18", "vgg16"], seed=4)["vgg16"] == WeightsChoice("random", "", 4)
-    parsed = bb.parse_weights(f"vgg16={tmp_path / 'w.pth'}", ["resnet18", "vgg16"])
+    assert parse_weights("random", ["resnet18", "vgg16"], seed=4)["vgg16"] == WeightsChoice("random", "", 4)
+    parsed = parse_weights(f"vgg16={tmp_path / 'w.pth'}", ["resnet18", "vgg16"])
     assert parsed == {"resnet18": WeightsChoice("imagenet"), "vgg16": WeightsChoice("file", str(tmp_path / "w.pth"))}
     prov = load_backbone("resnet18", "random", seed=7).provenance()
     assert WeightsChoice.from_provenance("resnet18", prov) == WeightsChoice("random", "", 7)

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import fusionfeat.extract as extract_module
+import fusionfeat.engines.extract as extract_module
 from fusionfeat.cli import main
 from fusionfeat.data.images import read_rgb
 from fusionfeat.data.manifest import build_manifest, detect_layout

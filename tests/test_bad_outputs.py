@@ -289,8 +289,8 @@ def _downgraded_to_legacy(t):
 
 
 def _wrong_width(t):
-    from fusionfeat.estimators import make_logreg
-    from fusionfeat.skstate import dump_estimator
+    from fusionfeat.heads.linear import make_logreg
+    from fusionfeat.heads.state import dump_estimator
 
     rng = np.random.default_rng(0)
     tree, arrays = dump_estimator(make_logreg().fit(rng.normal(size=(20, 10)), np.arange(20) % 2))
@@ -400,7 +400,7 @@ def test_pickle_runs_only_with_trust_pickle(base, tmp_path):
 def test_legacy_joblib_bundle_needs_trust_pickle(base, tmp_path):
     import joblib
 
-    from fusionfeat.skstate import load_estimator
+    from fusionfeat.heads.state import load_estimator
 
     _copy(base, tmp_path, "cells", "bundle")
     bundle = tmp_path / "bundle"
@@ -573,7 +573,7 @@ def _summary(folder: Path, command: str):
 
 
 def test_sklearn_state_rebuilds_only_allowed_classes():
-    from fusionfeat.skstate import StateError, load_estimator
+    from fusionfeat.heads.state import StateError, load_estimator
 
     with pytest.raises(StateError, match="not one fusionfeat saves"):
         load_estimator({"class": "Popen", "state": {"args": "touch x"}}, {})

@@ -12,8 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from fusionfeat import stats as fs
-from fusionfeat.calibration import CalibratedHead, InnerOperatingPoint, inner_oof_scores
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.heads.calibration import CalibratedHead, InnerOperatingPoint, inner_oof_scores
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -150,7 +150,7 @@ def test_bad_settings_are_user_errors():
 
 
 def test_torch_head_calibrates_and_clones():
-    from fusionfeat.estimators import TorchHeadClassifier
+    from fusionfeat.heads.torch_head import TorchHeadClassifier
 
     X, y, groups = _data(96, seed=6)
     head = TorchHeadClassifier(hidden=8, max_epochs=3, patience=2, batch_size=32, device="cpu", random_state=0)
@@ -188,8 +188,8 @@ class SampleSpy(ClassifierMixin, BaseEstimator):
 
 @pytest.mark.parametrize("balance", ["weight", "augment"])
 def test_calibration_and_threshold_inside_cross_validate_never_see_the_test_fold(balance):
-    from fusionfeat.evaluate import cross_validate
-    from fusionfeat.zoo import HeadSpec
+    from fusionfeat.evaluation.cv import cross_validate
+    from fusionfeat.heads.zoo import HeadSpec
     from tests.test_evaluate import fake_store
 
     def build(**_: Any) -> InnerOperatingPoint:

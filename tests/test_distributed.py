@@ -15,11 +15,11 @@ import torch
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.data.synthetic import generate_cnmc_like
-from fusionfeat.distributed import SINGLE, DistContext
+from fusionfeat.engines.distributed import SINGLE, DistContext
+from fusionfeat.engines.extract import ExtractConfig, extract
+from fusionfeat.engines.finetune import FinetuneConfig, finetune, work_dir
+from fusionfeat.engines.train_loop import TrainConfig
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.extract import ExtractConfig, extract
-from fusionfeat.finetune import FinetuneConfig, finetune, work_dir
-from fusionfeat.train_loop import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

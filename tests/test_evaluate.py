@@ -17,13 +17,13 @@ from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier
-from fusionfeat.evaluate import cross_validate
-from fusionfeat.head_inputs import feature_matrix
-from fusionfeat.metrics import binary_metrics, confusion, summarize
+from fusionfeat.evaluation.cv import cross_validate
+from fusionfeat.evaluation.metrics import binary_metrics, confusion, summarize
+from fusionfeat.heads.inputs import feature_matrix
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.protocols import LeakageError, check_split, make_plan, plan_folds
 from fusionfeat.store import FoldPlan
-from fusionfeat.zoo import HeadSpec
 from tests.conftest import one_torch_thread
 
 # ----------------------------------------------------------------------------------------------- fakes
@@ -490,7 +490,7 @@ def test_bad_requests_raise_clear_errors(change, kwargs, match):
 
 
 def test_attention_resolves_to_the_variant_the_store_supports():
-    from fusionfeat.zoo import resolve_heads
+    from fusionfeat.heads.zoo import resolve_heads
 
     assert [s.name for s in resolve_heads(fake_store(), ["attention"], backbones=PAIR)] == ["attention-spatial"]
     no_tokens = fake_store(tokens=False)
@@ -655,7 +655,7 @@ def test_svm_platt_sigmoid_is_fitted_with_the_class_weights():
     from sklearn.svm import SVC
     from sklearn.utils.class_weight import compute_sample_weight
 
-    from fusionfeat.estimators import make_svm
+    from fusionfeat.heads.svm import make_svm
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(150, 6))
@@ -675,7 +675,7 @@ def test_svm_on_a_tiny_fold_uses_fewer_sigmoid_folds_and_refuses_one_image_per_c
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
-    from fusionfeat.estimators import WeightedPlattSVC
+    from fusionfeat.heads.svm import WeightedPlattSVC
 
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(9, 3)), np.array([0] * 6 + [1] * 3)
@@ -694,8 +694,8 @@ def test_svm_platt_sigmoid_uses_grouped_inner_folds_when_given_groups():
     from sklearn.svm import SVC
     from sklearn.utils.class_weight import compute_sample_weight
 
-    from fusionfeat.calibration import fit_estimator
-    from fusionfeat.estimators import make_svm
+    from fusionfeat.heads.calibration import fit_estimator
+    from fusionfeat.heads.svm import make_svm
 
     rng = np.random.default_rng(1)
     groups = np.repeat([f"s{i}" for i in range(30)], 4)  # 30 subjects, 4 cells each
@@ -725,8 +725,8 @@ def test_isotonic_operating_point_inner_sensitivity_is_no_further_from_target():
 
 
 def test_svm_with_too_few_groups_keeps_the_ungrouped_sigmoid_folds():
-    from fusionfeat.calibration import fit_estimator
-    from fusionfeat.estimators import make_svm
+    from fusionfeat.heads.calibration import fit_estimator
+    from fusionfeat.heads.svm import make_svm
 
     rng = np.random.default_rng(2)
     y = np.r_[np.ones(40, dtype=int), np.zeros(20, dtype=int)]
@@ -740,7 +740,7 @@ def test_svm_with_too_few_groups_keeps_the_ungrouped_sigmoid_folds():
 
 
 def test_permute_rows_in_place_equals_fancy_indexing():
-    from fusionfeat.evaluate import permute_rows
+    from fusionfeat.evaluation.row_layout import permute_rows
 
     rng = np.random.default_rng(0)
     for n in (1, 2, 7, 50):
@@ -752,7 +752,7 @@ def test_permute_rows_in_place_equals_fancy_indexing():
 
 
 def test_row_layout_gives_each_split_its_rows_as_views_of_the_shared_matrix():
-    from fusionfeat.evaluate import RowLayout
+    from fusionfeat.evaluation.cv import RowLayout
     from fusionfeat.protocols import Split
 
     rng = np.random.default_rng(1)
@@ -782,8 +782,8 @@ def test_cross_validation_feeds_the_same_rows_with_the_in_place_layout():
 
 
 def test_rows_matrix_reads_in_chunks_without_changing_x(monkeypatch):
-    import fusionfeat.head_inputs as hi
-    from fusionfeat.zoo import fusion_head
+    import fusionfeat.heads.inputs as hi
+    from fusionfeat.heads.zoo import fusion_head
 
     store = fake_store()
     plan = make_plan_for(store, "paper")
@@ -805,7 +805,7 @@ def test_rows_matrix_reads_in_chunks_without_changing_x(monkeypatch):
 
 
 def test_row_layout_copies_the_right_rows_when_a_split_repeats_a_row():
-    from fusionfeat.evaluate import RowLayout
+    from fusionfeat.evaluation.cv import RowLayout
     from fusionfeat.protocols import Split
 
     original = np.arange(24, dtype=np.float32).reshape(8, 3)

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from fusionfeat.cli import main
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier
-from fusionfeat.evaluate import cross_validate
-from fusionfeat.heads import AttentionFusion
+from fusionfeat.evaluation.cv import cross_validate
+from fusionfeat.heads.modules import AttentionFusion
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.report import write_run
 from fusionfeat.report.attention import load_attention
 from fusionfeat.store import FeatureStore
-from fusionfeat.zoo import HeadSpec
 from tests.conftest import write_cells
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -15,8 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fusionfeat.backbones import load_backbone
 from fusionfeat.cli import main
+from fusionfeat.encoders import load_backbone
 from fusionfeat.store import FeatureStore, partial_dir, store_lock
 from tests.conftest import HED_WEIGHTS, need, write_cells
 
@@ -244,7 +244,7 @@ def test_token_grid_matches_the_trunk(name, size):
 
 def test_extract_loads_and_hashes_each_backbone_once(tiny_folders, tmp_path, monkeypatch):
     """One load per backbone per process (under torchrun every rank runs this same path once)."""
-    import fusionfeat.extract as engine
+    import fusionfeat.engines.extract as engine
     from fusionfeat.data.images import Preprocess
     from fusionfeat.data.manifest import build_manifest
 

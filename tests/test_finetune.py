@@ -21,17 +21,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fusionfeat.backbones import load_backbone, read_state_dict
 from fusionfeat.cli import main
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.data.synthetic import generate_class_folders, generate_cnmc_like
-from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
-from fusionfeat.evaluate import cross_validate
-from fusionfeat.extract import ExtractConfig, extract
-from fusionfeat.finetune import FinetuneConfig, finetune, inner_split, work_dir
-from fusionfeat.store import FeatureStore
-from fusionfeat.train_loop import (
+from fusionfeat.encoders import load_backbone, read_state_dict
+from fusionfeat.engines.extract import ExtractConfig, extract
+from fusionfeat.engines.finetune import FinetuneConfig, finetune, inner_split, work_dir
+from fusionfeat.engines.train_loop import (
     TrainConfig,
     augment,
     draw_augment,
@@ -43,6 +40,9 @@ from fusionfeat.train_loop import (
     parse_augment,
     trunk_stages,
 )
+from fusionfeat.errors import DatasetError, FusionfeatError, StoreError
+from fusionfeat.evaluation.cv import cross_validate
+from fusionfeat.store import FeatureStore
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -264,7 +264,7 @@ def test_augment_options_and_ops():
 
 
 def test_freezing_and_differential_learning_rates():
-    from fusionfeat.train_loop import FineTuneNet
+    from fusionfeat.engines.train_loop import FineTuneNet
 
     for name in ("resnet18", "vgg16"):
         trunk = load_backbone(name, "random").trunk

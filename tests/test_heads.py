@@ -11,9 +11,11 @@ from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier, WeightedPlattSVC, XGBoostClassifier
-from fusionfeat.heads import AttentionFusion
-from fusionfeat.zoo import HEAD_NAMES, expand_head_names, resolve_head
+from fusionfeat.heads.boosted import XGBoostClassifier
+from fusionfeat.heads.modules import AttentionFusion
+from fusionfeat.heads.svm import WeightedPlattSVC
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HEAD_NAMES, expand_head_names, resolve_head
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -230,7 +232,7 @@ def test_sklearn_compatible(estimator, check):
 
 
 def test_cross_attention_equals_multihead_attention_on_the_same_parameters():
-    from fusionfeat.heads import cross_attention
+    from fusionfeat.heads.modules import cross_attention
 
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(32, 4, batch_first=True)
@@ -240,7 +242,7 @@ def test_cross_attention_equals_multihead_attention_on_the_same_parameters():
 
 
 def test_block_input_pools_before_standardising_and_reads_float16_rows():
-    from fusionfeat.heads import BlockInput
+    from fusionfeat.heads.modules import BlockInput
 
     torch.manual_seed(0)
     inputs = BlockInput(((3, 4), (1, 2)))
@@ -255,7 +257,7 @@ def test_block_input_pools_before_standardising_and_reads_float16_rows():
 
 @pytest.mark.parametrize("explicit", [True, False])
 def test_both_cross_attention_paths_match_multihead_attention_in_outputs_and_gradients(explicit):
-    from fusionfeat.heads import cross_attention
+    from fusionfeat.heads.modules import cross_attention
 
     torch.manual_seed(1)
     attn = torch.nn.MultiheadAttention(16, 2, batch_first=True)
@@ -272,7 +274,7 @@ def test_both_cross_attention_paths_match_multihead_attention_in_outputs_and_gra
 
 
 def test_input_statistics_match_numpy_in_float64_despite_large_channel_means():
-    from fusionfeat.estimators import _block_stats
+    from fusionfeat.heads.torch_head import block_stats
 
     rng = np.random.default_rng(0)
     n, blocks = 700, ((3, 4), (1, 2))  # more rows than one statistics chunk (256)
@@ -281,7 +283,7 @@ def test_input_statistics_match_numpy_in_float64_despite_large_channel_means():
     pooled = rng.normal([10.0, -3.0], [2.0, 0.1], size=(n, 1, 2))
     X = np.concatenate([tokens.reshape(n, -1), pooled.reshape(n, -1)], axis=1).astype(np.float16)
     X.setflags(write=False)  # read-only input (a memory map, say) is fine
-    locs, scales = _block_stats(X, blocks)
+    locs, scales = block_stats(X, blocks)
     as64 = X.astype(np.float64)
     for (loc, scale), values in zip(zip(locs, scales, strict=True),
                                     (as64[:, :12].reshape(-1, 4), as64[:, 12:].reshape(-1, 2)), strict=True):
@@ -290,15 +292,15 @@ def test_input_statistics_match_numpy_in_float64_despite_large_channel_means():
 
 
 def test_input_statistics_refuse_values_beyond_float32():
-    from fusionfeat.estimators import _block_stats
+    from fusionfeat.heads.torch_head import block_stats
 
     X = np.ones((10, 3))
     X[4, 1] = 1e300
     with pytest.raises(ValueError, match="float32"):
-        _block_stats(X, ((1, 3),))
+        block_stats(X, ((1, 3),))
     X[4, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        _block_stats(X, ((1, 3),))
+        block_stats(X, ((1, 3),))
 
 
 @pytest.mark.parametrize("name, value", [("max_epochs", float("inf")), ("max_epochs", 2.5), ("batch_size", 0),

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from fusionfeat.metrics import METRICS
+from fusionfeat.evaluation.metrics import METRICS
 from fusionfeat.report.latex import Tex, latex_escape, latex_table, write_tables
 
 SEPARATOR = re.compile(r"(?<!\\)&")  # an unescaped column separator

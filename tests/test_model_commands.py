@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from fusionfeat.bundle import load_bundle
 from fusionfeat.cli import main
-from fusionfeat.head_inputs import feature_matrix
+from fusionfeat.heads.inputs import feature_matrix
 from fusionfeat.store import FeatureStore
 from tests.conftest import write_cells
 
@@ -96,7 +96,7 @@ def test_predict_refuses_foreign_bundles_and_other_weights(store, tmp_path):
     bundle_dir = tmp_path / "bundle"
     assert run("train", store, "--head", "logreg", "-o", bundle_dir, "--quiet").exit_code == 0
     weights = tmp_path / "w.pth"
-    from fusionfeat.backbones import load_backbone
+    from fusionfeat.encoders import load_backbone
 
     torch.save(load_backbone("resnet18", "random", seed=1).trunk.state_dict(), weights)
     images = store.parent / "cells"
@@ -179,7 +179,7 @@ _PREFERRED = ("resnet18", "vgg16", "densenet121", "efficientnet_b0", "mobilenet_
 
 
 def three_registered_backbones() -> list[str]:
-    from fusionfeat.backbones import BACKBONES
+    from fusionfeat.encoders import BACKBONES
 
     names = [n for n in _PREFERRED if n in BACKBONES] + [n for n in BACKBONES if n not in _PREFERRED]
     if len(names) < 3:
@@ -253,7 +253,7 @@ def test_fit_bad_toml_is_one_line(store, tmp_path):
 def test_train_fits_with_image_groups_for_inner_splits(store, monkeypatch):
     """train hands the head the same groups as cross_validate (subject, else source image), so the SVM's
     sigmoid folds and the torch heads' early-stopping split never split an image from its copies."""
-    from fusionfeat.estimators import WeightedPlattSVC
+    from fusionfeat.heads.svm import WeightedPlattSVC
     from fusionfeat.train import train_head
 
     seen = {}

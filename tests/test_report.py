@@ -13,10 +13,10 @@ from scipy import stats as st
 from sklearn import metrics as skm
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier
-from fusionfeat.evaluate import cross_validate
+from fusionfeat.evaluation.cv import cross_validate
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.report import compare_runs, describe_weights, write_run
-from fusionfeat.zoo import HeadSpec
 from tests.conftest import one_torch_thread
 from tests.test_evaluate import PAIR, RECORDER, fake_store
 
@@ -482,7 +482,7 @@ def test_latex_and_csv_tables_carry_intervals_fusion_calibration_and_flags(group
 
 
 def test_subject_level_under_paper_aggregates_original_images_only():
-    from fusionfeat.evidence import subject_level
+    from fusionfeat.evaluation.evidence import subject_level
 
     store = fake_store(cells=6)
     result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)

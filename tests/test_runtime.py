@@ -8,7 +8,7 @@ import torch
 from threadpoolctl import threadpool_info
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import XGBoostClassifier
+from fusionfeat.heads.boosted import XGBoostClassifier
 from fusionfeat.runtime import DEFAULT_HEAD_THREADS, head_threads
 
 

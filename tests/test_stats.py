@@ -437,7 +437,7 @@ def test_bad_inputs_are_user_errors():
 
 def test_wiring_on_a_cross_validation_result():
     """How the report feeds a ``CVResult`` to these functions (a reference for the integration)."""
-    from fusionfeat.evaluate import cross_validate
+    from fusionfeat.evaluation.cv import cross_validate
     from tests.test_evaluate import fake_store
 
     store = fake_store(n_subjects=15, cells=4, signal=0.8)

@@ -16,11 +16,11 @@ from sklearn.metrics import roc_auc_score
 
 from fusionfeat.cli import main
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier
-from fusionfeat.metrics import METRICS
+from fusionfeat.evaluation.metrics import METRICS
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.store import FeatureStore
 from fusionfeat.study import check_dihedral, run_study, write_study
-from fusionfeat.zoo import HeadSpec
 from tests.conftest import write_cells
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")

@@ -15,9 +15,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_sample_weight
 
-from fusionfeat.calibration import fit_estimator
-from fusionfeat.estimators import WeightedPlattSVC, make_svm
-from fusionfeat.skstate import dump_estimator, load_estimator
+from fusionfeat.heads.calibration import fit_estimator
+from fusionfeat.heads.state import dump_estimator, load_estimator
+from fusionfeat.heads.svm import WeightedPlattSVC, make_svm
 
 
 def _data(n: int, seed: int, d: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +147,7 @@ def test_an_svm_saved_before_its_size_parameters_existed_loads_with_their_defaul
                                          ("max_exact_rows", 2.5), ("n_components", 0), ("n_components", "10")])
 def test_svm_size_parameters_out_of_range_are_one_line_errors(name, value):
     from fusionfeat.errors import FusionfeatError
-    from fusionfeat.estimators import WeightedPlattSVC
+    from fusionfeat.heads.svm import WeightedPlattSVC
 
     X, y = _data(60, 7)
     with pytest.raises(FusionfeatError, match=name):

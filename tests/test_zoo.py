@@ -13,12 +13,10 @@ import pytest
 
 from fusionfeat.bundle import load_bundle, save_bundle
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier
-from fusionfeat.head_inputs import embedding_matrix, feature_matrix, head_blocks, rows_matrix
-from fusionfeat.predict import positive_proba
-from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store
-from fusionfeat.train import train_head
-from fusionfeat.zoo import (
+from fusionfeat.heads.boosted import XGBoostClassifier
+from fusionfeat.heads.inputs import embedding_matrix, feature_matrix, head_blocks, rows_matrix
+from fusionfeat.heads.torch_head import TorchHeadClassifier
+from fusionfeat.heads.zoo import (
     HEAD_NAMES,
     expand_head_names,
     head_from_record,
@@ -26,6 +24,9 @@ from fusionfeat.zoo import (
     resolve_heads,
     select_backbones,
 )
+from fusionfeat.predict import positive_proba
+from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store
+from fusionfeat.train import train_head
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

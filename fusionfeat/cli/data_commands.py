@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from fusionfeat.backbones import parse_backbones, parse_weights
 from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option, layout_option, overwrite_option, positive_option, root_option
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
+from fusionfeat.encoders import parse_backbones, parse_weights
+from fusionfeat.engines.extract import ExtractConfig, extract
 from fusionfeat.errors import FusionfeatError, StoreError
-from fusionfeat.extract import ExtractConfig, extract
 from fusionfeat.fsio import CSV, check_not_input, check_output, ensure_parent
 from fusionfeat.runtime import PRECISIONS
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from fusionfeat.backbones import parse_backbones, parse_weights
 from fusionfeat.cli import main
 from fusionfeat.cli.options import device_option, layout_option, positive_option, root_option
 from fusionfeat.data.manifest import build_manifest
+from fusionfeat.encoders import parse_backbones, parse_weights
+from fusionfeat.engines.train_loop import FINETUNE_BALANCES, TrainConfig, parse_augment
 from fusionfeat.runtime import PRECISIONS
-from fusionfeat.train_loop import FINETUNE_BALANCES, TrainConfig, parse_augment
 
 _D = TrainConfig()
 
@@ -72,8 +72,8 @@ def finetune_command(data, store, backbones, weights, protocol, folds, seed, inp
 
     Run under `torchrun --nproc-per-node N -m fusionfeat finetune ...` to train with DistributedDataParallel.
     """
-    from fusionfeat.distributed import process_group
-    from fusionfeat.finetune import FinetuneConfig, finetune
+    from fusionfeat.engines.distributed import process_group
+    from fusionfeat.engines.finetune import FinetuneConfig, finetune
 
     names = parse_backbones(backbones)
     augments, jitter = parse_augment(augment)

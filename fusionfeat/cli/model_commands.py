@@ -64,12 +64,12 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
                 head_param, head_params_file, calibrate, operating_point, subject_aggregate, device, threads,
                 overwrite, quiet):
     """Cross-validate heads on cached features and write a run folder with metrics, plots and a report."""
-    from fusionfeat.calibration import parse_operating_point
-    from fusionfeat.evaluate import cross_validate
+    from fusionfeat.evaluation.cv import cross_validate
     from fusionfeat.fsio import RUN, output_target
+    from fusionfeat.heads.calibration import parse_operating_point
+    from fusionfeat.heads.zoo import expand_head_names, select_backbones
     from fusionfeat.report import write_run_files
     from fusionfeat.store import FeatureStore
-    from fusionfeat.zoo import expand_head_names, select_backbones
 
     params = head_params_from(head_param, head_params_file)
     if operating_point:

@@ -26,10 +26,10 @@ from fusionfeat.fsio import STUDY, check_output
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def study_command(store, output, heads, repeats, folds, seed, device, threads, overwrite, quiet):
     """Run heads under the paper's protocol, leak-free augmentation and class weights; report the inflation."""
+    from fusionfeat.heads.zoo import expand_head_names, select_backbones
     from fusionfeat.runtime import head_threads
     from fusionfeat.store import FeatureStore
     from fusionfeat.study import check_dihedral, run_study, write_study
-    from fusionfeat.zoo import expand_head_names, select_backbones
 
     out = Path(output) if output else Path("runs") / f"{Path(store).stem}-study"
     check_output(out, STUDY, inputs=[store], overwrite=overwrite)  # before hours of fitting

@@ -2,7 +2,8 @@
 runs side by side (compare.py)."""
 
 from fusionfeat.report.compare import compare_runs
-from fusionfeat.report.markdown import describe_weights, render_report
+from fusionfeat.report.flags import describe_weights
+from fusionfeat.report.markdown import render_report
 from fusionfeat.report.run import load_run, run_json, write_run, write_run_files
 
 __all__ = ["compare_runs", "describe_weights", "load_run", "render_report", "run_json", "write_run", "write_run_files"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionfeat.evaluate import CVResult
+from fusionfeat.evaluation.cv import CVResult
 from fusionfeat.fsio import require_file
 
 ATTENTION_FILE = "attention.npz"

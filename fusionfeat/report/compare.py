@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.metrics import LABELS, METRICS
-from fusionfeat.report.markdown import describe_weights, md_row, pm, random_heads
+from fusionfeat.evaluation.metrics import LABELS, METRICS
+from fusionfeat.report.cells import md_row, pm
+from fusionfeat.report.flags import describe_weights, random_heads
 from fusionfeat.report.run import METRICS_FILE, load_run, looks_like_run
 
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusionfeat.metrics import LABELS, METRICS
-from fusionfeat.report.markdown import random_heads, tag
+from fusionfeat.evaluation.metrics import LABELS, METRICS
+from fusionfeat.report.flags import random_heads, tag
 
 TEX_FILE = "report.tex"
 RESULTS_CSV = "table_results.csv"

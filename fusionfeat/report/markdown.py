@@ -4,12 +4,12 @@ what a reader must know before comparing them: random-weight features, a leaky p
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 from fusionfeat import paper
-from fusionfeat.metrics import LABELS, METRICS, TIMINGS
+from fusionfeat.evaluation.metrics import LABELS, METRICS, TIMINGS
+from fusionfeat.report.cells import diff_ci, interval, md_row, num, pm, pval
+from fusionfeat.report.flags import describe_weights, flags_text, random_backbones, random_heads, tag
 from fusionfeat.stats import PAPER_F1_NOTE
 
 
@@ -62,49 +62,6 @@ def _warnings(data: dict[str, Any]) -> list[str]:
             "test, which inflates scores compared with new patients."
         )
     return out
-
-
-def head_flags(info: dict[str, Any]) -> dict[str, str]:
-    """backbone -> IMAGENET / FILE <sha> / RANDOM for one head (from metrics.json)."""
-    return dict(info.get("weights") or {})
-
-
-def flags_text(info: dict[str, Any]) -> str:
-    """One head's weights flags, e.g. ``resnet18 RANDOM, vgg16 FILE 3f2a…`` (bold when random)."""
-    parts = []
-    for b, flag in head_flags(info).items():
-        parts.append(f"{b} **{flag}**" if flag == "RANDOM" else f"{b} {flag}")
-    return ", ".join(parts) or "?"
-
-
-def tag(data: dict[str, Any], head: str) -> str:
-    """A head's name with its weights in brackets, e.g. ``resnet18 [RANDOM]`` or ``svm [IMAGENET]``, for tables
-    that do not have a weights column (mixed weights: ``[resnet18 RANDOM, vgg16 FILE …]``)."""
-    flags = head_flags(data["heads"].get(head, {}))
-    kinds = set(flags.values())
-    if len(kinds) == 1:
-        short = kinds.pop()
-    else:
-        short = ", ".join(f"{b} {f}" for b, f in flags.items()) or "?"
-    return f"`{head}` [{short}]"
-
-
-def random_heads(data: dict[str, Any]) -> list[str]:
-    """Heads that read at least one random-weight backbone."""
-    out = []
-    for head, info in data["heads"].items():
-        flags = head_flags(info)
-        if flags and "RANDOM" in flags.values():
-            out.append(head)
-        elif not flags and set(info.get("backbones", [])) & set(random_backbones(data)):
-            out.append(head)
-    return out
-
-
-def random_backbones(data: dict[str, Any]) -> list[str]:
-    used = {b for h in data["heads"].values() for b in h.get("backbones", [])}
-    backbones = (data.get("provenance") or {}).get("backbones", {}) or {}
-    return [b for b in sorted(used) if str(backbones.get(b, {}).get("weights_kind", "")) == "random"]
 
 
 def _header(data: dict[str, Any]) -> str:
@@ -485,19 +442,6 @@ def _features_section(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_weights(attrs: dict[str, Any]) -> str:
-    """Human words for a backbone's weights; a file is named with its SHA-256, never called ImageNet."""
-    kind = str(attrs.get("weights_kind", ""))
-    sha = str(attrs.get("weights_sha256", "") or "")
-    if kind == "random":
-        return f"**RANDOM** (seed {attrs.get('seed', '?')}), not ImageNet"
-    if kind == "imagenet":
-        return f"ImageNet (`{attrs.get('weights', '')}`, SHA-256 `{sha}`)"
-    if kind == "file":
-        return f"file `{attrs.get('weights', '?')}` (SHA-256 `{sha}`)"
-    return f"unknown (`{attrs.get('weights', '?')}`)"
-
-
 def _fusion_section(data: dict[str, Any]) -> str:
     heads = {h: i["fusion_weights_by_class"] for h, i in data["heads"].items() if i.get("fusion_weights_by_class")}
     if not heads:
@@ -534,51 +478,3 @@ def _plots_section(data: dict[str, Any]) -> str:
             if f"{kind}_{head}" in plots:
                 lines.append(f"![{head} {title}]({plots[f'{kind}_{head}']})")
     return "\n".join(lines)
-
-
-def md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def pm(mean: float | None, std: float | None, digits: int = 4) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    if std is None or (isinstance(std, float) and math.isnan(std)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def num(x: Any, digits: int = 4) -> str:
-    """A number, or n/a."""
-    return "n/a" if _missing(x) else f"{x:.{digits}f}"
-
-
-def signed(x: Any, digits: int = 4) -> str:
-    """A difference with its sign, or n/a."""
-    return "n/a" if _missing(x) else f"{x:+.{digits}f}"
-
-
-def diff_ci(test: dict[str, Any]) -> str:
-    """A paired difference with its interval: ``+0.0123 [-0.0040, +0.0286]``."""
-    return f"{signed(test['diff'])} [{signed(test['lo'])}, {signed(test['hi'])}]"
-
-
-def pval(p: Any) -> str:
-    """A p-value: 3 significant digits, or n/a."""
-    if _missing(p):
-        return "n/a"
-    return f"{p:.3g}" if p >= 1e-4 else "< 0.0001"
-
-
-def interval(low: Any, high: Any, metric: str) -> str:
-    """``[low, high]`` clipped to the metric's range (MCC: [-1, 1], others [0, 1]), or n/a."""
-    if _missing(low) or _missing(high):
-        return "n/a"
-    floor = -1.0 if metric == "mcc" else 0.0
-    return f"[{max(low, floor):.4f}, {min(high, 1.0):.4f}]"
-
-

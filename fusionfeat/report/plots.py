@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from fusionfeat.report.markdown import pm
+from fusionfeat.report.cells import pm
 
 
 def write_plots(data: dict[str, Any], out: Path) -> dict[str, str]:

@@ -18,8 +18,8 @@ import numpy as np
 import fusionfeat
 from fusionfeat import paper, stats
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.evaluate import CVResult
-from fusionfeat.evidence import analyse
+from fusionfeat.evaluation.cv import CVResult
+from fusionfeat.evaluation.evidence import analyse
 from fusionfeat.fsio import RUN, dumps_json, output_target, require_file
 from fusionfeat.report.attention import write_attention
 from fusionfeat.report.latex import write_tables

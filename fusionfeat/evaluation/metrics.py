@@ -75,7 +75,7 @@ def roc_points(y_true: np.ndarray, p_positive: np.ndarray, positive: int = 1) ->
 
 
 def summarize(per_fold: list[dict[str, float]], repeat_of_fold: list[int]) -> dict[str, dict[str, float]]:
-    """Per-fold mean and sd over all folds × repeats, and counts (intervals: ``fusionfeat.evidence``)."""
+    """Per-fold mean and sd over all folds × repeats, and counts (intervals: ``fusionfeat.evaluation.evidence``)."""
     out: dict[str, dict[str, float]] = {}
     repeats = np.asarray(repeat_of_fold)
     for name in METRICS + TIMINGS:

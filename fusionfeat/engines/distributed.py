@@ -1,5 +1,5 @@
 """torch.distributed plumbing for ``torchrun … -m fusionfeat``: the process group and the rank context that
-``fusionfeat.extract`` and ``fusionfeat.finetune`` split their work with.
+``fusionfeat.engines.extract`` and ``fusionfeat.engines.finetune`` split their work with.
 
 Every rank runs the same program; rank 0 alone decides (reads and checks the store, writes files) and the
 others follow what it broadcasts, so a bad option fails on every rank with the same one-line message instead

@@ -24,40 +24,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from fusionfeat import stats as fs
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.protocols import inner_splits
 
 METHODS: tuple[str, ...] = ("sigmoid", "isotonic")
-
-
-def inner_splits(
-    y: np.ndarray, groups: Any = None, cv: Any = 5, random_state: Any = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Inner folds of a training fold: ``cv`` as an int (stratified, shuffled with ``random_state``; grouped
-    by subject when any of ``groups`` is non-empty, an empty id being a subject of its own) or any
-    scikit-learn splitter / list of ``(train, test)`` index pairs that partitions the rows."""
-    y = np.asarray(y)
-    if not isinstance(cv, int | np.integer):
-        splits = cv.split(np.zeros(len(y)), y, groups) if hasattr(cv, "split") else cv
-        return [(np.asarray(a), np.asarray(b)) for a, b in splits]
-    if cv < 2:
-        raise FusionfeatError(f"inner cross-validation needs 2 or more folds, got cv={cv}")
-    g = None if groups is None else np.asarray(groups).astype(str)
-    if g is not None and np.any(g != ""):
-        g = np.where(g == "", np.char.add("\0row-", np.arange(len(g)).astype(str)), g)
-        splitter: Any = StratifiedGroupKFold(cv, shuffle=True, random_state=random_state)
-    else:
-        g = None
-        splitter = StratifiedKFold(cv, shuffle=True, random_state=random_state)
-    try:
-        return [(a, b) for a, b in splitter.split(np.zeros(len(y)), y, g)]
-    except ValueError as err:
-        raise FusionfeatError(f"inner cross-validation of a training fold with cv={cv} is impossible: {err}; "
-                              "lower the inner folds") from None
 
 
 def _response(estimator: Any) -> str:

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from fusionfeat import runtime
-from fusionfeat.backbones import (
+from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
+from fusionfeat.data.manifest import Manifest
+from fusionfeat.encoders import (
     IMAGENET,
     WeightsChoice,
     embed,
@@ -34,13 +36,12 @@ from fusionfeat.backbones import (
     probe,
     random_backbones,
 )
-from fusionfeat.data.images import Preprocess, dihedral_views, normalize_batch
-from fusionfeat.data.manifest import Manifest
-from fusionfeat.distributed import SINGLE, DistContext
+from fusionfeat.engines.distributed import SINGLE, DistContext
+from fusionfeat.engines.extract import manifest_fingerprint
+from fusionfeat.engines.image_bank import ImageBank, build_bank, open_bank
+from fusionfeat.engines.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, trunk_stages
 from fusionfeat.errors import DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
-from fusionfeat.extract import manifest_fingerprint
 from fusionfeat.fsio import FINETUNE, marker_name, sha256_file, write_json
-from fusionfeat.image_bank import ImageBank, build_bank, open_bank
 from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, inner_split, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
 from fusionfeat.store import (
@@ -52,7 +53,6 @@ from fusionfeat.store import (
     store_lock,
     write_finetuned_features,
 )
-from fusionfeat.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, trunk_stages
 
 PROTOCOLS = ("grouped", "stratified", "predefined")
 

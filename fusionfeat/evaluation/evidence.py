@@ -18,8 +18,8 @@ from sklearn import metrics as skm
 
 from fusionfeat import stats
 from fusionfeat.errors import FusionfeatError
-from fusionfeat.evaluate import CVResult
-from fusionfeat.metrics import METRICS
+from fusionfeat.evaluation.cv import CVResult
+from fusionfeat.evaluation.metrics import METRICS
 
 N_BOOT = 2000
 ECE_BINS = 10

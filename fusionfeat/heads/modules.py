@@ -1,7 +1,7 @@
 """Torch heads that classify cached backbone features: an MLP, concatenation, attention fusion.
 
 Research code only: modules and their forward passes, no devices, loops or checkpoints (those live in
-``fusionfeat.estimators``). Every head reads one flat ``(B, F)`` row per image whose columns are the
+``fusionfeat.heads.torch_head``). Every head reads one flat ``(B, F)`` row per image whose columns are the
 per-backbone blocks laid end to end; ``blocks`` gives ``(n_tokens, dim)`` per backbone, a block being
 that backbone's ``(T, C)`` token map flattened row-major (``tokens.reshape(N, T * C)``), or its pooled
 vector when ``T == 1``.

@@ -23,7 +23,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from fusionfeat.estimators import WeightedPlattSVC
+from fusionfeat.heads.svm import WeightedPlattSVC
 
 ALLOWED: dict[str, type] = {cls.__name__: cls for cls in (
     Pipeline, StandardScaler, LogisticRegression, CalibratedClassifierCV, SVC, _CalibratedClassifier,

@@ -26,7 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import fusionfeat
-from fusionfeat.backbones import (
+from fusionfeat.data.images import Preprocess, normalize_batch
+from fusionfeat.data.loader import ImageDataset, collate_images
+from fusionfeat.data.manifest import Manifest
+from fusionfeat.encoders import (
     IMAGENET,
     LoadedBackbone,
     WeightsChoice,
@@ -36,10 +39,7 @@ from fusionfeat.backbones import (
     probe,
     random_backbones,
 )
-from fusionfeat.data.images import Preprocess, normalize_batch
-from fusionfeat.data.loader import ImageDataset, collate_images
-from fusionfeat.data.manifest import Manifest
-from fusionfeat.distributed import process_group
+from fusionfeat.engines.distributed import process_group
 from fusionfeat.errors import (
     DamagedBatchWarning,
     DatasetError,

@@ -21,7 +21,10 @@ from typing import Any
 from sklearn.base import BaseEstimator
 
 from fusionfeat.errors import FusionfeatError, StoreError
-from fusionfeat.estimators import TorchHeadClassifier, XGBoostClassifier, make_logreg, make_svm
+from fusionfeat.heads.boosted import XGBoostClassifier
+from fusionfeat.heads.linear import make_logreg
+from fusionfeat.heads.svm import make_svm
+from fusionfeat.heads.torch_head import TorchHeadClassifier
 
 PAPER_BACKBONES: tuple[str, ...] = ("resnet18", "vgg16")
 ATTENTION_HEADS: tuple[str, ...] = ("attention-spatial", "attention-pooled")

@@ -15,17 +15,20 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 
-from fusionfeat import metrics as fm
 from fusionfeat import runtime
-from fusionfeat.calibration import (
+from fusionfeat.errors import FusionfeatError, StoreError
+from fusionfeat.evaluation import metrics as fm
+from fusionfeat.evaluation.row_layout import RowLayout
+from fusionfeat.heads.calibration import (
     METHODS,
     CalibratedHead,
     InnerOperatingPoint,
     fit_estimator,
     parse_operating_point,
 )
-from fusionfeat.errors import FusionfeatError, StoreError
-from fusionfeat.head_inputs import head_blocks, rows_matrix
+from fusionfeat.heads.inputs import head_blocks, rows_matrix
+from fusionfeat.heads.options import recorded_params, resolve_head_params
+from fusionfeat.heads.zoo import HeadSpec, resolve_heads
 from fusionfeat.protocols import (
     BALANCES,
     DEFAULT_FOLDS,
@@ -40,12 +43,8 @@ from fusionfeat.protocols import (
 from fusionfeat.runtime import head_threads
 from fusionfeat.stats import AGGREGATIONS
 from fusionfeat.store import FoldPlan
-from fusionfeat.zoo import HeadSpec, resolve_heads
 
 FEATURES: tuple[str, ...] = ("frozen", "finetuned")
-
-
-# ----------------------------------------------------------------------------------------------- results
 
 
 @dataclass
@@ -95,7 +94,8 @@ class CVResult:
         return [f for f in self.folds if f.head == head]
 
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
-        """head -> metric -> per-fold mean and sd over folds × repeats, counts (intervals: ``fusionfeat.evidence``)."""
+        """head -> metric -> per-fold mean and sd over folds × repeats, counts (intervals:
+        ``fusionfeat.evaluation.evidence``)."""
         return {
             head: fm.summarize(
                 [f.metrics for f in self.fold_results(head)], [f.repeat for f in self.fold_results(head)]
@@ -120,9 +120,6 @@ def _class_mean(w: np.ndarray, of_class: np.ndarray) -> list[float]:
     return np.nanmean(w[:, of_class].reshape(-1, w.shape[2]), axis=0).tolist()
 
 
-# ----------------------------------------------------------------------------------------------- the loop
-
-
 def cross_validate(
     store: Any,
     heads: Sequence[str | HeadSpec],
@@ -145,7 +142,7 @@ def cross_validate(
 
     ``protocol=None`` means ``grouped`` when subjects are known, else ``stratified``. ``folds``/``seed``
     default to 5 and 0, or, with ``features="finetuned"``, to the stored fine-tuning plan (which any
-    other request contradicts). ``heads`` are names (see ``fusionfeat.zoo``) or ``HeadSpec``s; the named
+    other request contradicts). ``heads`` are names (see ``fusionfeat.heads.zoo``) or ``HeadSpec``s; the named
     fusion heads and baselines read ``backbones`` (default: every stored backbone, in store order).
     Each fold fits ``sklearn.base.clone`` of the head's estimator.
 
@@ -429,53 +426,6 @@ def _fit_fold(
     )
 
 
-class RowLayout:
-    """Where each row of a shared X currently sits, so that a split's training and test rows can be laid out
-    as two contiguous views of X instead of copied out of it.
-
-    ``arrange(X, split)`` moves X's rows in place (cycle by cycle, one row of scratch memory) so that
-    ``X[:n_train]`` holds ``split.train`` and the next ``n_test`` rows ``split.test``, each in the split's
-    order: the same matrices ``X[split.train]`` and ``X[split.test]`` would copy, with no copy, so a token
-    head's fit needs X once (a C-NMC paper run's 14,544 token rows are 1.4 GiB of float16), not twice.
-    """
-
-    def __init__(self, n_rows: int):
-        self.row_at = np.arange(n_rows)  # row_at[i]: the original row now at position i
-
-    def arrange(self, X: np.ndarray, split: Split) -> tuple[np.ndarray, np.ndarray]:
-        """Rearrange ``X`` in place for ``split``; returns the (train, test) views."""
-        n_train, n_test = len(split.train), len(split.test)
-        position = np.empty_like(self.row_at)  # position[r]: where original row r sits now
-        position[self.row_at] = np.arange(len(self.row_at))
-        used = np.concatenate([split.train, split.test]).astype(np.int64)
-        if len(np.unique(used)) != len(used):  # a row on both sides or twice: not a layout, copy the rows
-            return X[position[split.train]], X[position[split.test]]
-        rest = np.setdiff1d(np.arange(len(self.row_at)), used)
-        want = np.concatenate([used, rest])
-        permute_rows(X, position[want])
-        self.row_at = want
-        return X[:n_train], X[n_train : n_train + n_test]
-
-
-def permute_rows(X: np.ndarray, source: np.ndarray) -> None:
-    """``X[:] = X[source]`` in place for a permutation ``source``, with one row of scratch memory."""
-    done = source == np.arange(len(source))
-    scratch = np.empty_like(X[:1])
-    for start in np.flatnonzero(~done):
-        if done[start]:
-            continue
-        scratch[0] = X[start]
-        i = start
-        while True:
-            done[i] = True
-            j = source[i]
-            if j == start:
-                X[i] = scratch[0]
-                break
-            X[i] = X[j]
-            i = j
-
-
 def fitted_kernel(est: Any) -> str | None:
     """The ``kernel_`` of a fitted head (through pipelines and calibration/operating-point wrappers); None without."""
     while est is not None:
@@ -528,90 +478,6 @@ def _attention_maps(est: Any, spec: Any, X_test: np.ndarray, split: Split, resul
         result.oof_attention[spec.name] = [np.full(result.test_fold.shape + (m.shape[1],), np.nan) for m in maps]
     for store, m in zip(result.oof_attention[spec.name], maps, strict=True):
         store[split.repeat, split.test] = m
-# ----------------------------------------------------------------------------------------------- head options
-
-IGNORED_PARAMS: tuple[str, ...] = ("blocks", "device", "progress", "random_state", "n_jobs", "verbose", "memory",
-                                   "steps", "transform_input", "copy")
-
-
-def recorded_params(est: Any) -> dict[str, Any]:
-    """A head's hyper-parameters as plain JSON (``get_params(deep=True)`` without objects, seeds, devices)."""
-    out = {}
-    for key, value in est.get_params(deep=True).items():
-        if key.rsplit("__", 1)[-1] in IGNORED_PARAMS:
-            continue
-        if value is None or isinstance(value, bool | int | float | str):
-            out[key] = value
-        elif isinstance(value, np.generic):
-            out[key] = value.item()
-    return out
-
-
-def _matches(key: str, head: str) -> bool:
-    return key in ("*", head) or head.startswith(key + "-")
-
-
-def resolve_head_params(specs: Sequence[HeadSpec], wanted: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """head name -> ``set_params`` keywords for it, from ``{head or "*": {param: value}}``; a parameter may be
-    given by its last part (``C`` for ``weightedplattsvc__C``). Unknown heads or parameters are refused."""
-    names = [s.name for s in specs]
-    for key in wanted:
-        if not any(_matches(key, n) for n in names):
-            raise FusionfeatError(f"--head-param: no head {key!r} in this run (heads: {', '.join(names)}; or '*')")
-    out: dict[str, dict[str, Any]] = {n: {} for n in names}
-    for spec in specs:
-        valid = recorded_params(spec.build(class_weight=None, random_state=0, device="cpu", progress=False))
-        for key, params in wanted.items():
-            if not _matches(key, spec.name):
-                continue
-            for param, value in params.items():
-                full = _full_param(param, valid)
-                if full is None:
-                    if key == "*":
-                        continue
-                    raise FusionfeatError(
-                        f"--head-param: head {spec.name!r} has no parameter {param!r}; valid: {', '.join(valid)}"
-                    )
-                out[spec.name][full] = _typed(value, valid[full])
-    for key, params in wanted.items():
-        if key == "*":
-            for param in params:
-                if not any(_full_param(param, recorded_params(
-                        s.build(class_weight=None, random_state=0, device="cpu", progress=False))) for s in specs):
-                    raise FusionfeatError(f"--head-param: no head in this run has a parameter {param!r}")
-    return out
-
-
-def _full_param(param: str, valid: dict[str, Any]) -> str | None:
-    if param in valid:
-        return param
-    ends = [k for k in valid if k.endswith("__" + param)]
-    return ends[0] if len(ends) == 1 else None
-
-
-def _typed(value: Any, like: Any) -> Any:
-    """A CLI string as the default's type (bool, float, int; a number where the default is a str or None, e.g.
-    SVC's ``gamma="scale"``; ``none`` is None); values that are not strings (from TOML) stay as they are."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if text.lower() in ("none", "null"):
-        return None
-    if isinstance(like, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise FusionfeatError(f"--head-param: {value!r} is not a boolean (true/false)")
-    casts = (float,) if isinstance(like, float) else (int, float)  # a str default may also take a number
-    for cast in casts:
-        try:
-            return cast(text)
-        except ValueError:
-            continue
-    if isinstance(like, int | float):
-        raise FusionfeatError(f"--head-param: {value!r} is not a number")
-    return text
 
 
 def _wrap(est: Any, options: dict[str, Any], pos: int, seed: int) -> Any:

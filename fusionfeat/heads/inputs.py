@@ -4,7 +4,7 @@ Row ``i`` of X is, for each backbone of the head's spec in order, that backbone'
 flattened and laid end to end: its pooled vector ``(1, D)`` for pooled heads (float32), or its token map
 ``(T, C)`` flattened row-major for token heads (float16, to halve memory). Blocks come either from a
 feature store (rows × views, frozen or one fine-tuned fold) or from fresh embeddings
-``{backbone: (pooled (N, V, D), tokens (N, V, T, C) | None)}`` as ``fusionfeat.extract.iter_embeddings``
+``{backbone: (pooled (N, V, D), tokens (N, V, T, C) | None)}`` as ``fusionfeat.engines.extract.iter_embeddings``
 yields them; both go through ``_place`` so the two can never drift apart.
 """
 

@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusionfeat import runtime
-from fusionfeat.backbones import Stage, embed, get_backbone
-from fusionfeat.distributed import SINGLE, DistContext
+from fusionfeat.encoders import Stage, embed, get_backbone
+from fusionfeat.engines.distributed import SINGLE, DistContext
+from fusionfeat.engines.image_bank import ImageBank
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import atomic_write_bytes, write_json
-from fusionfeat.image_bank import ImageBank
 from fusionfeat.runtime import autocast
 
 FINETUNE_BALANCES = ("weight", "sampler", "none")

@@ -1,0 +1,6 @@
+"""Evaluation: ``cv`` (the cross-validation loop over heads, and its ``CVResult``), ``row_layout`` (a split's
+rows laid out in place in one shared X), ``metrics`` (per-fold metrics and their aggregation) and ``evidence``
+(a run's statistics as plain JSON: intervals, paired comparisons, subjects).
+
+Import from the modules; the package itself imports nothing.
+"""

@@ -1,0 +1,55 @@
+"""Statistics a reviewer accepts: corrected CV intervals, subject bootstrap, paired tests, calibration.
+
+Every function takes plain numpy arrays, so it can be fed from a ``CVResult`` (``oof[head]``, ``test_fold``,
+``rows["label"]``, ``rows["group"]``, ``FoldResult.metrics``/``n_train``/``n_test``) or from anything else.
+Conventions used throughout:
+
+* ``y`` is 1 for the positive class and 0 otherwise (convert class indices with ``y = label == pos``);
+* ``p`` is the predicted probability (or any score) of the positive class;
+* a row is predicted positive when ``p >= threshold`` (default threshold 0.5);
+* ``groups`` holds subject ids as strings; ``""`` means unknown, and such a row is a subject of its own.
+
+The package's modules each hold one family: ``corrected_t``, ``bootstrap``, ``delong``, ``multiplicity``,
+``pooled`` (metrics by name), ``calibration``, ``subjects``, ``thresholds``; ``results`` and ``inputs`` serve them.
+
+References are listed in ``docs/protocols.md`` (Statistics).
+"""
+
+from fusionfeat.stats.bootstrap import cluster_bootstrap, paired_cluster_bootstrap
+from fusionfeat.stats.calibration import brier, expected_calibration_error, reliability_curve
+from fusionfeat.stats.corrected_t import corrected_difference_t, corrected_paired_t, corrected_resampled_t
+from fusionfeat.stats.delong import delong_auc, delong_test
+from fusionfeat.stats.multiplicity import holm
+from fusionfeat.stats.pooled import PAPER_F1_NOTE, THRESHOLDED, f1_from, pooled_metric, roc_auc
+from fusionfeat.stats.results import BootstrapResult, DelongResult, Interval, Metric, PairedTest
+from fusionfeat.stats.subjects import AGGREGATIONS, SubjectScores, aggregate_by_subject
+from fusionfeat.stats.thresholds import rates_at, threshold_for
+
+__all__ = [
+    "AGGREGATIONS",
+    "BootstrapResult",
+    "DelongResult",
+    "Interval",
+    "Metric",
+    "PAPER_F1_NOTE",
+    "PairedTest",
+    "SubjectScores",
+    "THRESHOLDED",
+    "aggregate_by_subject",
+    "brier",
+    "cluster_bootstrap",
+    "corrected_difference_t",
+    "corrected_paired_t",
+    "corrected_resampled_t",
+    "delong_auc",
+    "delong_test",
+    "expected_calibration_error",
+    "f1_from",
+    "holm",
+    "paired_cluster_bootstrap",
+    "pooled_metric",
+    "rates_at",
+    "reliability_curve",
+    "roc_auc",
+    "threshold_for",
+]
