@@ -18,9 +18,7 @@ def describe_store(path: str | Path) -> str:
         root = store.root_attrs()
         lines = [f"store      {path}", f"created    {root.get('created', '?')} (complete)"]
         lines.append(f"data       {root.get('data_root', '?')} (layout {root.get('layout', '?')})")
-        counts = Counter(store.labels[store.ok].tolist())
-        label_text = ", ".join(f"{name} {counts.get(i, 0)}" for i, name in enumerate(store.classes))
-        lines.append(f"samples    {store.n_samples} ({label_text}; positive class {store.positive_class})")
+        lines.append(f"samples    {store.n_samples} ({_sample_counts(store)}; positive class {store.positive_class})")
         subjects = sorted({g for g in store.groups if g})
         lines.append(f"subjects   {len(subjects)}" + ("" if subjects else " (unknown: folds will be image-level)"))
         folds = sorted({int(f) for f in store.folds if f >= 0})
@@ -44,6 +42,16 @@ def describe_store(path: str | Path) -> str:
         if len(skipped) > 50:
             lines.append(f"  … and {len(skipped) - 50} more")
     return "\n".join(lines)
+
+
+def _sample_counts(store: FeatureStore) -> str:
+    """Usable samples per class, then the skipped ones, so the parts add up to the store's sample count."""
+    counts = Counter(store.labels[store.ok].tolist())
+    parts = [f"{name} {counts.get(i, 0)}" for i, name in enumerate(store.classes)]
+    n_skipped = int(store.n_samples - sum(counts.values()))
+    if n_skipped:
+        parts.append(f"{n_skipped} skipped (listed below)")
+    return ", ".join(parts)
 
 
 def _describe_backbone(store: FeatureStore, name: str) -> list[str]:

@@ -317,6 +317,10 @@ def render_study(data: dict[str, Any]) -> str:
         f"seed {data['seed']}; honest protocol: **{data['honest_protocol']}**.",
         "",
     ]
+    if data["honest_protocol"] == "stratified":
+        lines += ["> **Subjects unknown**: the store names no subjects, so the honest arms' folds are image-level "
+                  "too and cells of one patient can sit in training and test. \"Honest\" here means free of the "
+                  "copy leak only; these numbers do not estimate performance on new patients.", ""]
     lines += ["Weights per head: " + "; ".join(f"`{h}` ({flags_text({'weights': f})})"
                                               for h, f in data.get("head_weights", {}).items()) + ".", ""]
     random = random_heads(data)

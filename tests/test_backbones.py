@@ -41,7 +41,7 @@ def test_extract_finetune_info_chain(name, tiny_folders, tmp_path):
     store = tmp_path / "s.h5"
     config = ExtractConfig(backbones=[name], weights={name: "random"}, preprocess=Preprocess(input_size=SIZE),
                            device="cpu", precision="fp32", workers=0, progress=False)
-    with pytest.warns(RandomWeightsWarning, match=f"{name} use RANDOM weights"):
+    with pytest.warns(RandomWeightsWarning, match=f"{name} uses RANDOM weights"):
         extract(manifest, store, config)
     shape = probe(name, SIZE)
     train = TrainConfig(epochs=1, batch_size=2, warmup_epochs=0, augment=(), val_fraction=0, freeze_stages=1)
@@ -218,6 +218,6 @@ def test_emulated_bf16_is_a_warning_from_the_library(monkeypatch, tiny_folders, 
                                        "--workers", "0", "--precision", "bf16"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("warning: ")]
-    assert lines == ["warning: resnet18 use RANDOM weights (seed 0): features are not ImageNet features",
+    assert lines == ["warning: resnet18 uses RANDOM weights (seed 0): features are not ImageNet features",
                      "warning: this CPU has no native bf16 (avx512_bf16/amx); bf16 will be several times slower "
                      "than fp32 here (--precision auto picks fp32)"]

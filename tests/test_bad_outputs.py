@@ -344,7 +344,7 @@ def _symlink_out(t):
 
 def finetune_bad_freeze(b, t):
     _copy(b, t, "s.h5")
-    return ["finetune", t / "cells", "--store", t / "s.h5", "--backbones", "resnet18", "--weights", "random",
+    return ["finetune", t / "s.h5", t / "cells", "--backbones", "resnet18", "--weights", "random",
             "--freeze-stages", "9", "--cv", "stratified", "--folds", "2", "--epochs", "1"], "--freeze-stages 9"
 
 

@@ -178,16 +178,61 @@ def test_cli_errors_are_one_line_exit_2(tuned, tmp_path):
         (["--augment", "flip,blur"], "--augment blur"),
         (["--cv", "paper"], "leaky"),
     ):
-        run = runner.invoke(main, ["finetune", str(data), "--store", str(store), "--weights", "random", *args])
+        run = runner.invoke(main, ["finetune", str(store), str(data), "--weights", "random", *args])
         errors = [line for line in run.output.splitlines() if line.startswith("fusionfeat: error:")]
         assert run.exit_code == 2 and len(errors) == 1 and needle in errors[0], run.output
-    run = runner.invoke(main, ["finetune", str(data), "--store", str(tmp_path / "none.h5"), "--weights", "random"])
+    run = runner.invoke(main, ["finetune", str(tmp_path / "none.h5"), str(data), "--weights", "random"])
     assert run.exit_code == 2 and "fusionfeat extract" in run.output
+
+
+def record_finetune_calls(monkeypatch) -> list[tuple]:
+    """Replace the engine by a recorder: which manifest and store the command passes it (nothing is trained)."""
+    import fusionfeat.engines.finetune as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "finetune", lambda manifest, store, config, ctx: calls.append((manifest, store)))
+    return calls
+
+
+@pytest.mark.parametrize("form", ["STORE DATA", "DATA --store STORE (deprecated)"])
+def test_store_then_data_like_every_other_command_and_the_old_form_with_one_warning(tuned, monkeypatch, form):
+    data, store, _, _ = tuned
+    calls = record_finetune_calls(monkeypatch)
+    paths = [str(store), str(data)] if form == "STORE DATA" else [str(data), "--store", str(store)]
+    run = CliRunner().invoke(main, ["finetune", *paths, "--weights", "random", "--device", "cpu", "--quiet"])
+    assert run.exit_code == 0, run.output
+    ((manifest, given_store),) = calls
+    assert given_store == str(store)
+    assert sorted(s.path for s in manifest.samples) == sorted(s.path for s in build_manifest(data).samples)
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("warning:")]
+    if form == "STORE DATA":
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and "deprecated" in warnings[0] and "finetune STORE DATA" in warnings[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["{store}", "{data}", "--store", "{store}"], "given twice"),  # both forms
+    (["{data}"], "expected STORE and DATA, got 1"),  # neither: DATA alone
+    ([], "expected STORE and DATA, got 0"),
+    (["{store}", "{data}", "{data}"], "expected STORE and DATA, got 3"),
+    (["{data}", "{data}", "--store", "{store}"], "given twice"),
+    (["--store", "{store}"], "give DATA only, got 0"),
+])
+def test_store_given_twice_or_not_at_all_is_one_line_exit_2(tmp_path, args, says):
+    data, store = tmp_path / "data", tmp_path / "s.h5"
+    data.mkdir()
+    argv = ["finetune", *(a.format(store=store, data=data) for a in args), "--weights", "random"]
+    run = CliRunner().invoke(main, argv)
+    lines = run.stderr.splitlines()
+    assert run.exit_code == 2 and len(lines) == 1 and lines[0].startswith("fusionfeat: error:"), run.output
+    assert says in lines[0] and "finetune --help" in lines[0], lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
 
 
 def test_killed_mid_fold_resumes_from_the_last_epoch(tmp_path):
     data, store = make_store(tmp_path)
-    cmd = [sys.executable, "-m", "fusionfeat", "finetune", str(data), "--store", str(store), "--backbones",
+    cmd = [sys.executable, "-m", "fusionfeat", "finetune", str(store), str(data), "--backbones",
            "resnet18", "--weights", "random", "--cv", "grouped", "--folds", "2", "--epochs", "3", "--batch-size",
            "2", "--augment", "none", "--patience", "0", "--device", "cpu", "--precision", "fp32", "--workers", "0",
            "--quiet"]

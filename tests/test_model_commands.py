@@ -104,6 +104,18 @@ def test_predict_refuses_foreign_bundles_and_other_weights(store, tmp_path):
     assert result.exit_code == 2 and "does not match" in result.output
 
 
+def test_train_prints_a_readable_summary(store, tmp_path):
+    bundle_dir = tmp_path / "bundle"
+    result = run("train", store, "--head", "logreg", "-o", bundle_dir, "--seed", "3", "--quiet", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    with FeatureStore.open(store) as fs:
+        counts = np.bincount(fs.labels[fs.ok], minlength=2)
+        per_class = ", ".join(f"{c} {n}" for c, n in zip(fs.classes, counts, strict=True))
+        n_images = int(fs.ok.sum())
+    assert result.stdout.strip() == (f"{bundle_dir}: head logreg trained on {n_images} images ({per_class}), "
+                                     "balance weight, seed 3; weights: resnet18 random, vgg16 random")
+
+
 def test_train_refuses_head_lists(store, tmp_path):
     result = run("train", store, "--head", "all", "-o", tmp_path / "b")
     assert result.exit_code == 2 and "one head" in result.output

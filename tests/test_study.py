@@ -177,3 +177,14 @@ def test_study_cli_and_single_view_refusal(study_dir, tmp_path):
     assert not (tmp_path / "no").exists()
     with FeatureStore.open(single) as fs, pytest.raises(FusionfeatError, match="--views dihedral8"):
         check_dihedral(fs)
+
+
+def test_study_md_says_when_the_honest_split_is_image_level(study_dir):
+    from fusionfeat.study import render_study
+
+    out, _ = study_dir
+    data = json.loads((out / "study.json").read_text())
+    assert data["honest_protocol"] == "stratified"  # write_cells names no subjects
+    note = "**Subjects unknown**"
+    assert note in (out / "study.md").read_text() and "new patients" in render_study(data)
+    assert note not in render_study({**data, "honest_protocol": "grouped"})

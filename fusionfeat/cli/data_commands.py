@@ -8,14 +8,22 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, layout_option, overwrite_option, positive_option, root_option
+from fusionfeat.cli.options import (
+    device_option,
+    layout_option,
+    overwrite_option,
+    positive_option,
+    precision_option,
+    quiet_option,
+    root_option,
+    workers_option,
+)
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
 from fusionfeat.encoders import parse_backbones, parse_weights
 from fusionfeat.engines.extract import ExtractConfig, extract
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.fsio import CSV, check_not_input, check_output, ensure_parent
-from fusionfeat.runtime import PRECISIONS
 
 
 @main.command("manifest")
@@ -26,7 +34,12 @@ from fusionfeat.runtime import PRECISIONS
 @root_option
 @overwrite_option
 def manifest_command(data, output, layout, positive, root, overwrite):
-    """Write the manifest (path,label,group,fold) of a data folder or CSV."""
+    """Write the manifest (path,label,group,fold) of a data folder or CSV: what extract will read.
+
+    \b
+    Example:
+      fusionfeat manifest C-NMC_training_data/ -o manifest.csv
+    """
     sources = [data] if os.path.isfile(data) else []  # a CSV in the data folder is fine; the source CSV is not
     check_output(output, CSV, inputs=sources, overwrite=overwrite)
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
@@ -65,25 +78,35 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--fill", default="0", show_default=True, help="Padding colour: grey level or R,G,B.")
 @click.option("--views", type=click.Choice(["1", "dihedral8"]), default="1", show_default=True,
               help="1, or the 8 rotations/mirrors (for leak-free balancing by augmentation).")
-@click.option("--no-tokens", is_flag=True, help="Store pooled vectors only (no 7x7 token maps).")
+@click.option("--no-tokens", is_flag=True,
+              help="Store pooled vectors only, no token maps (their grid depends on --input-size: 7x7 at 224 px) "
+                   "[default: store both].")
 @device_option
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding workers [default: cores-1, at most 4; 8 on CUDA].")
+@precision_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass (and per committed batch file).")
+@workers_option
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="fail: stop at an unreadable image (resumable); skip: record it in the store and go on.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store or unfinished run made with other settings.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing store or unfinished run made with other settings [default: refuse].")
 @click.option("--dedupe", is_flag=True,
               help="Images with equal content (SHA-256): keep the first, record the others as skipped "
                    "[default: refuse].")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 @layout_option
 @positive_option
 @root_option
 def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, device,
                     precision, batch_size, workers, on_error, overwrite, dedupe, quiet, layout, positive, root):
-    """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable)."""
+    """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable).
+
+    DATA is a dataset folder (C-NMC, ALL-IDB, one folder per class) or a manifest CSV.
+
+    \b
+    Example:
+      fusionfeat extract C-NMC_training_data/ -o cnmc.h5 --backbones resnet18,vgg16 --weights imagenet
+    """
     check_not_input(Path(output), [data])
     ensure_parent(Path(output), "feature store")
     names = parse_backbones(backbones)
@@ -110,9 +133,15 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
 @main.command("info")
 @click.argument("store", type=click.Path())
 @click.option("--verify", is_flag=True,
-              help="Recompute every feature dataset's SHA-256 and compare it with the one recorded at extraction.")
+              help="Recompute every feature dataset's SHA-256 and compare it with the one recorded at extraction "
+                   "[default: summary only].")
 def info_command(store, verify):
-    """Print a readable summary of a feature store: samples, labels, provenance, skipped files."""
+    """Print a readable summary of a feature store: samples, labels, provenance, skipped files.
+
+    \b
+    Example:
+      fusionfeat info cnmc.h5 --verify
+    """
     from fusionfeat.info import describe_store
     from fusionfeat.store import verify_checksums
 

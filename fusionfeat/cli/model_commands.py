@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, head_params_from, overwrite_option
+from fusionfeat.cli.options import device_option, head_params_from, overwrite_option, quiet_option, workers_option
 from fusionfeat.protocols import BALANCES
 from fusionfeat.runtime import PRECISIONS, head_threads
 
@@ -43,14 +43,18 @@ def _echo_table(run_dir: Path) -> None:
               help="Repeated CV, for 95% intervals.")
 @click.option("--balance", type=click.Choice(BALANCES), default="weight", show_default=True,
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
-@click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True)
+@click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True,
+              help="frozen: the extracted features; finetuned: each fold's features from `fusionfeat finetune`.")
 @click.option("--positive", default=None, help="Positive class [default: the store's, 'all'].")
 @click.option("--head-param", "head_param", multiple=True, metavar="HEAD.NAME=VALUE",
-              help="Set a head hyper-parameter, e.g. attention.lr=3e-4 or *.max_epochs=20 (repeatable).")
+              help="Set a head hyper-parameter, e.g. attention.lr=3e-4 or *.max_epochs=20 (repeatable) "
+                   "[default: the head's own defaults, listed in the report].")
 @click.option("--head-params", "head_params_file", type=click.Path(), default=None, metavar="FILE.toml",
-              help="Head hyper-parameters from TOML: one [HEAD] table (or [\"*\"]) of NAME = VALUE lines.")
+              help="Head hyper-parameters from TOML: one [HEAD] table (or [\"*\"]) of NAME = VALUE lines; "
+                   "--head-param overrides it [default: none].")
 @click.option("--calibrate", type=click.Choice(["sigmoid", "isotonic"]), default=None,
-              help="Post-hoc calibration of the probabilities, fitted inside each training fold only.")
+              help="Post-hoc calibration of the probabilities, fitted inside each training fold only "
+                   "[default: none, the head's own probabilities].")
 @click.option("--operating-point", default=None, metavar="sens=T|spec=T",
               help="Pick the threshold reaching this sensitivity or specificity on the training fold's inner "
                    "out-of-fold predictions [default: argmax].")
@@ -59,11 +63,17 @@ def _echo_table(run_dir: Path) -> None:
 @device_option
 @threads_option
 @overwrite_option
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats, balance, features, positive,
                 head_param, head_params_file, calibrate, operating_point, subject_aggregate, device, threads,
                 overwrite, quiet):
-    """Cross-validate heads on cached features and write a run folder with metrics, plots and a report."""
+    """Cross-validate heads on cached features and write a run folder with metrics, plots and a report.
+
+    \b
+    Examples:
+      fusionfeat fit cnmc.h5 --head all -o runs/cnmc
+      fusionfeat fit cnmc.h5 --head attention,svm --repeats 3 --calibrate sigmoid --operating-point sens=0.95
+    """
     from fusionfeat.evaluation.cv import cross_validate
     from fusionfeat.fsio import RUN, output_target
     from fusionfeat.heads.calibration import parse_operating_point
@@ -94,7 +104,12 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
 @main.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 def report_command(runs):
-    """Compare several run folders side by side (a markdown table)."""
+    """Compare several run folders side by side (a markdown table).
+
+    \b
+    Example:
+      fusionfeat report runs/cnmc runs/cnmc-paper
+    """
     from fusionfeat.report import compare_runs
 
     click.echo(compare_runs(list(runs)))
@@ -102,17 +117,26 @@ def report_command(runs):
 
 @main.command("train")
 @click.argument("store", type=click.Path())
-@click.option("--head", default="attention", show_default=True, help="The one head to fit on every sample.")
+@click.option("--head", default="attention", show_default=True,
+              help="The one head to fit on every sample (a name `fit --head` takes, not a list).")
 @backbones_option
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--balance", type=click.Choice(BALANCES), default="weight", show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--balance", type=click.Choice(BALANCES), default="weight", show_default=True,
+              help="weight: balanced class weights; augment: add stored rotated/mirrored copies of minority "
+                   "images (needs a --views dihedral8 store); none: neither.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the head's initialisation, inner splits and augment copies.")
 @device_option
 @threads_option
 @overwrite_option
-@click.option("--quiet", is_flag=True)
+@quiet_option
 def train_command(store, head, backbones, output, balance, seed, device, threads, overwrite, quiet):
-    """Fit one head on all samples of a store and save it as a bundle that can label new images."""
+    """Fit one head on all samples of a store and save it as a bundle that can label new images.
+
+    \b
+    Example:
+      fusionfeat train cnmc.h5 --head attention -o model/
+    """
     from fusionfeat.bundle import write_bundle_files
     from fusionfeat.fsio import BUNDLE, output_target
     from fusionfeat.store import FeatureStore
@@ -124,29 +148,41 @@ def train_command(store, head, backbones, output, balance, seed, device, threads
                                                progress=not quiet, backbones=backbones)
         write_bundle_files(target.path, estimator, spec, info)
     path = target.final
-    kinds = {b: p.get("weights_kind") for b, p in info["backbones"].items()}
-    click.echo(f"{path}: head {spec.name} on {info['training']['n_images']} images; weights {kinds}")
+    training = info["training"]
+    per_class = ", ".join(f"{name} {n}" for name, n in training["per_class"].items())
+    weights = ", ".join(f"{b} {p.get('weights_kind', '?')}" for b, p in info["backbones"].items())
+    click.echo(f"{path}: head {spec.name} trained on {training['n_images']} images ({per_class}), "
+               f"balance {training['balance']}, seed {training['seed']}; weights: {weights}")
 
 
 @main.command("predict")
 @click.argument("bundle", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="CSV to write.")
-@click.option("--weights", default=None, help="Where the bundle's weights files are now (SHA-256 must match).")
+@click.option("--weights", default=None,
+              help="Where the bundle's weights files are now, as for extract: vgg16=FILE,... (SHA-256 must match) "
+                   "[default: the paths recorded in the bundle].")
 @device_option
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="[default: the training store's precision]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=None)
-@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+              help="Inference precision [default: the training store's precision].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass.")
+@workers_option
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="fail: stop at an unreadable image; skip: write its row with the error and no label, and go on.")
 @overwrite_option
 @click.option("--trust-pickle", is_flag=True,
               help="Load a legacy bundle: one written before bundles carried checksums, or its model.joblib (a pickle: "
-                   "it can run any code). Only for bundles from a trusted source.")
-@click.option("--quiet", is_flag=True)
+                   "it can run any code). Only for bundles from a trusted source [default: refuse them].")
+@quiet_option
 def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, overwrite,
                     trust_pickle, quiet):
-    """Label images (files or folders) with a trained bundle: path, P(positive), label."""
+    """Label images (files or folders) with a trained bundle: path, P(positive), label.
+
+    \b
+    Example:
+      fusionfeat predict model/ new_cells/ more_cells/cell_7.bmp -o labels.csv
+    """
     from fusionfeat.bundle import load_bundle
     from fusionfeat.fsio import CSV, check_output
     from fusionfeat.predict import collect_images, predict_images
@@ -165,12 +201,17 @@ def predict_command(bundle, images, output, weights, device, precision, batch_si
 @click.option("-o", "--output", type=click.Path(), default="fusionfeat-demo", show_default=True,
               help="Folder for the generated data, the store and the run.")
 @click.option("--weights", type=click.Choice(["imagenet", "random"]), default=None,
-              help="[default: imagenet when cached, else random with a warning]")
+              help="Backbone weights [default: imagenet when cached, else random with a warning].")
 @device_option
 @overwrite_option
-@click.option("--quiet", is_flag=True)
+@quiet_option
 def demo_command(output, weights, device, overwrite, quiet):
-    """Generate a small C-NMC-like dataset, extract, cross-validate every head, print the table."""
+    """Generate a small C-NMC-like dataset, extract, cross-validate every head, print the table.
+
+    \b
+    Example:
+      fusionfeat demo -o demo/ --weights random
+    """
     import time
 
     from fusionfeat.demo import run_demo

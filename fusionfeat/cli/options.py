@@ -10,13 +10,23 @@ import click
 
 from fusionfeat.data.manifest import DEFAULT_POSITIVE, LAYOUTS
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.runtime import PRECISIONS
 
 layout_option = click.option("--layout", type=click.Choice(LAYOUTS), default=None,
-                             help="Force the dataset layout instead of auto-detecting it.")
+                             help="Force the dataset layout [default: detected from DATA].")
 positive_option = click.option("--positive", default=DEFAULT_POSITIVE, show_default=True,
                                help="Name of the positive class.")
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
-                           help="Folder a manifest CSV's relative paths start from (default: the CSV's folder).")
+                           help="Folder a manifest CSV's relative paths start from [default: the CSV's folder].")
+quiet_option = click.option("--quiet", is_flag=True,
+                            help="No progress bars; results, notes and warnings are still printed.")
+precision_option = click.option(
+    "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+    help="Inference precision; auto: bf16 on CUDA (fp16 on older cards), on the CPU bf16 only where it "
+         "measured faster, else fp32.")
+workers_option = click.option("--workers", type=click.IntRange(min=0), default=None,
+                              help="Image-decoding processes; 0 decodes in the main process "
+                                   "[default: cores-1, at most 4; 8 on CUDA].")
 
 
 def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -28,9 +38,10 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 
 device_option = click.option("--device", default="auto", show_default=True, callback=_check_device,
-                             help="auto, cpu, cuda or cuda:K.")
+                             help="auto (the first CUDA device, else the CPU), cpu, cuda or cuda:K.")
 overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace a previous fusionfeat output of the same kind (never anything else).")
+                                help="Replace a previous fusionfeat output of the same kind (never anything else) "
+                                     "[default: refuse].")
 
 
 def head_params_from(items: tuple[str, ...] | list[str], path: str | None = None) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, overwrite_option
+from fusionfeat.cli.options import device_option, overwrite_option, quiet_option
 from fusionfeat.fsio import STUDY, check_output
 
 
@@ -19,13 +19,21 @@ from fusionfeat.fsio import STUDY, check_output
               help="Head(s) to run under every protocol (a comma list, or all).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Repeated CV.")
 @click.option("--folds", type=click.IntRange(min=2), default=None, help="Number of folds [default: 5].")
-@click.option("--seed", type=int, default=None, help="Seed for splits and heads [default: 0].")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for splits and heads [default: 0].")
 @device_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the heads [default: 1].")
 @overwrite_option
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def study_command(store, output, heads, repeats, folds, seed, device, threads, overwrite, quiet):
-    """Run heads under the paper's protocol, leak-free augmentation and class weights; report the inflation."""
+    """Run heads under the paper's protocol, leak-free augmentation and class weights; report the inflation.
+
+    The store needs stored views (`fusionfeat extract --views dihedral8`).
+
+    \b
+    Example:
+      fusionfeat extract C-NMC_training_data/ -o cnmc8.h5 --views dihedral8
+      fusionfeat study cnmc8.h5 -o runs/study --repeats 3
+    """
     from fusionfeat.heads.zoo import expand_head_names, select_backbones
     from fusionfeat.runtime import head_threads
     from fusionfeat.store import FeatureStore
@@ -50,7 +58,15 @@ def study_command(store, output, heads, repeats, folds, seed, device, threads, o
               help="Where the images are now [default: the store's data_root].")
 @overwrite_option
 def explain_command(run, output, n, data_root, overwrite):
-    """Overlay an attention-spatial head's out-of-fold attention maps on the cell images (PNG montages)."""
+    """Overlay an attention-spatial head's out-of-fold attention maps on the cell images (PNG montages).
+
+    RUN is a run folder of `fusionfeat fit` that includes the attention-spatial head.
+
+    \b
+    Example:
+      fusionfeat fit cnmc.h5 --head attention-spatial -o runs/att
+      fusionfeat explain runs/att --n 8
+    """
     from fusionfeat.explain import explain_run
 
     for path in explain_run(run, output, n=n, data_root=data_root, overwrite=overwrite):

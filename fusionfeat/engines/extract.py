@@ -130,8 +130,9 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
         device = ctx.device(config.device)
         randoms = random_backbones(config.weights)
         if randoms and ctx.is_main:
-            warnings.warn(f"{', '.join(randoms)} use RANDOM weights (seed {config.seed}): features are not "
-                          "ImageNet features", RandomWeightsWarning, stacklevel=2)
+            warnings.warn(f"{', '.join(randoms)} {'uses' if len(randoms) == 1 else 'use'} RANDOM weights "
+                          f"(seed {config.seed}): features are not ImageNet features",
+                          RandomWeightsWarning, stacklevel=2)
         precision = resolve_precision(config.precision, device)
         models = [load_backbone(name, config.weights[name]) for name in config.backbones]
         settings = _settings(manifest, config, models, device, precision)
