@@ -146,3 +146,9 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_earlier_wor
     assert {r.fold: r.status for r in result.reports} == {0: "resumed", 1: "trained"}
     with pytest.raises(StoreError, match="holds fine-tuned"):  # nothing else changed: the store is as a full run's
         finetune(build_manifest(data), store, _config(train=TrainConfig(epochs=3, batch_size=2, augment=())))
+
+
+def test_whole_and_decimal_numbers_are_one_setting():
+    """``--warmup-epochs 0`` arrives as 0.0 from the command line and as 0 from Python: one settings hash, so a
+    command-line rerun does not refuse folds the Python API stored."""
+    assert TrainConfig(warmup_epochs=0, lr=1).as_dict() == TrainConfig(warmup_epochs=0.0, lr=1.0).as_dict()

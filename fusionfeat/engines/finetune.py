@@ -52,6 +52,7 @@ from fusionfeat.engines.train_loop import (
 )
 from fusionfeat.errors import DamagedBatchWarning, DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
 from fusionfeat.fsio import FINETUNE, WRITE_ERRORS, marker_name, sha256_file, write_json
+from fusionfeat.interrupts import keeping
 from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, inner_split, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
 from fusionfeat.store import (
@@ -177,10 +178,12 @@ def _finetune(manifest: Manifest, store: Path, config: FinetuneConfig, ctx: Dist
               start: float) -> FinetuneResult | None:
     with contextlib.ExitStack() as stack:
         job = ctx.run_on_main(lambda: _prepare(manifest, store, config, stack))
+        stack.enter_context(keeping(f"checkpoints and finished folds in {job.work}"))
         randoms = random_backbones({b: WeightsChoice.parse(config.weights.get(b, IMAGENET))
                                     for b in config.backbones})
         if randoms and ctx.is_main:
-            warnings.warn(f"{', '.join(randoms)} start from RANDOM weights: not ImageNet fine-tuning",
+            verb = "starts" if len(randoms) == 1 else "start"
+            warnings.warn(f"{', '.join(randoms)} {verb} from RANDOM weights: not ImageNet fine-tuning",
                           RandomWeightsWarning, stacklevel=2)
         device = ctx.device(config.device)
         precision = resolve_precision(config.precision, device)

@@ -54,6 +54,11 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing", "jitter",
+                     "head_dropout", "val_fraction"):  # 0 and 0.0 are one setting: the settings hash must agree
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         checks = [
             (self.epochs >= 1, "--epochs must be 1 or more"),
             (self.batch_size >= 2, "--batch-size must be 2 or more (batch norm needs two images)"),
