@@ -45,7 +45,7 @@ def test_extract_finetune_info_chain(name, tiny_folders, tmp_path):
         extract(manifest, store, config)
     shape = probe(name, SIZE)
     train = TrainConfig(epochs=1, batch_size=2, warmup_epochs=0, augment=(), val_fraction=0, freeze_stages=1)
-    with pytest.warns(RandomWeightsWarning, match="start from RANDOM weights"):
+    with pytest.warns(RandomWeightsWarning, match="starts? from RANDOM weights"):
         result = finetune(manifest, store, FinetuneConfig(
             backbones=[name], weights={name: "random"}, train=train, protocol="stratified", n_folds=2,
             device="cpu", precision="fp32", workers=0, progress=False))

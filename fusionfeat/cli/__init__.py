@@ -10,6 +10,7 @@ import warnings
 
 import click
 
+from fusionfeat import interrupts
 from fusionfeat.errors import FusionfeatError, FusionfeatWarning
 
 
@@ -18,6 +19,7 @@ class _Group(click.Group):
     warnings into one ``warning: …`` line each."""
 
     def invoke(self, ctx: click.Context):
+        interrupts.reset()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default", FusionfeatWarning)
@@ -31,9 +33,10 @@ class _Group(click.Group):
             hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
             click.echo(f"fusionfeat: error: {where}{_one_line(exc.format_message())}{hint}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
-            click.echo("fusionfeat: interrupted; work committed so far is kept (rerun to resume)", err=True)
-            ctx.exit(130)
+        except (KeyboardInterrupt, interrupts.Terminated) as exc:
+            line, code = interrupts.interrupted_line(exc)
+            click.echo(line, err=True)
+            ctx.exit(code)
 
 
 def _show_warning(fallback):

@@ -49,6 +49,7 @@ from fusionfeat.errors import (
     StoreError,
 )
 from fusionfeat.fsio import clean_stale
+from fusionfeat.interrupts import ignore_in_worker, keeping
 from fusionfeat.runtime import autocast, default_workers, describe_device, progress, resolve_precision
 from fusionfeat.store import (
     STR_DTYPE,
@@ -141,6 +142,7 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
             return ExtractResult(out, len(manifest), 0, 0, already_complete=True) if ctx.is_main else None
         ctx.barrier()
         partial = PartialStore(partial_dir(out))
+        stack.enter_context(keeping(f"committed batches in {partial.folder}"))
         n_batches = math.ceil(len(manifest) / config.batch_size)
         done = partial.done()
         warn_damaged(partial, ctx.world, ctx.rank)
@@ -293,7 +295,7 @@ def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], mode
     loader = DataLoader(
         ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
         collate_fn=collate_images, pin_memory=device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker,
     )
     mean, std = preprocess.mean_std()
     for rows, images, digests, errors in loader:

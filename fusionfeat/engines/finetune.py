@@ -10,6 +10,7 @@ are skipped, and the store is only ever changed through ``fusionfeat.store.rewri
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -39,9 +40,19 @@ from fusionfeat.encoders import (
 from fusionfeat.engines.distributed import SINGLE, DistContext
 from fusionfeat.engines.extract import manifest_fingerprint
 from fusionfeat.engines.image_bank import ImageBank, build_bank, open_bank
-from fusionfeat.engines.train_loop import FineTuneNet, TrainConfig, TrainTask, memory_format, train, trunk_stages
-from fusionfeat.errors import DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
-from fusionfeat.fsio import FINETUNE, marker_name, sha256_file, write_json
+from fusionfeat.engines.train_loop import (
+    BEST_KEYS,
+    FineTuneNet,
+    TrainConfig,
+    TrainTask,
+    load_checkpoint,
+    memory_format,
+    train,
+    trunk_stages,
+)
+from fusionfeat.errors import DamagedBatchWarning, DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
+from fusionfeat.fsio import FINETUNE, WRITE_ERRORS, marker_name, sha256_file, write_json
+from fusionfeat.interrupts import keeping
 from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, inner_split, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
 from fusionfeat.store import (
@@ -152,12 +163,27 @@ def finetune(manifest: Manifest, store: str | Path, config: FinetuneConfig,
     """
     start = time.perf_counter()
     store = Path(store).expanduser()
+    try:
+        return _finetune(manifest, store, config, ctx, start)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRORS:
+            raise
+        reason = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise StoreError(f"cannot write the fine-tuning of {store}: {reason}{where}; every checkpoint and fold "
+                         "written before is kept: free space and run the same command to resume") from None
+
+
+def _finetune(manifest: Manifest, store: Path, config: FinetuneConfig, ctx: DistContext,
+              start: float) -> FinetuneResult | None:
     with contextlib.ExitStack() as stack:
         job = ctx.run_on_main(lambda: _prepare(manifest, store, config, stack))
+        stack.enter_context(keeping(f"checkpoints and finished folds in {job.work}"))
         randoms = random_backbones({b: WeightsChoice.parse(config.weights.get(b, IMAGENET))
                                     for b in config.backbones})
         if randoms and ctx.is_main:
-            warnings.warn(f"{', '.join(randoms)} start from RANDOM weights: not ImageNet fine-tuning",
+            verb = "starts" if len(randoms) == 1 else "start"
+            warnings.warn(f"{', '.join(randoms)} {verb} from RANDOM weights: not ImageNet fine-tuning",
                           RandomWeightsWarning, stacklevel=2)
         device = ctx.device(config.device)
         precision = resolve_precision(config.precision, device)
@@ -217,12 +243,16 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     provenance = {b: m.provenance() for b, m in loaded.items()}
     work = work_dir(store)
     tasks = []
+    images = _images_digest(sha, ok)
     for fold in sorted(int(k) for k in np.unique(plan.fold[plan.fold >= 0])):
         for backbone in config.backbones:
-            settings = _task_settings(manifest_fingerprint(manifest), plan, fold, backbone, provenance[backbone],
-                                      train_config, preprocess, config.tokens)
+            settings = _task_settings(manifest_fingerprint(manifest), images, plan, fold, backbone,
+                                      provenance[backbone], train_config, preprocess, config.tokens)
             digest = _sha(settings)
-            task = _Task(fold, backbone, settings, digest, existing.get((fold, backbone)) == digest)
+            # features stored before the key held the images' content came from this very store file (a
+            # re-extraction replaces the file, fine-tuned groups and all), so its content key is implied
+            stored = existing.get((fold, backbone)) in (digest, _sha(_without_images(settings)))
+            task = _Task(fold, backbone, settings, digest, stored)
             if (fold, backbone) in existing and not task.stored and not config.overwrite:
                 raise StoreError(
                     f"{store} already holds fine-tuned {backbone} features for fold {fold}, made with other "
@@ -305,11 +335,25 @@ def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> FoldPlan:
     return FoldPlan(protocol, n_folds, seed, fold)
 
 
-def _task_settings(fingerprint: str, plan: FoldPlan, fold: int, backbone: str, provenance: dict, train: TrainConfig,
-                   preprocess: Preprocess, tokens: bool) -> dict:
-    """Everything that changes a task's numbers (not the device, precision or number of processes)."""
+def _images_digest(sha256: np.ndarray, ok: np.ndarray) -> str:
+    """One SHA-256 of every store row's image content (and whether it was usable), in row order."""
+    digest = hashlib.sha256()
+    for value, usable in zip(np.asarray(sha256).astype(str), np.asarray(ok, dtype=bool), strict=True):
+        digest.update(f"{value}\t{int(usable)}\n".encode())
+    return digest.hexdigest()
+
+
+def _without_images(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k != "images"}
+
+
+def _task_settings(fingerprint: str, images: str, plan: FoldPlan, fold: int, backbone: str, provenance: dict,
+                   train: TrainConfig, preprocess: Preprocess, tokens: bool) -> dict:
+    """Everything that changes a task's numbers (not the device, precision or number of processes): the data's
+    paths and labels, and the content of every image (changed pixels or a re-extracted store start over)."""
     return {
         "data": fingerprint,
+        "images": images,
         "fold_plan_sha256": plan.sha256,
         "fold": fold,
         "backbone": backbone,
@@ -333,10 +377,21 @@ def _prepare_task_folder(work: Path, task: _Task, overwrite: bool) -> None:
     folder = _task_folder(work, task.fold, task.backbone)
     config_file = folder / "config.json"
     if config_file.is_file():
-        previous = json.loads(config_file.read_text())
-        if previous.get("settings_sha256") != task.sha256:
+        previous = _read_config(config_file)
+        settings = previous.get("settings") if isinstance(previous.get("settings"), dict) else {}
+        if not settings:
+            warnings.warn(f"{task.key}: {config_file} is damaged; training this task again from the start",
+                          DamagedBatchWarning, stacklevel=2)
+            shutil.rmtree(folder)
+        elif previous.get("settings_sha256") != task.sha256 and \
+                _without_images(settings) == _without_images(task.settings):
+            warnings.warn(f"{task.key}: the checkpoints in {folder} were trained on other image content (the images "
+                          "or the store changed since, or they predate content keys); training this task again",
+                          DamagedBatchWarning, stacklevel=2)
+            shutil.rmtree(folder)
+        elif previous.get("settings_sha256") != task.sha256:
             if not overwrite:
-                changed = _changed(previous.get("settings", {}), task.settings)
+                changed = _changed(settings, task.settings)
                 raise StoreError(
                     f"{folder} holds an unfinished fine-tuning of {task.key} made with other settings "
                     f"({changed}); rerun with the same options to resume, or add --overwrite to start it over"
@@ -347,6 +402,15 @@ def _prepare_task_folder(work: Path, task: _Task, overwrite: bool) -> None:
         stale.unlink(missing_ok=True)
     write_json(config_file, {"settings_sha256": task.sha256,
                              "settings": task.settings})
+
+
+def _read_config(path: Path) -> dict:
+    """A task folder's ``config.json``; a damaged one (cut short, edited) reads as no settings at all."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def _changed(previous: dict, current: dict, prefix: str = "") -> str:
@@ -404,7 +468,22 @@ def _run_task(job: _Job, task: _Task, config: FinetuneConfig, bank: ImageBank, d
     train_task = TrainTask(task.key, folder, model, fit, val, job.labels, mean, std, task.sha256, payload)
     outcome = train(train_task, job.train, bank, device, precision, ctx, config.progress)
     best = folder / "best.pt"
-    model.trunk.load_state_dict(torch.load(best, map_location=device, weights_only=True)["state_dict"])
+    saved = load_checkpoint(best, device, BEST_KEYS)
+    if saved is None:  # damaged after training finished (e.g. a full disk): train this task again, once
+        warnings.warn(f"{task.key}: {best} is damaged or missing; training this task again from the start",
+                      DamagedBatchWarning, stacklevel=2)
+        if ctx.is_main:
+            for name in ("last.pt", "best.pt", "history.json"):
+                (folder / name).unlink(missing_ok=True)
+        ctx.barrier()
+        model = FineTuneNet(load_backbone(task.backbone, config.weights[task.backbone], job.train.seed).trunk, dim,
+                            len(job.classes), job.train.head_dropout, job.train.seed + task.fold, task.backbone)
+        train_task = replace(train_task, model=model)
+        outcome = train(train_task, job.train, bank, device, precision, ctx, config.progress)
+        saved = load_checkpoint(best, device, BEST_KEYS)
+        if saved is None:
+            raise StoreError(f"{task.key}: cannot read back the checkpoint {best} just written; check the disk")
+    model.trunk.load_state_dict(saved["state_dict"])
     rate = _embed(job, task, model.trunk, bank, device, precision, ctx, config)
     status = "resumed" if outcome.resumed_from else "trained"
     return TaskReport(task.fold, task.backbone, status, outcome.best_epoch, outcome.epochs_run,

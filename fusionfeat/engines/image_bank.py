@@ -23,6 +23,7 @@ from fusionfeat import runtime
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.fsio import atomic_write_bytes, fsync_dir
+from fusionfeat.interrupts import ignore_in_worker
 
 GPU_SHARE = 0.25  # copy the bank to the GPU when it takes at most this share of the free GPU memory
 
@@ -97,7 +98,8 @@ def build_bank(paths: Sequence[str], preprocess: Preprocess, folder: Path, worke
     batches = [list(range(lo, min(len(paths), lo + 64))) for lo in range(0, len(paths), 64)]
     workers = runtime.default_workers(device) if workers is None else workers
     loader = DataLoader(ImageDataset(list(paths), preprocess), batch_sampler=batches, num_workers=workers,
-                        collate_fn=collate_images, prefetch_factor=4 if workers else None)
+                        collate_fn=collate_images, prefetch_factor=4 if workers else None,
+                        worker_init_fn=ignore_in_worker)
     bar = runtime.progress(len(paths), progress, "decode images")
     try:
         for rows, decoded, digests, errs in loader:

@@ -8,8 +8,10 @@ several processes sees the same batches and augmentations as a single process.
 
 from __future__ import annotations
 
+import io
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from fusionfeat import runtime
 from fusionfeat.encoders import Stage, embed, get_backbone
 from fusionfeat.engines.distributed import SINGLE, DistContext
 from fusionfeat.engines.image_bank import ImageBank
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.errors import DamagedBatchWarning, FusionfeatError
 from fusionfeat.fsio import atomic_write_bytes, write_json
 from fusionfeat.runtime import autocast
 
@@ -52,13 +54,20 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "label_smoothing", "jitter",
+                     "head_dropout", "val_fraction"):  # 0 and 0.0 are one setting: the settings hash must agree
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         checks = [
             (self.epochs >= 1, "--epochs must be 1 or more"),
             (self.batch_size >= 2, "--batch-size must be 2 or more (batch norm needs two images)"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.backbone_lr_scale >= 0, "--backbone-lr-scale must be 0 or more (0 trains the head only)"),
-            (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
-            (self.warmup_epochs >= 0, "--warmup-epochs must be 0 or more"),
+            (math.isfinite(self.lr) and self.lr > 0, "--lr must be a positive finite number"),
+            (math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
+             "--backbone-lr-scale must be a finite number of 0 or more (0 trains the head only)"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay must be a finite 0 or more"),
+            (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0,
+             "--warmup-epochs must be a finite 0 or more"),
             (self.freeze_stages >= 0, "--freeze-stages must be 0 or more"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.balance in FINETUNE_BALANCES,
@@ -323,14 +332,15 @@ def train(task: TrainTask, config: TrainConfig, bank: ImageBank, device: torch.d
                             refresh=False)
         loss_sum, w_sum, correct, _ = ctx.all_sum(sums.tolist())
         if not math.isfinite(loss_sum):
-            raise FusionfeatError(f"{task.name}: training diverged (loss is not finite) at epoch {epoch + 1}; "
-                                  "lower --lr or use --precision fp32")
+            raise _diverged(task, config, epoch + 1, "training loss")
         seconds = time.perf_counter() - t0
         n_images = sum(len(b) for b in batches)
         seen, spent = seen + n_images, spent + seconds
         record = {"epoch": epoch + 1, "train_loss": loss_sum / w_sum, "train_acc": correct / n_images,
                   "lr": optimizer.param_groups[-1]["lr"], "seconds": seconds, "images_per_s": n_images / seconds}
         record.update(_validate(model, task, bank, device, precision, ctx))
+        if not math.isfinite(record.get("val_loss", 0.0)):
+            raise _diverged(task, config, epoch + 1, "validation loss")
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", acc=f"{record['train_acc']:.3f}",
                         val_loss=f"{record.get('val_loss', float('nan')):.4f}",
                         img_s=f"{record['images_per_s']:.0f}")
@@ -399,7 +409,14 @@ def _resume(task: TrainTask, model: FineTuneNet, optimizer: torch.optim.Optimize
     last = task.folder / "last.pt"
     if not last.is_file():
         return _fresh_state()
-    saved = torch.load(last, map_location=device, weights_only=True)
+    saved = load_checkpoint(last, device, LAST_KEYS)
+    if saved is None or (not saved["done"] and not {"model", "optimizer", "scaler"} <= set(saved)) or (
+            saved["done"] and load_checkpoint(task.folder / "best.pt", "cpu", BEST_KEYS) is None):
+        warnings.warn(f"{task.name}: the checkpoint in {task.folder} is damaged (a kill or a full disk while it was "
+                      "written?); training this task again from the start", DamagedBatchWarning, stacklevel=2)
+        for name in ("last.pt", "best.pt", "history.json"):
+            (task.folder / name).unlink(missing_ok=True)
+        return _fresh_state()
     if saved.get("settings_sha256") != task.settings_sha256:
         raise FusionfeatError(f"{last} was made with other settings; rerun with --overwrite to start over")
     if not saved["done"]:
@@ -442,5 +459,31 @@ def best_checkpoint(model: FineTuneNet, task: TrainTask, epoch: int) -> dict:
             "epoch": epoch, "settings_sha256": task.settings_sha256, **task.best_payload}
 
 
+LAST_KEYS = frozenset({"epoch", "best_epoch", "best_loss", "bad_epochs", "done", "stopped_early", "history",
+                       "settings_sha256"})
+BEST_KEYS = frozenset({"state_dict", "head", "epoch", "settings_sha256"})
+
+
 def save_atomic(path: Path, obj: object) -> None:
-    atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+    """``torch.save`` to memory, then a temporary file, fsync and rename: a kill or a full disk leaves the previous
+    checkpoint (a write error is an ``OSError``, which the caller words in one line, not torch's RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    atomic_write_bytes(path, lambda fh: fh.write(data))
+
+
+def load_checkpoint(path: Path, device: torch.device | str, keys: frozenset[str]) -> dict | None:
+    """A checkpoint written by ``save_atomic`` with at least ``keys``, or None when it is missing or damaged."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # truncated zip, bad pickle stream, wrong format: all mean "damaged" here
+        return None
+    return saved if isinstance(saved, dict) and keys <= set(saved) else None
+
+
+def _diverged(task: TrainTask, config: TrainConfig, epoch: int, what: str) -> FusionfeatError:
+    return FusionfeatError(f"{task.name}: training diverged at epoch {epoch} with --lr {config.lr:g} ({what} is not "
+                           "finite); lower --lr (or use --precision fp32) and rerun")
