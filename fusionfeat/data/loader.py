@@ -38,7 +38,7 @@ class ImageDataset(Dataset):
         if row in self.skip:
             return row, None, known if known is not None else file_digest(self.paths[row]), self.skip[row]
         try:
-            tensor, digest = self.preprocess.load(self.paths[row], known)
+            tensor, digest = self.preprocess.load(self.paths[row], known or None)  # "": unreadable then, hash now
             return row, tensor, digest, ""
         except ImageDecodeError as exc:
             return row, None, known if known is not None else file_digest(self.paths[row]), exc.reason
