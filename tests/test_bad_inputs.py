@@ -232,22 +232,56 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, made, tmp_path):
 # --- focused tests ------------------------------------------------------------------------------------------
 
 
-def test_duplicate_content_refused_then_dedupe_keeps_the_first(tmp_path):
+def test_duplicate_content_is_refused_before_any_model_loads_and_leaves_nothing(tmp_path, monkeypatch):
     cells = write_cells(tmp_path / "cells", size=32)
     shutil.copyfile(cells / "hem" / "cell_001.png", cells / "hem" / "zz_same_as_001.png")
-    store = tmp_path / "s.h5"
-    refused = run("extract", cells, "-o", store, *FAST)
-    assert refused.exit_code == 2
-    assert "hem/cell_001.png and hem/zz_same_as_001.png are the same image" in refused.stderr
-    assert not store.exists() and partial_dir(store).is_dir()  # the computed batches are kept
-    kept = run("extract", cells, "-o", store, *FAST, "--dedupe")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a backbone was loaded before the duplicate check")
+
+    monkeypatch.setattr(extract_module, "load_backbone", no_model)
+    monkeypatch.setattr(extract_module, "iter_embeddings", no_model)
+    refused = run("extract", cells, "-o", tmp_path / "s.h5", *FAST)
+    assert refused.exit_code == 2, refused.output
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("fusionfeat: error:")]
+    assert len(errors) == 1 and "Traceback" not in refused.output
+    assert "hem/cell_001.png and hem/zz_same_as_001.png are the same image" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells"]  # no store, partial folder or lock file
+
+
+def test_dedupe_never_reads_the_copy_and_the_store_equals_one_of_the_deduplicated_folder(tmp_path):
+    clean = write_cells(tmp_path / "clean", size=32)
+    cells = Path(shutil.copytree(clean, tmp_path / "cells"))
+    shutil.copyfile(cells / "hem" / "cell_001.png", cells / "hem" / "zz_same_as_001.png")
+    one_batch = [*FAST, "--batch-size", "64", "--precision", "fp32"]  # the same images in the same forward pass
+    assert run("extract", clean, "-o", tmp_path / "clean.h5", *one_batch).exit_code == 0
+    kept = run("extract", cells, "-o", tmp_path / "s.h5", *one_batch, "--dedupe")
     assert kept.exit_code == 0, kept.output
-    assert "0 computed" in kept.output  # it only assembled
-    with FeatureStore.open(store) as fs:
+    assert "(1 skipped)" in kept.output
+    with FeatureStore.open(tmp_path / "s.h5") as fs, FeatureStore.open(tmp_path / "clean.h5") as ref:
         row = list(fs.paths).index("hem/zz_same_as_001.png")
         assert not fs.ok[row] and fs.errors[row] == "duplicate of hem/cell_001.png"
-        assert fs.ok.sum() == fs.n_samples - 1
         assert fs.sha256[row] == hashlib.sha256((cells / "hem" / "cell_001.png").read_bytes()).hexdigest()
+        assert not fs.pooled("resnet18")[row].any() and not fs.tokens("resnet18")[row].any()  # never computed
+        keep = np.flatnonzero(fs.ok)
+        assert len(keep) == ref.n_samples == fs.n_samples - 1 and ref.ok.all()
+        assert list(np.asarray(fs.paths)[keep]) == list(ref.paths)
+        np.testing.assert_array_equal(np.asarray(fs.labels)[keep], ref.labels)
+        np.testing.assert_array_equal(np.asarray(fs.sha256)[keep], ref.sha256)
+        np.testing.assert_array_equal(fs.pooled("resnet18")[keep], ref.pooled("resnet18"))
+        np.testing.assert_array_equal(fs.tokens("resnet18")[keep], ref.tokens("resnet18"))
+
+
+def test_empty_files_are_reported_as_empty_not_as_duplicates_of_each_other(tmp_path):
+    cells = write_cells(tmp_path / "cells", size=32)
+    (cells / "hem" / "zz_empty_a.png").write_bytes(b"")
+    (cells / "all" / "zz_empty_b.png").write_bytes(b"")  # equal bytes under two labels, but no image at all
+    result = run("extract", cells, "-o", tmp_path / "s.h5", *FAST, "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+    with FeatureStore.open(tmp_path / "s.h5") as fs:
+        errors = {p: e for p, e, ok in zip(fs.paths, fs.errors, fs.ok, strict=True) if not ok}
+    assert errors == {"hem/zz_empty_a.png": "the file is empty (0 bytes)",
+                      "all/zz_empty_b.png": "the file is empty (0 bytes)"}
 
 
 def test_the_same_image_under_two_labels_is_refused_even_with_dedupe(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,9 +33,10 @@ def test_allidb2_store_shapes_labels_and_provenance(allidb2, tmp_path):
     args = ("extract", allidb2, "-o", store, "--backbones", "resnet18,vgg16", *FAST, "--batch-size", "64")
     refused = run(*args)  # ALL-IDB2 holds one image twice: Im223_0.tif and Im257_0.tif are byte-identical
     assert refused.exit_code == 2 and "img/Im223_0.tif and img/Im257_0.tif are the same image" in refused.output
-    result = run(*args, "--dedupe")  # the computed batches were kept: this run only assembles
+    assert list(tmp_path.iterdir()) == []  # refused before any batch: nothing to resume, nothing in the way
+    result = run(*args, "--dedupe")
     assert result.exit_code == 0, result.output
-    assert "0 computed" in result.output and "(1 skipped)" in result.output
+    assert "260 samples (1 skipped)" in result.output
     with FeatureStore.open(store) as fs:
         assert fs.n_samples == 260 and fs.backbones == ["resnet18", "vgg16"]
         assert fs.errors[list(fs.paths).index("img/Im257_0.tif")] == "duplicate of img/Im223_0.tif"
@@ -256,3 +258,69 @@ def test_extract_loads_and_hashes_each_backbone_once(tiny_folders, tmp_path, mon
     with pytest.warns(UserWarning, match="RANDOM"):
         result = engine.extract(build_manifest(tiny_folders), tmp_path / "s.h5", config)
     assert result is not None and result.n_computed == 8 and sorted(loads) == ["resnet18", "vgg16"]
+
+
+def test_each_image_is_hashed_once_and_before_any_backbone_loads(tiny_folders, tmp_path, monkeypatch):
+    """The SHA-256s read up front are the ones stored: the decoder does not hash the files again."""
+    import types
+
+    import fusionfeat.data.content as content
+    import fusionfeat.data.images as images
+    import fusionfeat.engines.extract as engine
+    from fusionfeat.data.images import Preprocess
+    from fusionfeat.data.manifest import build_manifest
+
+    events: list[tuple[str, str]] = []
+    hash_file, load = content.sha256_file, engine.load_backbone
+    monkeypatch.setattr(content, "sha256_file", lambda p: events.append(("hash", Path(p).name)) or hash_file(p))
+    monkeypatch.setattr(engine, "load_backbone",
+                        lambda name, *a, **k: events.append(("load", name)) or load(name, *a, **k))
+    rehashed = types.SimpleNamespace(sha256=lambda *a: events.append(("rehash", "")) or hashlib.sha256(*a))
+    monkeypatch.setattr(images, "hashlib", rehashed)
+    config = engine.ExtractConfig(["resnet18"], {"resnet18": "random"}, preprocess=Preprocess(input_size=32),
+                                  workers=0, progress=False)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        result = engine.extract(build_manifest(tiny_folders), tmp_path / "s.h5", config)
+    assert result is not None and result.n_computed == 8
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["hash"] * 8 + ["load"], events
+    with FeatureStore.open(tmp_path / "s.h5") as fs:
+        assert list(fs.sha256) == [hashlib.sha256((tiny_folders / p).read_bytes()).hexdigest() for p in fs.paths]
+
+
+def test_torchrun_ranks_follow_one_duplicate_decision(tmp_path):
+    """Refused on every rank before compute; with --dedupe the rank whose batch holds the copy skips it too,
+    so the store equals a single process's."""
+    cells = write_cells(tmp_path / "cells", per_class=4, size=32)
+    shutil.copyfile(cells / "all" / "cell_000.png", cells / "all" / "cell_001b.png")  # row 2: batch 1, rank 1
+    args = ["extract", str(cells), "--backbones", "resnet18", "--weights", "random", "--input-size", "32",
+            "--batch-size", "2", "--device", "cpu", "--precision", "fp32", "--workers", "0", "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fusionfeat"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run([*cmd, *args, "-o", str(tmp_path / "d.h5")], env=env, capture_output=True, text=True,
+                             timeout=600)
+    lines = [line for line in refused.stderr.splitlines() if line.startswith("fusionfeat: error:")]
+    assert refused.returncode != 0 and len(lines) == 2, refused.stderr  # one line per rank, the same line
+    assert lines[0] == lines[1] and "all/cell_000.png and all/cell_001b.png are the same image" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells"]
+    split = subprocess.run([*cmd, *args, "-o", str(tmp_path / "d.h5"), "--dedupe"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert split.returncode == 0, split.stderr
+    single = [sys.executable, "-m", "fusionfeat", *args, "-o", str(tmp_path / "single.h5"), "--dedupe"]
+    subprocess.run(single, env=env, check=True, capture_output=True, timeout=600)
+    with FeatureStore.open(tmp_path / "d.h5") as a, FeatureStore.open(tmp_path / "single.h5") as b:
+        row = list(a.paths).index("all/cell_001b.png")
+        assert a.errors[row] == "duplicate of all/cell_000.png" and not a.pooled("resnet18")[row].any()
+        np.testing.assert_array_equal(a.ok, b.ok)
+        np.testing.assert_array_equal(a.pooled("resnet18"), b.pooled("resnet18"))
+        np.testing.assert_array_equal(a.tokens("resnet18"), b.tokens("resnet18"))
+
+
+@pytest.mark.parametrize("threads", [1, 3, 16])
+def test_hash_files_keeps_the_order_and_gives_unreadable_files_no_hash(tiny_folders, threads):
+    from fusionfeat.data.content import hash_files
+
+    paths = sorted(str(p) for p in tiny_folders.rglob("*.png")) + [str(tiny_folders / "missing.png")]
+    expected = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths[:-1]] + [""]
+    assert hash_files(paths, threads=threads) == expected
+    assert hash_files([], threads=threads) == []

@@ -82,22 +82,25 @@ class Preprocess:
             "resize": "longest side to input_size (PIL bilinear, antialiased), centred on a fill-coloured square",
         }
 
-    def load(self, path: str) -> tuple[torch.Tensor, str]:
-        """Decode one file into a ``(V, 3, S, S)`` uint8 tensor and the file's SHA-256."""
-        image, digest = read_rgb(path, self.fill)
+    def load(self, path: str, digest: str | None = None) -> tuple[torch.Tensor, str]:
+        """Decode one file into a ``(V, 3, S, S)`` uint8 tensor and the file's SHA-256 (``digest`` when given:
+        the file was hashed already)."""
+        image, digest = read_rgb(path, self.fill, digest)
         square = to_square(image, self.input_size, self.fill)
         tensor = torch.from_numpy(np.asarray(square, dtype=np.uint8).copy()).permute(2, 0, 1)
         return (dihedral_views(tensor) if self.n_views == 8 else tensor.unsqueeze(0)), digest
 
 
-def read_rgb(path: str, fill: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.Image, str]:
-    """Read a file once; return it as 8-bit RGB and its SHA-256. Raises ``ImageDecodeError``."""
+def read_rgb(path: str, fill: tuple[int, int, int] = (0, 0, 0), digest: str | None = None) -> tuple[Image.Image, str]:
+    """Read a file once; return it as 8-bit RGB and its SHA-256 (``digest`` when given, else computed from the
+    bytes read). Raises ``ImageDecodeError``."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise ImageDecodeError(path, exc.strerror or str(exc)) from None
-    digest = hashlib.sha256(data).hexdigest()
+    if digest is None:
+        digest = hashlib.sha256(data).hexdigest()
     if not data:
         raise ImageDecodeError(path, "the file is empty (0 bytes)")
     try:

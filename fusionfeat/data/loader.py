@@ -3,41 +3,45 @@ that cannot be decoded comes back as a record with its reason, never as a worker
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fusionfeat.data.content import file_digest
 from fusionfeat.data.images import Preprocess
 from fusionfeat.errors import ImageDecodeError
 
 
 class ImageDataset(Dataset):
-    """Item ``row`` → ``(row, tensor | None, sha256, error)``: the preprocessed views of ``paths[row]``."""
+    """Item ``row`` → ``(row, tensor | None, sha256, error)``: the preprocessed views of ``paths[row]``.
 
-    def __init__(self, paths: Sequence[str], preprocess: Preprocess):
+    ``digests`` (one per path) are SHA-256s computed already, so no file is hashed twice; rows in ``skip``
+    are not read at all and come back with no tensor and their reason (e.g. "duplicate of <path>").
+    """
+
+    def __init__(self, paths: Sequence[str], preprocess: Preprocess, digests: Sequence[str] | None = None,
+                 skip: Mapping[int, str] | None = None):
+        if digests is not None and len(digests) != len(paths):
+            raise ValueError(f"{len(digests)} digests for {len(paths)} paths")
         self.paths = paths
         self.preprocess = preprocess
+        self.digests = digests
+        self.skip = dict(skip or {})
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, row: int):
+        known = None if self.digests is None else self.digests[row]
+        if row in self.skip:
+            return row, None, known if known is not None else file_digest(self.paths[row]), self.skip[row]
         try:
-            tensor, digest = self.preprocess.load(self.paths[row])
+            tensor, digest = self.preprocess.load(self.paths[row], known or None)  # "": unreadable then, hash now
             return row, tensor, digest, ""
         except ImageDecodeError as exc:
-            return row, None, _sha256_or_empty(self.paths[row]), exc.reason
-
-
-def _sha256_or_empty(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        return ""
+            return row, None, known if known is not None else file_digest(self.paths[row]), exc.reason
 
 
 def collate_images(items) -> tuple[np.ndarray, torch.Tensor | None, list[str], list[str]]:

@@ -16,7 +16,7 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import fusionfeat
+from fusionfeat.data.content import find_duplicates, hash_files
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.data.manifest import Manifest
@@ -42,7 +43,6 @@ from fusionfeat.encoders import (
 from fusionfeat.engines.distributed import process_group
 from fusionfeat.errors import (
     DamagedBatchWarning,
-    DatasetError,
     FusionfeatError,
     ImageDecodeError,
     RandomWeightsWarning,
@@ -84,7 +84,7 @@ class ExtractConfig:
     on_error: str = "fail"
     overwrite: bool = False
     progress: bool = True
-    dedupe: bool = False  # keep the first of images with equal SHA-256 (others recorded as skipped)
+    dedupe: bool = False  # keep the first of images with equal SHA-256 (others skipped, never computed)
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
@@ -97,6 +97,15 @@ class ExtractConfig:
         self.preprocess = self.preprocess.with_stats(*input_stats(self.backbones))
         for name in self.backbones:
             probe(name, self.preprocess.input_size)  # an input size the backbone cannot take is refused here
+
+
+@dataclass(frozen=True)
+class Content:
+    """Every image's SHA-256 (``""`` if unreadable), read before any model runs, and the rows ``--dedupe``
+    drops: row → the path of the earlier row with the same bytes."""
+
+    digests: list[str]
+    duplicate_of: dict[int, str]
 
 
 @dataclass
@@ -124,11 +133,16 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
     rank 0 assembles the store, which equals a single-process run's. Each rank loads (and hashes) every
     backbone once. Returns the result on rank 0 and None on the other ranks. The partial folder must be on a
     file system every rank sees (one node, or a shared disk).
+
+    Before any model is loaded, rank 0 hashes every image (``hash_content``): two files with the same bytes
+    are refused naming both, or with ``config.dedupe`` the later ones are skipped; every rank follows that one
+    decision. Nothing is written before that check, so a refused run leaves nothing behind.
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
     with process_group(config.device) as ctx, contextlib.ExitStack() as stack:
         device = ctx.device(config.device)
+        content = ctx.run_on_main(lambda: None if _finished_looking(out, config) else hash_content(manifest, config))
         randoms = random_backbones(config.weights)
         if randoms and ctx.is_main:
             warnings.warn(f"{', '.join(randoms)} {'uses' if len(randoms) == 1 else 'use'} RANDOM weights "
@@ -140,6 +154,8 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
         finished = ctx.run_on_main(lambda: _open_run(out, config, settings, stack))
         if finished:
             return ExtractResult(out, len(manifest), 0, 0, already_complete=True) if ctx.is_main else None
+        if content is None:  # the store was there at the first look and is gone now: hash, still before compute
+            content = ctx.run_on_main(lambda: hash_content(manifest, config))
         ctx.barrier()
         partial = PartialStore(partial_dir(out))
         stack.enter_context(keeping(f"committed batches in {partial.folder}"))
@@ -148,15 +164,28 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
         warn_damaged(partial, ctx.world, ctx.rank)
         todo = [b for b in range(n_batches) if b % ctx.world == ctx.rank and b not in done]
         with disk_errors(out, partial):
-            computed = _run_batches(manifest, config, models, device, precision, partial, todo, ctx.rank)
+            computed = _run_batches(manifest, config, models, device, precision, partial, todo, ctx.rank, content)
         computed = int(ctx.all_sum([float(computed)])[0])
         result = None
         if ctx.is_main:
             with disk_errors(out, partial):
-                skipped = assemble(manifest, out, config, models, device, precision, partial, settings)
+                skipped = assemble(manifest, out, config, models, device, precision, partial, settings,
+                                   content.duplicate_of)
             result = ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
         ctx.barrier()
         return result
+
+
+def _finished_looking(out: Path, config: ExtractConfig) -> bool:
+    """True when ``out`` exists and is not to be replaced: the run will find it finished (or refuse it) and
+    compute nothing, so its images need no hashing."""
+    return out.exists() and not config.overwrite
+
+
+def hash_content(manifest: Manifest, config: ExtractConfig) -> Content:
+    """Hash every image of ``manifest`` and decide its duplicates (``DatasetError`` without ``--dedupe``)."""
+    digests = hash_files([str(manifest.absolute(s)) for s in manifest.samples])
+    return Content(digests, find_duplicates(manifest, digests, config.dedupe))
 
 
 def _open_run(out: Path, config: ExtractConfig, settings: dict, stack: contextlib.ExitStack) -> bool:
@@ -220,7 +249,7 @@ def _check_finished(out: Path, settings: dict) -> None:
 
 
 def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone], device: torch.device,
-                 precision: str, partial: PartialStore, todo: list[int], rank: int) -> int:
+                 precision: str, partial: PartialStore, todo: list[int], rank: int, content: Content) -> int:
     if not todo:
         return 0
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
@@ -230,9 +259,9 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
     committer = _Committer(partial)
     try:
         embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
-                                   config.tokens)
+                                   config.tokens, digests=content.digests, skip=content.duplicate_of)
         for batch_no, (rows, arrays, digests, errors) in zip(todo, embedded, strict=True):
-            bad = [i for i, e in enumerate(errors) if e]
+            bad = [i for i, e in enumerate(errors) if e and int(rows[i]) not in content.duplicate_of]
             if bad and config.on_error == "fail":
                 i = bad[0]
                 raise ImageDecodeError(
@@ -283,17 +312,19 @@ class _Committer:
 
 def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], models: list[LoadedBackbone],
                     preprocess: Preprocess, device: torch.device, precision: str, workers: int | None,
-                    keep_tokens: bool):
+                    keep_tokens: bool, digests: Sequence[str] | None = None, skip: Mapping[int, str] | None = None):
     """Yield ``(rows, {backbone: (pooled, tokens)}, sha256s, errors)`` per batch of ``paths`` indices.
 
     Each image is decoded once (in loader workers) and every backbone runs on the same batch; rows whose
     image failed to decode have an error string and no features (features cover the good rows, in order).
+    ``digests`` are the files' SHA-256s when already computed (not hashed again); rows in ``skip`` are not
+    read and come back with its reason as their error.
     """
     for m in models:
         m.trunk.to(device, memory_format=torch.channels_last)
     workers = default_workers(device) if workers is None else workers
     loader = DataLoader(
-        ImageDataset(paths, preprocess), batch_sampler=batches, num_workers=workers,
+        ImageDataset(paths, preprocess, digests, skip), batch_sampler=batches, num_workers=workers,
         collate_fn=collate_images, pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers else None, worker_init_fn=ignore_in_worker,
     )
@@ -343,15 +374,19 @@ def _batch_record(rows, digests, errors, arrays, n_views, models, keep_tokens, i
 
 
 def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[LoadedBackbone],
-             device: torch.device, precision: str, partial: PartialStore, settings: dict) -> int:
-    """Write the HDF5 store from the committed batches (streamed: memory does not grow with N)."""
+             device: torch.device, precision: str, partial: PartialStore, settings: dict,
+             duplicate_of: Mapping[int, str]) -> int:
+    """Write the HDF5 store from the committed batches (streamed: memory does not grow with N).
+
+    Rows in ``duplicate_of`` (decided before compute) are recorded as skipped, "duplicate of <path>", also
+    in batches an earlier version computed in full.
+    """
     n = len(manifest)
     n_batches = math.ceil(n / config.batch_size)
     missing = sorted(set(range(n_batches)) - partial.done())
     if missing:
         raise StoreError(f"cannot assemble {out}: {len(missing)} batch(es) are not computed or damaged "
                          f"(first {missing[0]}); rerun the same `fusionfeat extract` to compute them")
-    duplicate_of = _duplicates(manifest, partial, n_batches, config.dedupe)
     samples = {
         "path": np.array([s.path for s in manifest.samples], dtype=str),
         "label": np.array([s.label for s in manifest.samples], dtype=np.int64),
@@ -410,37 +445,6 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         raise
     partial.remove()
     return skipped
-
-
-def _duplicates(manifest: Manifest, partial: PartialStore, n_batches: int, dedupe: bool) -> dict[int, str]:
-    """Rows whose image SHA-256 equals an earlier row's → that row's path. Without ``dedupe`` the first
-    such pair is refused: one image under two names would land on both sides of a split."""
-    first: dict[str, int] = {}
-    duplicate_of: dict[int, str] = {}
-    for b in range(n_batches):
-        rows, digests = partial.read_field(b, "rows"), partial.read_field(b, "sha256")
-        for row, digest in zip(rows.tolist(), digests.tolist(), strict=True):
-            if not digest:
-                continue
-            if digest not in first:
-                first[digest] = row
-                continue
-            kept, other = manifest.samples[first[digest]], manifest.samples[row]
-            original = kept.path
-            if (kept.label, kept.group) != (other.label, other.group):
-                raise DatasetError(
-                    f"{original} and {other.path} are the same image (SHA-256 {digest[:12]}…) but are listed "
-                    f"with different {'labels' if kept.label != other.label else 'subjects'}; fix the data "
-                    "(--dedupe keeps one copy only when both say the same)"
-                )
-            if not dedupe:
-                raise DatasetError(
-                    f"{original} and {manifest.samples[row].path} are the same image (SHA-256 {digest[:12]}…); "
-                    "remove one, or add --dedupe to keep the first and record the others as skipped "
-                    "(the computed batches are kept)"
-                )
-            duplicate_of[row] = original
-    return duplicate_of
 
 
 def software_versions() -> dict[str, str]:
