@@ -23,6 +23,7 @@ from fusionfeat.store import FeatureStore
 from tests.conftest import write_cells
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
+PAIR = ("resnet18", "vgg16")
 
 
 @pytest.mark.parametrize("name", fusionfeat.__all__)
@@ -49,8 +50,7 @@ def store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("api")
     cells = write_cells(root / "cells", per_class=10, size=40)
     shutil.copyfile(cells / "hem" / "cell_001.png", cells / "hem" / "zz_same_as_001.png")
-    config = fusionfeat.ExtractConfig(backbones=["resnet18", "vgg16"], weights=dict.fromkeys(["resnet18", "vgg16"],
-                                                                                             "random"),
+    config = fusionfeat.ExtractConfig(backbones=list(PAIR), weights=dict.fromkeys(PAIR, "random"),
                                       preprocess=fusionfeat.Preprocess(input_size=32), workers=0, progress=False,
                                       dedupe=True)
     with pytest.warns(UserWarning, match="RANDOM"):
