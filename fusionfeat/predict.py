@@ -19,7 +19,7 @@ from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
-from fusionfeat.fsio import CSV, output_target
+from fusionfeat.fsio import CSV, check_output, output_target
 from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
 
@@ -134,9 +134,10 @@ def predict_images(bundle: str | os.PathLike | Bundle, images: str | os.PathLike
     if batch_size < 1:
         raise FusionfeatError(f"--batch-size {batch_size}: give 1 or more")
     items = image_list(images)
-    paths = collect_images(items)
+    check_output(out, CSV, inputs=[*inputs, *items], overwrite=overwrite)  # as `predict` does: output, images,
+    paths = collect_images(items)                                           # bundle, then the work
+    bundle = as_bundle(bundle)
     with output_target(out, CSV, inputs=[*inputs, *items], overwrite=overwrite) as target:
-        bundle = as_bundle(bundle)
         models = bundle_backbones(bundle, weights)
         counts, records = _write_predictions(bundle, paths, target.path, models, device, precision, batch_size,
                                              workers, on_error, progress)

@@ -114,6 +114,13 @@ def test_a_wrong_store_is_one_line(store, tmp_path, call, bad, message):
     assert message in one_line(excinfo)
 
 
+@pytest.mark.parametrize("heads", [None, 3, [], ["logreg", 3]])
+def test_heads_of_a_wrong_type_are_one_line(store, heads):
+    with pytest.raises(FusionfeatError, match="give head names") as excinfo:
+        fusionfeat.cross_validate(store, heads, progress=False)
+    one_line(excinfo)
+
+
 def test_run_study_opens_a_path(store):
     before = open_files()
     with pytest.raises(FusionfeatError, match=f"{store.name} has 1: re-extract with --views dihedral8"):
@@ -253,4 +260,4 @@ def test_predict_refuses_in_one_line(store, bundle, tmp_path, bad_bundle, images
     with pytest.raises(FusionfeatError) as excinfo:
         fusionfeat.predict_images(bad_bundle, images, tmp_path / "out.csv", device="cpu", progress=False)
     assert message in one_line(excinfo)
-    assert not (tmp_path / "out.csv").exists()
+    assert not any(tmp_path.iterdir())  # refused before anything was written, not even a lock file

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,7 +181,7 @@ def _class_mean(w: np.ndarray, of_class: np.ndarray) -> list[float]:
 @accepts_store
 def cross_validate(
     store: str | os.PathLike | FeatureStore,
-    heads: Sequence[str | HeadSpec],
+    heads: str | HeadSpec | Sequence[str | HeadSpec],
     protocol: str | None = None,
     folds: int | None = None,
     seed: int | None = None,
@@ -212,6 +213,7 @@ def cross_validate(
     ``CalibratedHead``; ``operating_point`` (``"sens=0.95"``/``"spec=0.9"``) in ``InnerOperatingPoint``: both
     are fitted on the training fold only. ``subject_aggregate`` is recorded for the subject-level analysis.
     """
+    heads = _head_list(heads)
     check_choice("balance", balance, BALANCES)
     if calibrate is not None:
         check_choice("calibrate", calibrate, METHODS)
@@ -262,6 +264,16 @@ def cross_validate(
     finally:
         bar.close()
     return result
+
+
+def _head_list(heads: Any) -> list[str | HeadSpec]:
+    """``heads`` as a list: a name (``"logreg"``, ``"logreg,svm"``, ``"all"``), a ``HeadSpec``, or a list of them."""
+    if isinstance(heads, (str, HeadSpec)):
+        return [heads]
+    if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, (str, HeadSpec)) for h in heads):
+        return list(heads)
+    raise FusionfeatError(f"heads: give head names (e.g. ['logreg', 'svm'] or 'all') or HeadSpecs; got "
+                          f"{reprlib.repr(heads)}")
 
 
 def _plan_for_store(
