@@ -114,7 +114,7 @@ def test_a_wrong_store_is_one_line(store, tmp_path, call, bad, message):
     assert message in one_line(excinfo)
 
 
-@pytest.mark.parametrize("heads", [None, 3, [], ["logreg", 3]])
+@pytest.mark.parametrize("heads", [None, 3, {"logreg"}, ["logreg", 3]])
 def test_heads_of_a_wrong_type_are_one_line(store, heads):
     with pytest.raises(FusionfeatError, match="give head names") as excinfo:
         fusionfeat.cross_validate(store, heads, progress=False)

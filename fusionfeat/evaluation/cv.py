@@ -270,7 +270,7 @@ def _head_list(heads: Any) -> list[str | HeadSpec]:
     """``heads`` as a list: a name (``"logreg"``, ``"logreg,svm"``, ``"all"``), a ``HeadSpec``, or a list of them."""
     if isinstance(heads, (str, HeadSpec)):
         return [heads]
-    if isinstance(heads, (list, tuple)) and heads and all(isinstance(h, (str, HeadSpec)) for h in heads):
+    if isinstance(heads, (list, tuple)) and all(isinstance(h, (str, HeadSpec)) for h in heads):
         return list(heads)
     raise FusionfeatError(f"heads: give head names (e.g. ['logreg', 'svm'] or 'all') or HeadSpecs; got "
                           f"{reprlib.repr(heads)}")
