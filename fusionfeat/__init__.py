@@ -2,7 +2,14 @@
 
 The public API, imported lazily so that ``import fusionfeat`` (and the CLI) stays fast::
 
-    from fusionfeat import build_manifest, extract, ExtractConfig, FeatureStore, cross_validate, write_run
+    import fusionfeat
+
+    result = fusionfeat.cross_validate("cells.h5", ["logreg", "svm"])   # a store path or a FeatureStore
+    print(result.metrics_table())                                        # pandas, one row per head
+    fusionfeat.train_bundle("cells.h5", "logreg", "model")
+    fusionfeat.predict_images("model", "new_cells/", "labels.csv").to_frame()
+
+Quick start and reference: ``docs/api.md``.
 """
 
 from __future__ import annotations
@@ -25,13 +32,21 @@ _EXPORTS = {
     "resolve_heads": "fusionfeat.heads.zoo",
     "TorchHeadClassifier": "fusionfeat.heads.torch_head",
     "cross_validate": "fusionfeat.evaluation.cv",
+    "CVResult": "fusionfeat.evaluation.cv",
+    "FoldResult": "fusionfeat.evaluation.cv",
     "plan_folds": "fusionfeat.protocols",
     "write_run": "fusionfeat.report",
     "compare_runs": "fusionfeat.report",
+    "run_study": "fusionfeat.study",
+    "write_study": "fusionfeat.study",
     "train_head": "fusionfeat.train",
+    "train_bundle": "fusionfeat.train",
+    "Bundle": "fusionfeat.bundle",
     "save_bundle": "fusionfeat.bundle",
     "load_bundle": "fusionfeat.bundle",
     "predict_images": "fusionfeat.predict",
+    "PredictionSummary": "fusionfeat.predict",
+    "generate_cnmc_like": "fusionfeat.data.synthetic",
     "FusionfeatError": "fusionfeat.errors",
 }
 

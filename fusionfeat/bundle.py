@@ -153,6 +153,17 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     return Bundle(estimator, head_spec(info), info)
 
 
+def as_bundle(bundle: str | os.PathLike | Bundle) -> Bundle:
+    """A loaded bundle for the API's functions: a ``Bundle`` as it is, a bundle folder's path loaded
+    (``load_bundle``, no pickles); anything else gets a one-line error."""
+    if isinstance(bundle, Bundle):
+        return bundle
+    if isinstance(bundle, (str, os.PathLike)):
+        return load_bundle(bundle)
+    raise FusionfeatError(f"expected a bundle (the folder `fusionfeat train` wrote, or a Bundle from load_bundle), "
+                          f"got {type(bundle).__name__}")
+
+
 def _read_manifest(path: Path, trust_legacy: bool = False) -> dict[str, Any]:
     manifest = path / MANIFEST
     if not manifest.is_file():

@@ -7,18 +7,19 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fusionfeat import runtime
-from fusionfeat.bundle import Bundle, trunk_fingerprint
+from fusionfeat.bundle import Bundle, as_bundle, trunk_fingerprint
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
-from fusionfeat.fsio import CSV, output_target
+from fusionfeat.fsio import CSV, check_output, output_target
 from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
 
@@ -89,27 +90,63 @@ def bundle_preprocess(bundle: Bundle) -> Preprocess:
     return replace(Preprocess.from_attrs(bundle.backbone_provenance(bundle.spec.backbones[0])), views="1")
 
 
-def predict_images(bundle: Bundle, images: Sequence[Path], out: str | os.PathLike, weights: str | None = None,
+class PredictionSummary(dict):
+    """What ``predict_images`` returns: counts per predicted label (and ``"error"``), as a dict, plus the CSV it
+    wrote (``path``) and its rows: ``to_frame()`` gives them as a pandas DataFrame."""
+
+    def __init__(self, counts: dict[str, int], path: Path, positive: str, records: list[tuple[str, float, str, str]]):
+        super().__init__(counts)
+        self.path = path
+        self.positive = positive
+        self.records = records
+
+    def to_frame(self) -> Any:
+        """One row per image, as in the CSV: path, ``p_<positive>`` (NaN for an unreadable image), label (the
+        predicted class, "" when unreadable), error ("" unless the image could not be read)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records, columns=["path", f"p_{self.positive}", "label", "error"])
+
+
+def image_list(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
+    """The images argument of the API as a list of files and folders: one path, or a list of them."""
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if isinstance(images, (list, tuple)) and all(isinstance(i, (str, os.PathLike)) for i in images):
+        if not images:
+            raise FusionfeatError("no images given: name image files or folders")
+        return list(images)
+    raise FusionfeatError(f"expected images as a file or folder path, or a list of them; got {type(images).__name__}")
+
+
+def predict_images(bundle: str | os.PathLike | Bundle, images: str | os.PathLike | Sequence[str | os.PathLike],
+                   out: str | os.PathLike, weights: str | None = None,
                    device: str = "auto", precision: str | None = None, batch_size: int = 32,
                    workers: int | None = None, on_error: str = "fail", progress: bool = True,
-                   overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> dict[str, int]:
+                   overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> PredictionSummary:
     """Write ``path,p_<positive>,label[,error]`` for every image; returns counts per predicted label.
 
+    ``bundle`` is a bundle folder's path or a loaded ``Bundle``; ``images`` an image file or folder (searched
+    recursively), or a list of them. The result is a dict of counts whose ``to_frame()`` gives the rows.
     ``out`` follows the output rule (``fusionfeat.fsio``): it may not be or be inside an image or a folder in
     ``inputs``/``images``, an existing file is replaced only with ``overwrite``, and it appears atomically.
     """
     if batch_size < 1:
         raise FusionfeatError(f"--batch-size {batch_size}: give 1 or more")
-    with output_target(out, CSV, inputs=[*inputs, *images], overwrite=overwrite) as target:
+    items = image_list(images)
+    check_output(out, CSV, inputs=[*inputs, *items], overwrite=overwrite)  # as `predict` does: output, images,
+    paths = collect_images(items)                                           # bundle, then the work
+    bundle = as_bundle(bundle)
+    with output_target(out, CSV, inputs=[*inputs, *items], overwrite=overwrite) as target:
         models = bundle_backbones(bundle, weights)
-        counts = _write_predictions(bundle, images, target.path, models, device, precision, batch_size, workers,
-                                    on_error, progress)
-    return counts
+        counts, records = _write_predictions(bundle, paths, target.path, models, device, precision, batch_size,
+                                             workers, on_error, progress)
+    return PredictionSummary(counts, target.final, bundle.positive, records)
 
 
 def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models: list[LoadedBackbone], device: str,
                        precision: str | None, batch_size: int, workers: int | None, on_error: str,
-                       progress: bool) -> dict[str, int]:
+                       progress: bool) -> tuple[dict[str, int], list[tuple[str, float, str, str]]]:
     preprocess = bundle_preprocess(bundle)
     dev = resolve_device(device)
     prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
@@ -121,6 +158,7 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
     counts = {name: 0 for name in bundle.classes}
     counts["error"] = 0
+    records: list[tuple[str, float, str, str]] = []
     bar = runtime.progress(len(paths), progress, "predict")
     try:
         with open(tmp, "w", newline="") as fh:
@@ -135,16 +173,18 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
                 for row, error in zip(rows, errors, strict=True):
                     if error:
                         writer.writerow([paths[row], "", "", error])
+                        records.append((paths[row], float("nan"), "", error))
                         counts["error"] += 1
                         continue
                     p = float(next(probs))
                     label = bundle.positive if p >= 0.5 else _negative(bundle)
                     counts[label] += 1
                     writer.writerow([paths[row], f"{p:.6f}", label, ""])
+                    records.append((paths[row], p, label, ""))
                 bar.update(len(rows))
     finally:
         bar.close()
-    return counts
+    return counts, records
 
 
 def _negative(bundle: Bundle) -> str:

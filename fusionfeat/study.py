@@ -1,6 +1,6 @@
 """``fusionfeat study``: how much the paper's protocol inflates its numbers, and why.
 
-The same heads are cross-validated on one store under three protocols (``evaluate.cross_validate``,
+The same heads are cross-validated on one store under three protocols (``evaluation.cv.cross_validate``,
 three calls; each written as a run folder by ``report.write_run``):
 
 - ``paper``: the paper's protocol (``--cv paper``): minority images' rotated/mirrored copies are added
@@ -26,6 +26,7 @@ prevalence into "leak" and "inflation"; the split is clean only for the prevalen
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ from fusionfeat.protocols import default_protocol
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.latex import Tex, latex_table, write_csv
 from fusionfeat.report.run import write_run_files
+from fusionfeat.store import FeatureStore
+from fusionfeat.store.reader import accepts_store
 
 DEFAULT_HEADS: tuple[str, ...] = ("resnet18", "vgg16", "concat", "attention")
 STUDY_JSON = "study.json"
@@ -95,8 +98,9 @@ def check_dihedral(store: Any) -> None:
         )
 
 
+@accepts_store
 def run_study(
-    store: Any,
+    store: str | os.PathLike | FeatureStore,
     heads: Sequence[str | HeadSpec] = DEFAULT_HEADS,
     repeats: int = 3,
     folds: int | None = None,
@@ -104,7 +108,11 @@ def run_study(
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, CVResult]:
-    """Cross-validate ``heads`` under the three protocols; arm name → CVResult (same folds, seed, repeats)."""
+    """Cross-validate ``heads`` under the three protocols; arm name → CVResult (same folds, seed, repeats).
+
+    ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``; it needs the
+    dihedral views (``--views dihedral8``). ``write_study`` turns the result into a study folder.
+    """
     check_dihedral(store)
     if repeats < 1:
         raise FusionfeatError(f"--repeats must be at least 1, got {repeats}")

@@ -2,31 +2,57 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fusionfeat import protocols
+from fusionfeat.bundle import write_bundle_files
 from fusionfeat.engines.extract import software_versions
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.fsio import BUNDLE, output_target
 from fusionfeat.heads.calibration import fit_estimator
 from fusionfeat.heads.inputs import head_blocks, rows_matrix
 from fusionfeat.heads.zoo import HeadSpec, resolve_heads
 from fusionfeat.runtime import head_threads
 from fusionfeat.store import FeatureStore
+from fusionfeat.store.reader import accepts_store
 
 
-def train_head(store: FeatureStore, head: str, balance: str = "weight", seed: int = 0, device: str = "auto",
-               progress: bool = True,
+def train_bundle(store: str | os.PathLike | FeatureStore, head: str, out: str | os.PathLike,
+                 balance: str = "weight", seed: int = 0, device: str = "auto", progress: bool = True,
+                 backbones: str | Sequence[str] | None = None, overwrite: bool = False) -> Path:
+    """``fusionfeat train`` in Python: fit ``head`` on every usable sample and save it as a bundle at ``out``.
+
+    ``out`` follows the output rule (checked before any fitting; an existing bundle is replaced only with
+    ``overwrite``). Returns the bundle's folder, which ``load_bundle`` and ``predict_images`` take.
+    """
+    source = store if isinstance(store, (str, os.PathLike)) else getattr(store, "path", None)
+    with output_target(out, BUNDLE, inputs=[source] if source is not None else [], overwrite=overwrite) as target:
+        estimator, spec, info = train_head(store, head, balance=balance, seed=seed, device=device,
+                                           progress=progress, backbones=backbones)
+        write_bundle_files(target.path, estimator, spec, info)
+    return target.final
+
+
+@accepts_store
+def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str = "weight", seed: int = 0,
+               device: str = "auto", progress: bool = True,
                backbones: str | Sequence[str] | None = None) -> tuple[Any, HeadSpec, dict[str, Any]]:
     """Fit ``head`` on all kept samples (view 0; ``balance="augment"`` adds minority-class stored views).
 
-    A fusion head or baseline reads ``backbones`` (default: every stored backbone, in store order).
-    Returns the fitted estimator, its spec and the bundle info (classes, provenance, training summary).
+    ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``. A fusion head or
+    baseline reads ``backbones`` (default: every stored backbone, in store order). Returns the fitted
+    estimator, its spec and the bundle info (classes, provenance, training summary): ``save_bundle`` writes
+    them (``train_bundle`` does both).
     """
     if balance not in protocols.BALANCES:
         raise FusionfeatError(f"--balance {balance!r}: choose one of {', '.join(protocols.BALANCES)}")
+    if not isinstance(head, str):
+        raise FusionfeatError(f"train fits one head, named by a string (e.g. 'logreg'); got {type(head).__name__}")
     if "," in head or head == "all":
         raise FusionfeatError("`train` fits one head; name one, e.g. --head attention")
     (spec,) = resolve_heads(store, [head], backbones=backbones)

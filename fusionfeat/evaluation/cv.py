@@ -7,6 +7,8 @@ The splits come from ``fusionfeat.protocols`` (made and leakage-checked before a
 from __future__ import annotations
 
 import math
+import os
+import reprlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +44,8 @@ from fusionfeat.protocols import (
 )
 from fusionfeat.runtime import head_threads
 from fusionfeat.stats import AGGREGATIONS
-from fusionfeat.store import FoldPlan
+from fusionfeat.store import FeatureStore, FoldPlan
+from fusionfeat.store.reader import accepts_store
 
 FEATURES: tuple[str, ...] = ("frozen", "finetuned")
 
@@ -103,6 +106,61 @@ class CVResult:
             for head in self.heads
         }
 
+    def to_frame(self) -> Any:
+        """One row per head × repeat × fold (pandas DataFrame): head, repeat, fold, n_train, n_test (rows fitted
+        and scored, copies included), then every metric of ``fm.METRICS`` and the fit/predict times in seconds."""
+        import pandas as pd
+
+        columns = ["head", "repeat", "fold", "n_train", "n_test", *fm.METRICS, *fm.TIMINGS]
+        records = [
+            [f.head, f.repeat, f.fold, f.n_train, f.n_test, *[f.metrics.get(m, math.nan) for m in columns[5:]]]
+            for f in self.folds
+        ]
+        return pd.DataFrame(records, columns=columns)
+
+    def metrics_table(self) -> Any:
+        """One row per head (pandas DataFrame indexed by head), as report.md's Table 1: ``<metric>_mean`` and
+        ``<metric>_sd`` (per-fold mean and sample sd over folds × repeats) for every metric, and ``n_fits``."""
+        import pandas as pd
+
+        summary = self.summary()
+        records = []
+        for head in self.heads:
+            row: dict[str, Any] = {"head": head}
+            for m in fm.METRICS:
+                row[f"{m}_mean"] = summary[head][m]["mean"]
+                row[f"{m}_sd"] = summary[head][m]["std"]
+            row["n_fits"] = len(self.fold_results(head))
+            records.append(row)
+        return pd.DataFrame(records).set_index("head")
+
+    def predictions_frame(self) -> Any:
+        """Out-of-fold predictions (pandas DataFrame), one row per head × repeat × evaluated row: head, repeat, fold
+        (the test fold that scored the row), sample (store index), view, path, group, label (true class), proba
+        (out-of-fold P(positive class), ``self.positive``) and predicted (the class the head chose)."""
+        import pandas as pd
+
+        rows = self.rows
+        n_repeats, n_eval = self.test_fold.shape
+        negative = next(c for c in self.classes if c != self.positive)
+        labels = np.asarray(self.classes, dtype=object)[rows["label"]]
+        frames = []
+        for head in self.heads:
+            pred = self.oof_pred[head]
+            frames.append(pd.DataFrame({
+                "head": head,
+                "repeat": np.repeat(np.arange(n_repeats), n_eval),
+                "fold": self.test_fold.reshape(-1),
+                "sample": np.tile(rows["sample"], n_repeats),
+                "view": np.tile(rows["view"], n_repeats),
+                "path": np.tile(rows["path"], n_repeats),
+                "group": np.tile(rows["group"], n_repeats),
+                "label": np.tile(labels, n_repeats),
+                "proba": self.oof[head].reshape(-1),
+                "predicted": np.where(np.isnan(pred), None, np.where(pred >= 0.5, self.positive, negative)).reshape(-1),
+            }))
+        return pd.concat(frames, ignore_index=True)
+
     def fusion_weights(self) -> dict[str, dict[str, dict[str, float]]]:
         """head -> true class -> weight name -> mean out-of-fold fusion weight (attention heads only)."""
         out = {}
@@ -120,9 +178,10 @@ def _class_mean(w: np.ndarray, of_class: np.ndarray) -> list[float]:
     return np.nanmean(w[:, of_class].reshape(-1, w.shape[2]), axis=0).tolist()
 
 
+@accepts_store
 def cross_validate(
-    store: Any,
-    heads: Sequence[str | HeadSpec],
+    store: str | os.PathLike | FeatureStore,
+    heads: str | HeadSpec | Sequence[str | HeadSpec],
     protocol: str | None = None,
     folds: int | None = None,
     seed: int | None = None,
@@ -140,6 +199,9 @@ def cross_validate(
 ) -> CVResult:
     """Cross-validate heads on a store's cached features under one protocol; one loop for every head.
 
+    ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``. The result's
+    ``to_frame()``, ``metrics_table()`` and ``predictions_frame()`` give pandas DataFrames (``docs/api.md``).
+
     ``protocol=None`` means ``grouped`` when subjects are known, else ``stratified``. ``folds``/``seed``
     default to 5 and 0, or, with ``features="finetuned"``, to the stored fine-tuning plan (which any
     other request contradicts). ``heads`` are names (see ``fusionfeat.heads.zoo``) or ``HeadSpec``s; the named
@@ -151,6 +213,7 @@ def cross_validate(
     ``CalibratedHead``; ``operating_point`` (``"sens=0.95"``/``"spec=0.9"``) in ``InnerOperatingPoint``: both
     are fitted on the training fold only. ``subject_aggregate`` is recorded for the subject-level analysis.
     """
+    heads = _head_list(heads)
     check_choice("balance", balance, BALANCES)
     if calibrate is not None:
         check_choice("calibrate", calibrate, METHODS)
@@ -201,6 +264,16 @@ def cross_validate(
     finally:
         bar.close()
     return result
+
+
+def _head_list(heads: Any) -> list[str | HeadSpec]:
+    """``heads`` as a list: a name (``"logreg"``, ``"logreg,svm"``, ``"all"``), a ``HeadSpec``, or a list of them."""
+    if isinstance(heads, (str, HeadSpec)):
+        return [heads]
+    if isinstance(heads, (list, tuple)) and all(isinstance(h, (str, HeadSpec)) for h in heads):
+        return list(heads)
+    raise FusionfeatError(f"heads: give head names (e.g. ['logreg', 'svm'] or 'all') or HeadSpecs; got "
+                          f"{reprlib.repr(heads)}")
 
 
 def _plan_for_store(

@@ -1,14 +1,19 @@
-"""Read access to a finished store (``FeatureStore``) and its integrity check (``verify_checksums``)."""
+"""Read access to a finished store (``FeatureStore``), its integrity check (``verify_checksums``), and the one
+rule by which the Python API takes a store (``as_store``, ``accepts_store``: a path or an open store)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
 
-from fusionfeat.errors import StoreError
+from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.store.partial import partial_dir
 from fusionfeat.store.schema import FoldPlan, dataset_sha256, decode_attr, feature_datasets
 
@@ -85,6 +90,11 @@ class FeatureStore:
     def close(self) -> None:
         self._h5.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` ran (or the ``with`` block ended): nothing can be read any more."""
+        return not self._h5.id.valid
+
     def __enter__(self) -> FeatureStore:
         return self
 
@@ -94,6 +104,29 @@ class FeatureStore:
     @property
     def n_samples(self) -> int:
         return len(self.labels)
+
+    def usable_rows(self) -> np.ndarray:
+        """Indices of the samples that were extracted: skipped images (``--on-error skip``, duplicates left out by
+        ``--dedupe``) excluded. ``labels[rows]``, ``paths[rows]``, ``pooled(..., index=rows)`` line up."""
+        return np.flatnonzero(self.ok)
+
+    def samples_frame(self, usable_only: bool = True) -> Any:
+        """The samples table as a pandas DataFrame indexed by sample: path, label (class name), group, fold, ok,
+        error. ``usable_only`` (default) keeps only the rows of ``usable_rows()``."""
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {
+                "path": self.paths.astype(str),
+                "label": np.asarray(self.classes, dtype=object)[self.labels],
+                "group": self.groups.astype(str),
+                "fold": self.folds,
+                "ok": self.ok,
+                "error": self.errors.astype(str),
+            },
+            index=pd.RangeIndex(self.n_samples, name="sample"),
+        )
+        return frame[self.ok] if usable_only else frame
 
     @property
     def backbones(self) -> list[str]:
@@ -215,3 +248,35 @@ class FeatureStore:
         result = np.empty((len(index), *dataset.shape[2:]), dtype=dataset.dtype)
         result[order] = out[inverse]
         return result
+
+
+_Result = TypeVar("_Result")
+
+
+@contextlib.contextmanager
+def as_store(store: str | os.PathLike | FeatureStore | Any) -> Iterator[Any]:
+    """A readable store for the API's functions: a path is opened here and closed when the block ends; an open
+    ``FeatureStore`` (or an object with its reading methods) is used as it is, and left open."""
+    if isinstance(store, (str, os.PathLike)):
+        with FeatureStore.open(store) as fs:
+            yield fs
+        return
+    if isinstance(store, FeatureStore):
+        if store.closed:
+            raise StoreError(f"the FeatureStore of {store.path} is closed; pass its path, or use it inside its "
+                             "`with FeatureStore.open(...)` block")
+    elif not all(hasattr(store, name) for name in ("classes", "labels", "ok", "backbones")):
+        raise FusionfeatError(f"expected a feature store (a path to an .h5 file made by `fusionfeat extract`, or a "
+                              f"FeatureStore), got {type(store).__name__}")
+    yield store
+
+
+def accepts_store(func: Callable[..., _Result]) -> Callable[..., _Result]:
+    """Let ``func(store, ...)`` take a store path as well as a store: a path is opened for the call, then closed."""
+
+    @functools.wraps(func)
+    def wrapper(store: Any, *args: Any, **kwargs: Any) -> _Result:
+        with as_store(store) as fs:
+            return func(fs, *args, **kwargs)
+
+    return wrapper
