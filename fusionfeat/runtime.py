@@ -131,6 +131,11 @@ def progress(total: int, enabled: bool, desc: str, unit: str = "img", leave: boo
                 leave=leave)
 
 
+def max_threads() -> int:
+    """The most head threads worth asking for: 4 per core (more only thrash, and huge counts crash OpenMP)."""
+    return 4 * (os.cpu_count() or 1)
+
+
 DEFAULT_HEAD_THREADS = 1
 _head_threads: list[int] = []  # counts chosen by the enclosing head_threads() blocks, innermost last
 
@@ -144,8 +149,9 @@ def head_threads(n: int | None = None) -> Iterator[int]:
     on an idle machine and lose ~12x when another process holds a core (docs/benchmarks.md, "Threads").
     The previous counts are restored on exit. Yields the count in force.
     """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise FusionfeatError(f"--threads {n!r}: give a whole number of at least 1")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_threads()):
+        raise FusionfeatError(f"--threads {n!r}: give a whole number from 1 to {max_threads()} (this machine has "
+                              f"{os.cpu_count() or 1} cores)")
     from threadpoolctl import threadpool_limits
 
     count = n if n is not None else (_head_threads[-1] if _head_threads else DEFAULT_HEAD_THREADS)

@@ -18,7 +18,7 @@ from fusionfeat.cli.options import (
     root_option,
     workers_option,
 )
-from fusionfeat.data.images import Preprocess
+from fusionfeat.data.images import MAX_INPUT_SIZE, Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
 from fusionfeat.encoders import parse_backbones, parse_weights
 from fusionfeat.engines.extract import ExtractConfig, extract
@@ -71,7 +71,7 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for random weights.")
-@click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True,
+@click.option("--input-size", type=click.IntRange(min=32, max=MAX_INPUT_SIZE), default=224, show_default=True,
               help="Square input side in pixels.")
 @click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default="imagenet", show_default=True,
               help="imagenet: the weights' mean/std; unit: [0,1] (the paper's).")

@@ -16,6 +16,7 @@ from fusionfeat.cli.options import (
     root_option,
     workers_option,
 )
+from fusionfeat.data.images import MAX_INPUT_SIZE
 from fusionfeat.data.manifest import build_manifest
 from fusionfeat.encoders import parse_backbones, parse_weights
 from fusionfeat.engines.train_loop import FINETUNE_BALANCES, TrainConfig, parse_augment
@@ -60,7 +61,7 @@ def store_and_data(paths: tuple[str, ...], store_option: str | None) -> tuple[st
               help="Number of folds [default: the store's plan, else 5].")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Seed of the fold plan, of training and of random weights [default: the store's plan, else 0].")
-@click.option("--input-size", type=click.IntRange(min=32), default=None,
+@click.option("--input-size", type=click.IntRange(min=32, max=MAX_INPUT_SIZE), default=None,
               help="Square input side [default: the store's].")
 @click.option("--epochs", default=_D.epochs, show_default=True, help="Most epochs per fold and backbone.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=_D.batch_size, show_default=True,

@@ -24,6 +24,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently half-grey
 
 
+MAX_INPUT_SIZE = 2048  # pixels; beyond this one batch of views does not fit in memory
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the backbones' input; recorded in the store so it can be repeated exactly."""
@@ -38,6 +41,9 @@ class Preprocess:
     def __post_init__(self):
         if self.input_size < 32:
             raise FusionfeatError(f"--input-size {self.input_size} is too small; use 32 or more (224 is standard)")
+        if self.input_size > MAX_INPUT_SIZE:
+            raise FusionfeatError(f"--input-size {self.input_size} is too large; use at most {MAX_INPUT_SIZE} "
+                                  "(224 is standard; one 2048 px image batch already takes gigabytes)")
         if self.normalize not in NORMALIZATIONS:
             raise FusionfeatError(f"--normalize {self.normalize!r}: choose one of {', '.join(NORMALIZATIONS)}")
         if self.views not in VIEWS:

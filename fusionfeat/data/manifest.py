@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LAYOUTS = ("cnmc", "allidb", "folders", "csv")
 DEFAULT_CLASSES = ("hem", "all")
 DEFAULT_POSITIVE = "all"
+MAX_FOLD = 10_000  # a dataset's predefined fold numbers: 0..MAX_FOLD
 
 _CNMC_NAME = re.compile(r"UID_(H?\d+)_(\d+)_(\d+)_(all|hem)\.(bmp|png|tiff?|jpe?g)", re.IGNORECASE)
 _ALLIDB_NAME = re.compile(r"Im\d+_([01])\.(tif|tiff|jpg|jpeg|png|bmp)", re.IGNORECASE)
@@ -202,9 +204,22 @@ def _images_in(folder: Path) -> list[Path]:
             p.stat()  # follows symlinks: a loop or a dangling link fails here
         except OSError as exc:
             raise DatasetError(f"cannot read {p}: {exc.strerror or exc} (fix or remove it)") from None
-        if p.is_file():
-            found.append(p)
+        if not p.is_file():
+            raise DatasetError(f"{p} is named like an image but is {_kind_of(p)}, not a file; move it out of the "
+                               "data folder or rename it")
+        found.append(p)
     return sorted(found)
+
+
+def _kind_of(path: Path) -> str:
+    """What a non-regular directory entry is, in words (for one-line errors)."""
+    mode = path.stat().st_mode
+    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word + (" behind a symbolic link" if path.is_symlink() else "")
+    return "not a regular file"
 
 
 def _from_folders(root: Path, positive: str) -> Manifest:
@@ -253,16 +268,60 @@ def _cnmc_validation(root: Path, classes: tuple[str, str], samples: list[Sample]
                         if p.is_file()), None)
     if labels_file is None:
         return [f"{len(images)} image(s) in validation_data/ left out: no {_CNMC_VALIDATION_LABELS} beside them"]
-    by_name = {}
-    with open(labels_file, newline="") as fh:
-        for row in csv.DictReader(fh):
-            by_name[row["new_names"].strip()] = (row["Patient_ID"].strip(), int(row["labels"]))
+    by_name = _cnmc_labels(labels_file)
     for img in images:
         if img.name in by_name:
             original, y = by_name[img.name]
             label = classes.index("all" if y == 1 else "hem")
             samples.append(Sample(str(img.relative_to(root)), label, cnmc_subject(original), -1))
     return []
+
+
+def _cnmc_labels(labels_file: Path) -> dict[str, tuple[str, int]]:
+    """``new_names`` → (original name, label 0/1) from C-NMC's preliminary-test labels file, checked row by row."""
+    needed = ("new_names", "Patient_ID", "labels")
+    by_name: dict[str, tuple[str, int]] = {}
+    try:
+        with open(labels_file, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in needed if c not in header]
+            if missing:
+                raise DatasetError(f"{labels_file} needs the columns {', '.join(needed)} (C-NMC's own labels file); "
+                                   f"{', '.join(missing)} missing, found {', '.join(header) or 'no header'}")
+            _refuse_repeated_columns(header, labels_file)
+            for row in reader:
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+                where = f"{labels_file}:{reader.line_num}"
+                if row["labels"] not in ("0", "1"):
+                    raise DatasetError(f"{where}: label {row['labels']!r} is not 0 (hem) or 1 (all)")
+                _refuse_control_characters(where, row["new_names"], row["Patient_ID"])
+                by_name[row["new_names"]] = (row["Patient_ID"], int(row["labels"]))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{labels_file} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+                           ) from None
+    except csv.Error as exc:
+        raise DatasetError(f"{labels_file} is not a readable CSV ({exc})") from None
+    return by_name
+
+
+def _refuse_repeated_columns(header: Sequence[str], path: Path) -> None:
+    """A column named twice (``path,label,Label``) would silently use one of them: refuse it."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(header, 1):
+        key = name.strip().lower()
+        if key in seen:
+            raise DatasetError(f"{path}: the header names the column {key!r} twice (columns {seen[key]} and {i}); "
+                               "keep one")
+        seen[key] = i
+
+
+def _refuse_control_characters(where: str, *values: str) -> None:
+    """NUL and other control characters cannot be stored (HDF5 strings end at NUL) or printed: refuse them."""
+    for value in values:
+        bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+        if bad is not None:
+            raise DatasetError(f"{where}: {value!r} holds the control character {bad!r}; remove it")
 
 
 def _from_allidb(root: Path, positive: str) -> Manifest:
@@ -281,6 +340,7 @@ def _from_csv(path: Path, positive: str) -> Manifest:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
+            _refuse_repeated_columns(reader.fieldnames or [], path)
             columns = {c.strip().lower(): c for c in (reader.fieldnames or [])}
             if "path" not in columns or "label" not in columns:
                 raise DatasetError(
@@ -303,6 +363,7 @@ def _from_csv(path: Path, positive: str) -> Manifest:
         value = row[columns["label"]].strip().lower()
         name = (positive if value == "1" else classes[0]) if numeric else value
         group = (row[group_col] or "").strip() if group_col else ""
+        _refuse_control_characters(f"{path}:{line}", group)
         samples.append(Sample(row[columns["path"]].strip(), classes.index(name),
                               group.upper() if _looks_cnmc_healthy(group) else group,
                               _parse_fold(row[fold_col] if fold_col else "", path, line)))
@@ -322,6 +383,7 @@ def _csv_rows(reader: csv.DictReader, path: Path, path_col: str, label_col: str,
             continue  # a blank line
         if not image:
             raise DatasetError(f"{path}:{line}: the path is blank; give every row an image path")
+        _refuse_control_characters(f"{path}:{line}", image, label)
         if not label:
             unlabelled.append((line, image))
             continue
@@ -341,9 +403,13 @@ def _parse_fold(value: str, path: Path, line: int) -> int:
     if value == "":
         return -1
     try:
-        return int(value)
+        fold = int(value)
     except ValueError:
         raise DatasetError(f"{path}:{line}: fold {value!r} is not an integer (or fold_k)") from None
+    if not -1 <= fold <= MAX_FOLD:
+        raise DatasetError(f"{path}:{line}: fold {value!r} is out of range: give 0 to {MAX_FOLD:,} (blank or -1: "
+                           "none)")
+    return fold
 
 
 def _validate(manifest: Manifest, src: Path, check_files: bool) -> None:

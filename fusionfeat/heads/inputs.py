@@ -73,7 +73,12 @@ def embedding_matrix(
         pooled, tokens = embeddings[backbone]
         if spec.inputs == "tokens" and tokens is None:
             raise FusionfeatError(f"head {spec.name!r} reads {backbone} token maps, which were not kept")
-        blocks.append(np.asarray(tokens if spec.inputs == "tokens" else pooled)[:, view])
+        block = np.asarray(tokens if spec.inputs == "tokens" else pooled)[:, view]
+        if not np.isfinite(block).all():
+            raise FusionfeatError(f"{backbone} gave non-finite (NaN or infinite) features for "
+                                  f"{int((~np.isfinite(block.reshape(len(block), -1)).all(axis=1)).sum())} image(s); "
+                                  "try --precision fp32")
+        blocks.append(block)
     n = len(blocks[0]) if blocks else 0
     out = np.empty((n, sum(int(np.prod(b.shape[1:])) for b in blocks)), dtype=input_dtype(spec.inputs))
     _place(out, blocks)
@@ -90,8 +95,20 @@ def _fill(store: Any, spec: Any, index: np.ndarray, view: int, fold: int | None,
     read = store.tokens if spec.inputs == "tokens" else store.pooled
     for lo in range(0, len(index), READ_ROWS):
         uniq, inverse = np.unique(index[lo : lo + READ_ROWS], return_inverse=True)
-        blocks = (read(backbone, view=view, index=uniq, fold=fold) for backbone in spec.backbones)
+        blocks = (_finite(read(backbone, view=view, index=uniq, fold=fold), store, backbone, uniq)
+                  for backbone in spec.backbones)
         _place(out[lo : lo + READ_ROWS], blocks, inverse)
+
+
+def _finite(block: np.ndarray, store: Any, backbone: str, rows: np.ndarray) -> np.ndarray:
+    """``block`` when every value is finite; else a one-line error naming the store, backbone and image."""
+    bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+    if bad.any():
+        row = int(rows[np.flatnonzero(bad)[0]])
+        raise FusionfeatError(f"{store.path}: {int(bad.sum())} image(s) have non-finite (NaN or infinite) {backbone} "
+                              f"features, first {store.paths[row]}; the store is damaged: re-extract it (`fusionfeat "
+                              "info --verify` checks its checksums)")
+    return block
 
 
 def _place(out: np.ndarray, blocks: Any, inverse: np.ndarray | None = None) -> None:

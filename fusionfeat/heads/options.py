@@ -52,7 +52,7 @@ def resolve_head_params(specs: Sequence[HeadSpec], wanted: dict[str, dict[str, A
                     raise FusionfeatError(
                         f"--head-param: head {spec.name!r} has no parameter {param!r}; valid: {', '.join(valid)}"
                     )
-                out[spec.name][full] = _typed(value, valid[full])
+                out[spec.name][full] = _typed(value, valid[full], f"{spec.name}.{param}")
     for key, params in wanted.items():
         if key == "*":
             for param in params:
@@ -69,7 +69,7 @@ def _full_param(param: str, valid: dict[str, Any]) -> str | None:
     return ends[0] if len(ends) == 1 else None
 
 
-def _typed(value: Any, like: Any) -> Any:
+def _typed(value: Any, like: Any, name: str = "") -> Any:
     """A CLI string as the default's type (bool, float, int; a number where the default is a str or None, e.g.
     SVC's ``gamma="scale"``; ``none`` is None); values that are not strings (from TOML) stay as they are."""
     if not isinstance(value, str):
@@ -82,7 +82,7 @@ def _typed(value: Any, like: Any) -> Any:
             return True
         if text.lower() in ("false", "0", "no"):
             return False
-        raise FusionfeatError(f"--head-param: {value!r} is not a boolean (true/false)")
+        raise FusionfeatError(f"--head-param {name}={value!r}: not a boolean (true/false)")
     casts = (float,) if isinstance(like, float) else (int, float)  # a str default may also take a number
     for cast in casts:
         try:
@@ -90,5 +90,5 @@ def _typed(value: Any, like: Any) -> Any:
         except ValueError:
             continue
     if isinstance(like, int | float):
-        raise FusionfeatError(f"--head-param: {value!r} is not a number")
+        raise FusionfeatError(f"--head-param {name}={value!r}: not a number")
     return text

@@ -8,6 +8,7 @@ may be a float16 array of gigabytes, so it is converted to float32 one batch at 
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -141,8 +142,15 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         check_class_weight(self.class_weight)
         if not 0.0 <= self.val_fraction < 1.0:
             raise FusionfeatError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
-        for name in ("batch_size", "max_epochs", "patience"):
+        for name in ("batch_size", "max_epochs", "patience", "hidden", "attn_dim", "attn_heads"):
             whole_number(name, getattr(self, name), minimum=1)
+        for name, low, high, low_open in (("lr", 0.0, math.inf, True), ("weight_decay", 0.0, math.inf, False),
+                                          ("dropout", 0.0, 1.0, False)):
+            value = getattr(self, name)
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not real or value < low or (low_open and value == low) or value >= high:
+                bound = f"{'(' if low_open else '['}{low:g}, {high:g})"
+                raise FusionfeatError(f"{name} must be a finite number in {bound}; got {value!r}")
 
     def _split(
         self, y: np.ndarray, groups: Any, rng: np.random.RandomState

@@ -15,7 +15,7 @@ import numpy as np
 
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.store.partial import partial_dir
-from fusionfeat.store.schema import FoldPlan, dataset_sha256, decode_attr, feature_datasets
+from fusionfeat.store.schema import SCHEMA_VERSION, FoldPlan, dataset_sha256, decode_attr, feature_datasets
 
 
 def verify_checksums(path: str | os.PathLike) -> list[tuple[str, str]]:
@@ -38,6 +38,37 @@ def verify_checksums(path: str | os.PathLike) -> list[tuple[str, str]]:
     return results
 
 
+def _check_layout(h5: h5py.File, path: Path) -> None:
+    """A finished fusionfeat store of a schema this version reads, without links to elsewhere."""
+    if "samples" not in h5 or "features" not in h5:
+        raise StoreError(f"{path} is HDF5 but not a fusionfeat store (no /samples and /features)")
+    version = h5.attrs.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int | np.integer) or not 1 <= int(version) <= SCHEMA_VERSION:
+        shown = int(version) if isinstance(version, int | np.integer) else repr(version)
+        raise StoreError(f"{path} has store schema version {shown}; this fusionfeat reads versions 1 to "
+                         f"{SCHEMA_VERSION}: update fusionfeat, or re-extract the store")
+    link = _first_link(h5)
+    if link:
+        raise StoreError(f"{path}: {link} is a link to another place (fusionfeat writes none); the store was "
+                         "edited: re-extract it")
+    if not h5.attrs.get("complete", False):
+        raise StoreError(f"{path} is marked incomplete; rerun `fusionfeat extract` to finish it")
+
+
+def _first_link(group: h5py.Group, prefix: str = "") -> str:
+    """The first soft or external link under ``group`` ("" when none): fusionfeat's stores hold hard links only."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.SoftLink | h5py.ExternalLink):
+            return f"{prefix}/{name}"
+        item = group.get(name)
+        if isinstance(item, h5py.Group):
+            found = _first_link(item, f"{prefix}/{name}")
+            if found:
+                return found
+    return ""
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
@@ -50,10 +81,34 @@ class FeatureStore:
         self.path = path
         try:
             self._load_samples(h5)
-        except (OSError, KeyError) as exc:
+            self._check_samples(h5)
+        except StoreError:
+            h5.close()
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as exc:
             h5.close()
             raise StoreError(f"{path}: cannot read its /samples table ({_one_line(exc)}); the store is damaged: "
                              "re-extract it") from None
+
+    def _check_samples(self, h5: h5py.File) -> None:
+        """The /samples table and every feature dataset have the shape fusionfeat writes (one row per sample)."""
+        n = len(self.paths)
+        for name in ("label", "group", "fold", "sha256", "ok", "error"):
+            if len(h5["samples"][name]) != n:
+                raise StoreError(f"{self.path}: /samples/{name} has {len(h5['samples'][name])} rows for {n} images; "
+                                 "the store is damaged: re-extract it")
+        if len(self.classes) != 2 or self.positive_class not in self.classes:
+            raise StoreError(f"{self.path}: its classes {self.classes} (positive {self.positive_class!r}) are not "
+                             "what fusionfeat writes; the store is damaged: re-extract it")
+        bad = (self.labels < 0) | (self.labels >= len(self.classes))
+        if bad.any():
+            raise StoreError(f"{self.path}: {int(bad.sum())} label(s) are not class indices (first "
+                             f"{int(self.labels[bad][0])} for {self.paths[np.flatnonzero(bad)[0]]}); the store is "
+                             "damaged: re-extract it")
+        for dataset in feature_datasets(h5):
+            if not dataset.shape or dataset.shape[0] != n:
+                raise StoreError(f"{self.path}: {dataset.name} has shape {dataset.shape} for {n} images; the store "
+                                 "is damaged: re-extract it")
 
     def _load_samples(self, h5: h5py.File) -> None:
         samples = h5["samples"]
@@ -75,16 +130,17 @@ class FeatureStore:
             if partial_dir(path).is_dir():
                 raise StoreError(f"{path} is not finished yet; rerun the same `fusionfeat extract` to complete it")
             raise StoreError(f"no feature store at {path}; create one with `fusionfeat extract DATA -o {path}`")
+        if not path.is_file():  # a FIFO would block h5py forever; a folder or device is no store either
+            raise StoreError(f"{path} is not a regular file, so not a feature store")
         try:
             h5 = h5py.File(path, "r")
         except OSError:
             raise StoreError(f"{path} is not an HDF5 feature store (cannot open it as HDF5)") from None
-        if "samples" not in h5 or "features" not in h5:
+        try:
+            _check_layout(h5, path)
+        except BaseException:
             h5.close()
-            raise StoreError(f"{path} is HDF5 but not a fusionfeat store (no /samples and /features)")
-        if not h5.attrs.get("complete", False):
-            h5.close()
-            raise StoreError(f"{path} is marked incomplete; rerun `fusionfeat extract` to finish it")
+            raise
         return cls(h5, path)
 
     def close(self) -> None:
