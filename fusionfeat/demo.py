@@ -41,7 +41,7 @@ def run_demo(out: Path, subjects_all: int = 8, subjects_hem: int = 6, cells_per_
     ``out`` must be new, empty, or (with ``overwrite``) a previous demo folder: only then is its content replaced.
     """
     out = check_output(Path(out), DEMO, overwrite=overwrite)
-    with output_lock(out, "demo folder"):
+    with output_lock(out, "demo folder", remove=True):  # no .<name>.lock left in the working folder
         check_output(out, DEMO, overwrite=overwrite)
         if (out / marker_name(DEMO)).is_file():  # a previous demo: ours to replace
             for name in (DEMO_DATA, DEMO_STORE, DEMO_RUN):

@@ -127,25 +127,44 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(path: Path, what: str = "output") -> Iterator[None]:
+def output_lock(path: Path, what: str = "output", remove: bool = False) -> Iterator[None]:
     """An exclusive POSIX lock on ``.<name>.lock`` beside ``path``; a second writer gets a one-line error.
 
     ``lockf`` locks belong to the process (children do not inherit them) and the kernel drops them when it dies.
+    With ``remove`` the lock file is deleted on the way out (``demo``, whose default output sits in the working
+    folder). A lock taken on a file that was deleted meanwhile is not the lock of ``path``: it is taken again.
     """
     lock_path = path.with_name(f".{path.name}.lock")
-    try:
-        fh = open(lock_path, "a+")
-    except OSError as exc:
-        raise FusionfeatError(f"cannot write {what} {path}: {exc.strerror} ({lock_path})") from None
-    try:
+    while True:
+        try:
+            fh = open(lock_path, "a+")
+        except OSError as exc:
+            raise FusionfeatError(f"cannot write {what} {path}: {exc.strerror} ({lock_path})") from None
         try:
             fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            fh.close()
             raise FusionfeatError(f"{path} is being written by another fusionfeat process (lock {lock_path}); "
                                   "wait for it to finish or choose another -o") from None
+        if _is_open_file(fh, lock_path):
+            break
+        fh.close()  # its holder removed it between our open and our lock
+    try:
         yield
     finally:
+        if remove:
+            lock_path.unlink(missing_ok=True)  # while still held, so no one else holds a lock on this file
         fh.close()
+
+
+def _is_open_file(fh: Any, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fh``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fh.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def pid_alive(pid: int) -> bool:

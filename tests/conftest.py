@@ -1,4 +1,8 @@
-"""Shared fixtures: where the real sample data lives, and a tiny image folder made on the fly."""
+"""Shared fixtures: where the real sample data lives, a tiny image folder made on the fly, and one CPU for all.
+
+Every test sees the same CPU precision facts, whatever the machine: no native bf16, so ``--precision auto``
+resolves to fp32 on an AMX server as on a laptop, and nothing one test measured or patched reaches the next.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,47 @@ import pytest
 import torch
 from PIL import Image
 
+from fusionfeat import runtime
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 HED_WEIGHTS = SHARED / "weights" / "vgg16_features-hed_bsds500.pth"
+
+CPU_PROBES = (runtime.cpu_supports_bf16, runtime.cpu_bf16_speedup)  # the real, lru-cached ones
+
+
+def clear_cpu_probes() -> None:
+    """Forget what the real probes cached, so the next call reads /proc/cpuinfo and measures again."""
+    for probe in CPU_PROBES:
+        probe.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def plain_cpu_precision() -> Iterator[None]:
+    """Pretend a CPU without native bf16 (``auto`` → fp32) for the whole session, module fixtures included.
+
+    Without this, ``auto`` picked bf16 on an AMX machine (its measured speed-up, cached per process, decided),
+    so results and warnings depended on the CPU and on which test measured first. A test that needs other
+    facts patches ``runtime.cpu_supports_bf16`` / ``runtime.cpu_bf16_speedup`` itself; one that checks the
+    real probes is marked ``@pytest.mark.real_cpu_precision`` (see ``fresh_cpu_probes``).
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "cpu_supports_bf16", lambda: False)
+        mp.setattr(runtime, "cpu_bf16_speedup", lambda: 0.0)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_cpu_probes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Empty the real probes' caches before and after each test; give a ``real_cpu_precision`` test the real
+    probes in place of the session's plain CPU."""
+    clear_cpu_probes()
+    if request.node.get_closest_marker("real_cpu_precision") is not None:
+        monkeypatch.setattr(runtime, "cpu_supports_bf16", CPU_PROBES[0])
+        monkeypatch.setattr(runtime, "cpu_bf16_speedup", CPU_PROBES[1])
+    yield
+    clear_cpu_probes()
 
 
 @contextmanager

@@ -147,7 +147,7 @@ def test_rerun_skips_finished_folds_and_refuses_other_settings(tuned):
         finetune(manifest, store, config(protocol="paper"))
 
 
-def test_fit_uses_the_stored_plan_and_refuses_any_other(tuned):
+def test_fit_uses_the_stored_plan_and_refuses_any_other(tuned, tmp_path):
     _, store, _, _ = tuned
     with FeatureStore.open(store) as fs:
         result = cross_validate(fs, ["resnet18"], features="finetuned", device="cpu", progress=False)
@@ -159,7 +159,7 @@ def test_fit_uses_the_stored_plan_and_refuses_any_other(tuned):
                 cross_validate(fs, ["resnet18"], features="finetuned", progress=False, **wrong)
     if "fit" in main.commands:
         run = CliRunner().invoke(main, ["fit", str(store), "--features", "finetuned", "--head", "resnet18",
-                                        "--folds", "3", "--quiet"])
+                                        "--folds", "3", "--quiet", "-o", str(tmp_path / "run")])
         assert run.exit_code == 2 and "fine-tuned with" in run.output
 
 
