@@ -6,6 +6,8 @@ A bundle is a folder of data only, never code:
   (weights + SHA-256, input size, normalisation, fill, precision; for random weights the seed and a
   fingerprint of the initialised trunk), training summary, software versions, and ``files``: the SHA-256
   of every other file in the bundle, checked on load;
+* ``decision_rule`` in ``bundle.json`` (``train --calibrate/--operating-point``): the calibration map and the
+  operating point, as data (``fusionfeat.heads.decision_rule``), applied by ``predict``;
 * the model: ``model.pt`` (torch heads: a plain state dict, loaded with ``weights_only=True``),
   ``model.xgb.json`` (XGBoost's own JSON format), or ``model.sklearn.json`` + ``model.sklearn.npz``
   (scikit-learn pipelines as their parameters and learned arrays, see ``fusionfeat.heads.state``).
@@ -31,6 +33,7 @@ from fusionfeat.encoders import BACKBONES, RANDOM, load_backbone
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
 from fusionfeat.heads.boosted import XGBoostClassifier
+from fusionfeat.heads.decision_rule import rebuild_rule, split_rule
 from fusionfeat.heads.state import StateError, dump_estimator, load_estimator
 from fusionfeat.heads.torch_head import TorchHeadClassifier
 from fusionfeat.heads.zoo import HeadSpec, head_from_record
@@ -102,6 +105,9 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
             prov["trunk_fingerprint"] = random_fingerprint(name, int(prov.get("seed", 0)))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now_iso(), "head": spec.name,
             "head_backbones": list(spec.backbones), "head_inputs": spec.inputs, **info, "backbones": backbones}
+    estimator, rule = split_rule(estimator)
+    if rule:
+        meta["decision_rule"] = rule
     if isinstance(estimator, TorchHeadClassifier):
         config, state = estimator.get_state()
         torch.save(state, folder / "model.pt")
@@ -150,7 +156,10 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     except Exception as exc:  # a damaged model file: whatever the library raises, the user gets one line
         raise FusionfeatError(f"{path}: cannot load its model {info['model_file']} ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]}); the bundle is damaged, retrain it") from None
-    return Bundle(estimator, head_spec(info), info)
+    rule = info.get("decision_rule")
+    if rule is not None and not isinstance(rule, dict):
+        raise FusionfeatError(f"{path}/{MANIFEST}: decision_rule is not a record; the bundle is damaged or edited")
+    return Bundle(rebuild_rule(estimator, rule), head_spec(info), info)
 
 
 def as_bundle(bundle: str | os.PathLike | Bundle) -> Bundle:

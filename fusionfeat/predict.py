@@ -151,6 +151,8 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     dev = resolve_device(device)
     prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
     estimator = bundle.estimator
+    while hasattr(estimator, "estimator_"):  # a calibration / operating-point wrapper: the head is inside
+        estimator = estimator.estimator_
     if hasattr(estimator, "device"):
         estimator.set_params(device=str(dev))
         estimator.module_.to(dev)
@@ -169,15 +171,15 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
                 bad = [i for i, e in enumerate(errors) if e]
                 if bad and on_error == "fail":
                     raise ImageDecodeError(paths[rows[bad[0]]], f"{errors[bad[0]]} (use --on-error skip)")
-                probs = iter(positive_proba(bundle, arrays) if arrays else [])
+                probs, labels = predict_rows(bundle, arrays) if arrays else ([], [])
+                probs, labels = iter(probs), iter(labels)
                 for row, error in zip(rows, errors, strict=True):
                     if error:
                         writer.writerow([paths[row], "", "", error])
                         records.append((paths[row], float("nan"), "", error))
                         counts["error"] += 1
                         continue
-                    p = float(next(probs))
-                    label = bundle.positive if p >= 0.5 else _negative(bundle)
+                    p, label = float(next(probs)), str(next(labels))
                     counts[label] += 1
                     writer.writerow([paths[row], f"{p:.6f}", label, ""])
                     records.append((paths[row], p, label, ""))
@@ -187,20 +189,31 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     return counts, records
 
 
-def _negative(bundle: Bundle) -> str:
-    return next(c for c in bundle.classes if c != bundle.positive)
-
-
 def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
     recorded = bundle.backbone_provenance(bundle.spec.backbones[0]).get("precision", "auto")
     return "auto" if recorded == "fp16" and device.type == "cpu" else recorded
 
 
+def predict_rows(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]
+                 ) -> tuple[np.ndarray, list[str]]:
+    """P(positive) and the predicted class name per image: by the rule ``train --calibrate/--operating-point``
+    stored in the bundle, else the positive class where P(positive) >= 0.5."""
+    X = embedding_matrix(bundle.spec, embeddings)
+    p = _positive_column(bundle, X)
+    if bundle.info.get("decision_rule"):
+        return p, [bundle.classes[int(label)] for label in bundle.estimator.predict(X)]
+    negative = next(c for c in bundle.classes if c != bundle.positive)
+    return p, [bundle.positive if q >= 0.5 else negative for q in p]
+
+
 def positive_proba(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """P(positive class) per image from fresh embeddings ``{backbone: (pooled, tokens)}`` (view 0), laid out
     exactly as the head was trained (``fusionfeat.heads.inputs``)."""
+    return _positive_column(bundle, embedding_matrix(bundle.spec, embeddings))
+
+
+def _positive_column(bundle: Bundle, X: np.ndarray) -> np.ndarray:
     column = list(bundle.estimator.classes_).index(bundle.classes.index(bundle.positive))
-    X = embedding_matrix(bundle.spec, embeddings)
     try:
         return bundle.estimator.predict_proba(X)[:, column]
     except (ValueError, RuntimeError) as exc:

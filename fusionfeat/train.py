@@ -14,7 +14,13 @@ from fusionfeat.bundle import write_bundle_files
 from fusionfeat.engines.extract import software_versions
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import BUNDLE, output_target
-from fusionfeat.heads.calibration import fit_estimator
+from fusionfeat.heads.calibration import (
+    METHODS,
+    CalibratedHead,
+    InnerOperatingPoint,
+    fit_estimator,
+    parse_operating_point,
+)
 from fusionfeat.heads.inputs import head_blocks, rows_matrix
 from fusionfeat.heads.zoo import HeadSpec, resolve_heads
 from fusionfeat.runtime import head_threads
@@ -24,7 +30,8 @@ from fusionfeat.store.reader import accepts_store
 
 def train_bundle(store: str | os.PathLike | FeatureStore, head: str, out: str | os.PathLike,
                  balance: str = "weight", seed: int = 0, device: str = "auto", progress: bool = True,
-                 backbones: str | Sequence[str] | None = None, overwrite: bool = False) -> Path:
+                 backbones: str | Sequence[str] | None = None, overwrite: bool = False,
+                 calibrate: str | None = None, operating_point: str | dict[str, float] | None = None) -> Path:
     """``fusionfeat train`` in Python: fit ``head`` on every usable sample and save it as a bundle at ``out``.
 
     ``out`` follows the output rule (checked before any fitting; an existing bundle is replaced only with
@@ -33,22 +40,29 @@ def train_bundle(store: str | os.PathLike | FeatureStore, head: str, out: str | 
     source = store if isinstance(store, (str, os.PathLike)) else getattr(store, "path", None)
     with output_target(out, BUNDLE, inputs=[source] if source is not None else [], overwrite=overwrite) as target:
         estimator, spec, info = train_head(store, head, balance=balance, seed=seed, device=device,
-                                           progress=progress, backbones=backbones)
+                                           progress=progress, backbones=backbones, calibrate=calibrate,
+                                           operating_point=operating_point)
         write_bundle_files(target.path, estimator, spec, info)
     return target.final
 
 
 @accepts_store
 def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str = "weight", seed: int = 0,
-               device: str = "auto", progress: bool = True,
-               backbones: str | Sequence[str] | None = None) -> tuple[Any, HeadSpec, dict[str, Any]]:
+               device: str = "auto", progress: bool = True, backbones: str | Sequence[str] | None = None,
+               calibrate: str | None = None, operating_point: str | dict[str, float] | None = None,
+               ) -> tuple[Any, HeadSpec, dict[str, Any]]:
     """Fit ``head`` on all kept samples (view 0; ``balance="augment"`` adds minority-class stored views).
 
     ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``. A fusion head or
     baseline reads ``backbones`` (default: every stored backbone, in store order). Returns the fitted
     estimator, its spec and the bundle info (classes, provenance, training summary): ``save_bundle`` writes
-    them (``train_bundle`` does both).
+    them (``train_bundle`` does both). ``calibrate`` (``"sigmoid"``/``"isotonic"``) and ``operating_point``
+    (``"sens=0.95"`` or ``{"spec": 0.9}``) wrap the head exactly as ``fit`` does, fitted on inner folds of these
+    rows; the bundle keeps the rule and ``predict`` applies it.
     """
+    target = parse_operating_point(operating_point) if isinstance(operating_point, str) else operating_point
+    if calibrate is not None and calibrate not in METHODS:
+        raise FusionfeatError(f"--calibrate {calibrate!r}: choose one of {', '.join(METHODS)}")
     if balance not in protocols.BALANCES:
         raise FusionfeatError(f"--balance {balance!r}: choose one of {', '.join(protocols.BALANCES)}")
     if not isinstance(head, str):
@@ -71,6 +85,11 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
     blocks = head_blocks(store, spec)
     estimator = spec.build(blocks=blocks, class_weight="balanced" if balance == "weight" else None,
                            random_state=seed, device=device, progress=progress)
+    if calibrate:
+        estimator = CalibratedHead(estimator, method=calibrate, random_state=seed)
+    if target:
+        estimator = InnerOperatingPoint(estimator, positive=store.classes.index(store.positive_class),
+                                        random_state=seed, **target)
     # the inner splits (torch heads' early stopping, the SVM's sigmoid) group by subject, else by source image,
     # as in cross_validate: a copy (--balance augment) never validates its own image
     groups = protocols.image_groups(np.asarray(store.groups).astype(str)[rows.sample], rows.sample)

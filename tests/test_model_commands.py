@@ -113,7 +113,8 @@ def test_train_prints_a_readable_summary(store, tmp_path):
         per_class = ", ".join(f"{c} {n}" for c, n in zip(fs.classes, counts, strict=True))
         n_images = int(fs.ok.sum())
     assert result.stdout.strip() == (f"{bundle_dir}: head logreg trained on {n_images} images ({per_class}), "
-                                     "balance weight, seed 3; weights: resnet18 random, vgg16 random")
+                                     "balance weight, seed 3; weights: resnet18 random, vgg16 random; "
+                                     "decision: argmax (P >= 0.5), uncalibrated")
 
 
 def test_train_refuses_head_lists(store, tmp_path):

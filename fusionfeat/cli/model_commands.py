@@ -126,33 +126,47 @@ def report_command(runs):
                    "images (needs a --views dihedral8 store); none: neither.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the head's initialisation, inner splits and augment copies.")
+@click.option("--calibrate", type=click.Choice(["sigmoid", "isotonic"]), default=None,
+              help="Calibrate the probabilities on inner folds of the training images, as `fit --calibrate` "
+                   "does; the bundle keeps the calibration and predict applies it [default: none].")
+@click.option("--operating-point", default=None, metavar="sens=T|spec=T",
+              help="Label at the threshold reaching this sensitivity or specificity on inner out-of-fold "
+                   "predictions of the training images, as `fit --operating-point` validated it; predict "
+                   "applies it [default: argmax].")
 @device_option
 @threads_option
 @overwrite_option
 @quiet_option
-def train_command(store, head, backbones, output, balance, seed, device, threads, overwrite, quiet):
+def train_command(store, head, backbones, output, balance, seed, calibrate, operating_point, device, threads,
+                  overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images.
 
     \b
-    Example:
+    Examples:
       fusionfeat train cnmc.h5 --head attention -o model/
+      fusionfeat train cnmc.h5 --head svm --calibrate sigmoid --operating-point sens=0.95 -o model-sens95/
     """
     from fusionfeat.bundle import write_bundle_files
     from fusionfeat.fsio import BUNDLE, output_target
+    from fusionfeat.heads.calibration import parse_operating_point
+    from fusionfeat.heads.decision_rule import describe_rule, split_rule
     from fusionfeat.store import FeatureStore
     from fusionfeat.train import train_head
 
+    target_point = parse_operating_point(operating_point) if operating_point else None  # before any work
     with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
         with FeatureStore.open(store) as fs, head_threads(threads):
             estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
-                                               progress=not quiet, backbones=backbones)
+                                               progress=not quiet, backbones=backbones, calibrate=calibrate,
+                                               operating_point=target_point)
         write_bundle_files(target.path, estimator, spec, info)
     path = target.final
     training = info["training"]
     per_class = ", ".join(f"{name} {n}" for name, n in training["per_class"].items())
     weights = ", ".join(f"{b} {p.get('weights_kind', '?')}" for b, p in info["backbones"].items())
     click.echo(f"{path}: head {spec.name} trained on {training['n_images']} images ({per_class}), "
-               f"balance {training['balance']}, seed {training['seed']}; weights: {weights}")
+               f"balance {training['balance']}, seed {training['seed']}; weights: {weights}; decision: "
+               f"{describe_rule(split_rule(estimator)[1])}")
 
 
 @main.command("predict")
