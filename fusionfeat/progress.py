@@ -114,7 +114,8 @@ class Progress:
         self._bar = None
         self._redrawn = -math.inf
         _active.append(self)
-        if self.enabled and self._display_root() is self and live_mode() == "bars":
+        self._lines = live_mode() == "lines"
+        if self.enabled and self._display_root() is self and not self._lines:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, unit=unit, desc=desc, smoothing=0.1, leave=leave, **_width())
@@ -205,7 +206,7 @@ class Progress:
             return
         if root._bar is not None:
             root._redraw()
-        elif live_mode() == "lines" and _clock() - max(_last_line[0], root.started) >= LINE_INTERVAL:
+        elif root._lines and _clock() - max(_last_line[0], root.started) >= LINE_INTERVAL:
             root._line()
 
     def _redraw(self, force: bool = False) -> None:
