@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -34,6 +35,7 @@ REDRAW_INTERVAL = 0.2  # seconds between two redraws of a terminal bar for a nes
 LOG_FORMAT = "%(asctime)s %(message)s"
 LOG_DATEFMT = "%Y-%m-%d %H:%M:%S"
 MODES = ("bars", "lines")
+STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")  # how a log line of the command line starts
 
 _clock = time.monotonic  # the reporters' clock (tests replace it)
 _active: list[Progress] = []  # open reporters, outermost first

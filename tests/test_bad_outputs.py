@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import pickle
-import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from click.testing import CliRunner
 from fusionfeat.bundle import load_bundle, manifest_digest
 from fusionfeat.cli import main
 from fusionfeat.fsio import sha256_file
+from fusionfeat.progress import STAMPED
 from tests.conftest import REPO, write_cells
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -446,7 +446,7 @@ def test_disk_full_is_one_line_and_keeps_the_old_output(base, tmp_path, monkeypa
     result = run(*argv)
     assert result.exit_code == 2, result.output
     # the stages that ended before the write failed said so (timestamped log lines); the error is one line
-    lines = [line for line in result.stderr.splitlines() if not re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+    lines = [line for line in result.stderr.splitlines() if not STAMPED.match(line)]
     assert len(lines) == 1 and "disk is full" in lines[0] and "previous output is kept" in lines[0], result.stderr
     after = snapshot(tmp_path)
     assert {k: after.get(k) for k in before} == before

@@ -26,7 +26,7 @@ from fusionfeat.study import run_study
 from tests.conftest import REPO, write_cells
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S")
+STAMP = re.compile(fp.STAMPED.pattern + r"\S")
 ALL_HEADS = ("resnet18", "vgg16", "concat", "attention-spatial", "svm", "xgboost", "logreg")
 
 
