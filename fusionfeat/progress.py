@@ -192,12 +192,12 @@ class Progress:
         return next((r for r in [*self._outer, self] if r.enabled and r in _active), None)
 
     def _status(self) -> str:
-        """This reporter's postfix, then each enabled inner reporter's ``desc unit n/total postfix``."""
+        """This reporter's postfix, then each enabled inner reporter's ``desc unit n/total, postfix``."""
         parts = [self.postfix] if self.postfix else []
         inner = _active[_active.index(self) + 1:] if self in _active else []
         for r in inner:
             if r.enabled:
-                parts.append(" ".join(p for p in (r.desc, f"{r.unit} {r.n}/{r.total}", r.postfix) if p))
+                parts.append(f"{r.desc} {r.unit} {r.n}/{r.total}" + (f", {r.postfix}" if r.postfix else ""))
         return " | ".join(parts)
 
     def _news(self) -> None:

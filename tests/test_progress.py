@@ -100,7 +100,7 @@ def test_a_nested_reporter_is_part_of_the_outer_line(lines):
         outer.update(1)
     # one periodic line at 30 s; the epochs' early end and the unfinished outer loop log nothing
     (line,) = stream.readouterr().err.splitlines()
-    assert line.endswith("cross-validation: fit 0/2 (0%), resnet18 fold 0 | resnet18 epoch 6/60 val_loss=0.4123 [30s]")
+    assert line.endswith("cross-validation: fit 0/2 (0%), resnet18 fold 0 | resnet18 epoch 6/60, val_loss=0.4123 [30s]")
 
 
 def test_an_unfinished_outer_reporter_logs_no_done_line(lines):
