@@ -26,6 +26,7 @@ import re
 import shutil
 import sys
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,8 +39,21 @@ MODES = ("bars", "lines")
 STAMPED = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")  # how a log line of the command line starts
 
 _clock = time.monotonic  # the reporters' clock (tests replace it)
-_active: list[Progress] = []  # open reporters, outermost first
+_active: list[weakref.ref[Progress]] = []  # open reporters, outermost first (see _open)
 _last_line = [-math.inf]  # monotonic time of the last line logged (periodic or stage end)
+
+
+def _open() -> list[Progress]:
+    """The open reporters, outermost first. One left unclosed (an exception skipped its ``close``) drops out
+    once it is garbage, so it cannot pose as the outer loop of every later one."""
+    keep, alive = [], []
+    for ref in _active:
+        r = ref()
+        if r is not None and not r._closed:
+            keep.append(ref)
+            alive.append(r)
+    _active[:] = keep
+    return alive
 
 
 def live_mode() -> str:
@@ -112,10 +126,10 @@ class Progress:
         self._numbers = False  # the postfix holds numbers (set_postfix), worth keeping in the stage-end line
         self.started = self._stage_started = _clock()
         self._closed = False
-        self._outer = list(_active)
+        self._outer = _open()
         self._bar = None
         self._redrawn = -math.inf
-        _active.append(self)
+        _active.append(weakref.ref(self))
         self._lines = live_mode() == "lines"
         if self.enabled and self._display_root() is self and not self._lines:
             from tqdm.auto import tqdm
@@ -161,11 +175,9 @@ class Progress:
         if self._closed:
             return
         self._closed = True
-        if self in _active:
-            _active.remove(self)
         if self._bar is not None:
             self._bar.close()
-        if self.leave and not self._outer and self.total > 0 and self.n >= self.total:
+        if self.leave and not self._outers() and self.total > 0 and self.n >= self.total:
             elapsed = _clock() - self.started
             rate = f" ({self.n / elapsed:.1f} {self.unit}/s)" if elapsed >= 1 and self.unit == "img" else ""
             extra = f"; {self.postfix}" if self.postfix and self._numbers else ""
@@ -185,16 +197,20 @@ class Progress:
 
     def label(self) -> str:
         """``study paper > cross-validation``: the descriptions of the open reporters around this one, then its own."""
-        return " > ".join([*(r.desc for r in self._outer if r in _active), self.desc])
+        return " > ".join([*(r.desc for r in self._outers()), self.desc])
+
+    def _outers(self) -> list[Progress]:
+        return [r for r in self._outer if not r._closed]
 
     def _display_root(self) -> Progress | None:
         """The outermost open reporter that shows progress: it owns the bar, or the periodic lines."""
-        return next((r for r in [*self._outer, self] if r.enabled and r in _active), None)
+        return next((r for r in [*self._outers(), self] if r.enabled and not r._closed), None)
 
     def _status(self) -> str:
         """This reporter's postfix, then each enabled inner reporter's ``desc unit n/total, postfix``."""
         parts = [self.postfix] if self.postfix else []
-        inner = _active[_active.index(self) + 1:] if self in _active else []
+        is_open = _open()
+        inner = is_open[is_open.index(self) + 1:] if self in is_open else []
         for r in inner:
             if r.enabled:
                 parts.append(f"{r.desc} {r.unit} {r.n}/{r.total}" + (f", {r.postfix}" if r.postfix else ""))
@@ -251,7 +267,7 @@ class LineHandler(logging.Handler):
         try:
             message = self.format(record)
             stream = sys.stderr
-            if any(r._bar is not None for r in _active):
+            if any(r._bar is not None for r in _open()):
                 from tqdm.auto import tqdm
 
                 tqdm.write(message, file=stream)

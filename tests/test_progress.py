@@ -111,6 +111,24 @@ def test_an_unfinished_outer_reporter_logs_no_done_line(lines):
     assert sys.stderr.getvalue() == ""
 
 
+def test_a_reporter_an_error_left_open_does_not_adopt_later_ones(lines):
+    clock, stream = lines
+
+    def fails() -> None:
+        epochs = fp.progress(60, True, "resnet18", unit="epoch", leave=False)
+        epochs.update(1)
+        raise ValueError("a bad value")
+
+    try:
+        fails()
+    except ValueError:
+        pass
+    with fp.progress(1, True, "predict") as bar:
+        bar.update(1)
+        assert bar.label() == "predict"
+    assert stream.readouterr().err.splitlines()[-1].endswith(" predict: 1 img done in 0s")
+
+
 def test_library_logs_nothing_until_the_user_configures_logging(monkeypatch, capsys):
     monkeypatch.setenv("FUSIONFEAT_PROGRESS", "lines")
     assert not logging.getLogger("fusionfeat").handlers
