@@ -1,4 +1,4 @@
-"""Devices and precision: the engineering around the models, kept apart from the models themselves."""
+"""Devices, precision and threads: the engineering around the models, kept apart from the models themselves."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import torch
 
 from fusionfeat.errors import FusionfeatError, PrecisionWarning
+from fusionfeat.progress import progress as progress  # the one progress reporter, where the engines look for it
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -121,14 +122,6 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def progress(total: int, enabled: bool, desc: str, unit: str = "img", leave: bool = True):
-    """The one progress bar of fusionfeat (tqdm; a silent no-op object when not ``enabled``)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1,
-                leave=leave)
 
 
 def max_threads() -> int:

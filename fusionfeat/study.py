@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionfeat import stats
+from fusionfeat import runtime, stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluation.cv import CVResult, cross_validate
 from fusionfeat.evaluation.evidence import weights_flags
@@ -117,11 +117,16 @@ def run_study(
     if repeats < 1:
         raise FusionfeatError(f"--repeats must be at least 1, got {repeats}")
     honest = default_protocol(np.asarray(store.groups).astype(str), np.asarray(store.ok, dtype=bool))
-    return {
-        arm.name: cross_validate(store, heads, protocol=arm.protocol, folds=folds, seed=seed, repeats=repeats,
-                                 balance=arm.balance, device=device, progress=progress)
-        for arm in arms(honest)
-    }
+    results = {}
+    with runtime.progress(len(arms(honest)), progress, "study", unit="arm") as bar:
+        for arm in arms(honest):
+            bar.set_description(f"study {arm.name}")
+            results[arm.name] = cross_validate(store, heads, protocol=arm.protocol, folds=folds, seed=seed,
+                                               repeats=repeats, balance=arm.balance, device=device, progress=progress)
+            bar.update(1)
+            bar.stage(f"arm {len(results)}/{bar.total} done ({arm.what})")
+        bar.set_description("study")
+    return results
 
 
 # ----------------------------------------------------------------------------------------------- numbers

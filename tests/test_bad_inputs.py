@@ -27,6 +27,7 @@ from fusionfeat.cli import main
 from fusionfeat.data.images import read_rgb
 from fusionfeat.data.manifest import build_manifest, detect_layout
 from fusionfeat.errors import StoreError
+from fusionfeat.progress import STAMPED
 from fusionfeat.protocols import LeakageError, check_split
 from fusionfeat.store import FeatureStore, PartialStore, partial_dir, store_lock, verify_checksums
 from tests.conftest import REPO, write_cells
@@ -219,7 +220,8 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, made, tmp_path):
     before = snapshot(ws)
     result = run(*args)
     lines = result.stderr.splitlines()
-    error_lines = [line for line in lines if not line.startswith("warning: ")]
+    # warnings, and the timestamped log lines of stages that ended before the error, are not the error
+    error_lines = [line for line in lines if not line.startswith("warning: ") and not STAMPED.match(line)]
     assert result.exit_code == 2, result.output
     assert len(error_lines) == 1 and error_lines[0].startswith("fusionfeat: error:"), result.stderr
     assert case.says in error_lines[0], error_lines[0]

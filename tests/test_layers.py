@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fusionfeat"
 
 # Bottom to top, as drawn in docs/architecture.md. A unit is a top-level module or a subpackage of fusionfeat.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"errors", "fsio", "runtime", "paper", "interrupts"})),
+    ("foundation", frozenset({"errors", "fsio", "runtime", "progress", "paper", "interrupts"})),
     ("data, encoders, statistics, protocols", frozenset({"data", "encoders", "stats", "protocols"})),
     ("store", frozenset({"store"})),
     ("engines and heads", frozenset({"engines", "heads"})),

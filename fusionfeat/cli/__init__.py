@@ -1,6 +1,8 @@
 """Command-line interface: a thin click group that maps ``FusionfeatError`` to one line and exit 2.
 
-Each command lives in its own module in this package and only parses options and calls the API.
+Each command lives in its own module in this package and only parses options and calls the API. Progress and
+stage ends are ``logging`` lines of the ``fusionfeat`` logger: the group shows them on stderr, timestamped,
+while a command runs (``fusionfeat.progress``), and puts the logger back afterwards.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import click
 
 from fusionfeat import interrupts
 from fusionfeat.errors import FusionfeatError, FusionfeatWarning
+from fusionfeat.progress import install_handler, remove_handler
 
 
 class _Group(click.Group):
     """A click group that turns user-facing errors into one line on stderr and exit code 2, and fusionfeat's
-    warnings into one ``warning: …`` line each."""
+    warnings into one ``warning: …`` line each; fusionfeat's INFO log lines go to stderr, timestamped."""
 
     def invoke(self, ctx: click.Context):
         interrupts.reset()
+        installed = install_handler()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default", FusionfeatWarning)
@@ -37,6 +41,8 @@ class _Group(click.Group):
             line, code = interrupts.interrupted_line(exc)
             click.echo(line, err=True)
             ctx.exit(code)
+        finally:
+            remove_handler(installed)
 
 
 def _show_warning(fallback):

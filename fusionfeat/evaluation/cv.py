@@ -400,15 +400,16 @@ def _run_head(
     X = None if finetuned else rows_matrix(store, spec, plan.rows)  # read once, shared by every split
     layout = None if X is None else RowLayout(len(X))
     templates: dict[int, Any] = {}
+    repeats = len({s.repeat for s in plan.splits})
     for split in plan.splits:
-        bar.set_postfix_str(f"{spec.name} repeat {split.repeat} fold {split.fold}")
+        bar.set_postfix_str(f"{spec.name} fold {split.fold}" + (f" repeat {split.repeat}" if repeats > 1 else ""))
         if split.repeat not in templates:
             templates[split.repeat] = spec.build(
                 blocks=blocks,
                 class_weight="balanced" if balance == "weight" else None,
                 random_state=_seed_of(plan) + split.repeat,
                 device=device,
-                progress=progress,
+                progress=spec.name if progress else False,  # the epochs are reported under the head's name
             ).set_params(**params)
             result.head_info[spec.name]["params"] = recorded_params(templates[split.repeat])
             templates[split.repeat] = _wrap(templates[split.repeat], result.options, pos, _seed_of(plan) + split.repeat)
@@ -430,6 +431,17 @@ def _run_head(
                 f"head {spec.name!r} failed with --head-param {params}: {first}; fix or drop that value"
             ) from None
         bar.update(1)
+    bar.stage(_head_summary(spec.name, result))
+
+
+def _head_summary(head: str, result: CVResult) -> str:
+    """``resnet18 done: 5 fits, balanced acc. 0.812, ROC AUC 0.871 (fold means)``: a head's stage end."""
+    folds = result.fold_results(head)
+    numbers = []
+    for m in ("balanced_accuracy", "roc_auc"):
+        values = [v for v in (f.metrics.get(m, math.nan) for f in folds) if not math.isnan(v)]
+        numbers.append(f"{fm.LABELS[m]} {sum(values) / len(values):.3f}" if values else f"{fm.LABELS[m]} n/a")
+    return f"{head} done: {len(folds)} fit{'s' if len(folds) != 1 else ''}, {', '.join(numbers)} (fold means)"
 
 
 def _check_finetuned_features(store: Any, specs: list[HeadSpec], plan: SplitPlan) -> None:

@@ -93,7 +93,8 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
     ``"attention-pooled"`` (see ``fusionfeat.heads.modules.AttentionFusion``). Training: AdamW on (optionally
     class-weighted) cross-entropy, early stopping on an inner ``val_fraction`` split (grouped by ``groups``) with the
     best epoch's weights restored, bf16 autocast on CUDA. The same ``random_state`` gives identical
-    probabilities on CPU; global torch RNG state is left as it was.
+    probabilities on CPU; global torch RNG state is left as it was. ``progress``: report the epochs
+    (``fusionfeat.progress``); a string turns it on and names them (the head's name; default the architecture).
 
     Fitted attributes: ``module_``, ``classes_``, ``blocks_``, ``history_`` (one dict per epoch: epoch,
     train_loss, train_acc, val_loss, val_acc; the val entries are ``None`` without a validation split),
@@ -117,7 +118,7 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
         class_weight: str | dict | None = None,
         random_state: int | np.random.RandomState | None = None,
         device: str = "auto",
-        progress: bool = False,
+        progress: bool | str = False,
     ):
         self.blocks = blocks
         self.architecture = architecture
@@ -212,7 +213,8 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
             self.history_, self.best_epoch_ = train_epochs(
                 module, X, y_enc, train_idx, val_idx, weight, rng, lr=self.lr, weight_decay=self.weight_decay,
                 batch_size=int(self.batch_size), max_epochs=int(self.max_epochs), patience=int(self.patience),
-                label=self.architecture, show_progress=bool(self.progress),
+                label=self.progress if isinstance(self.progress, str) else self.architecture,
+                show_progress=bool(self.progress),
             )
         self.module_ = module.eval()
         self.classes_ = classes

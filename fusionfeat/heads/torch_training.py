@@ -115,45 +115,47 @@ def train_epochs(
     history: list[dict] = []
     best_loss, best_epoch, best_state, waited = math.inf, 0, None, 0
     bar = progress(max_epochs, show_progress, label, unit="epoch", leave=False)
-    for epoch in range(1, max_epochs + 1):
-        module.train()
-        order = rng.permutation(train_idx)
-        loss_sum = correct = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = np.sort(order[start : start + batch_size])
-            with autocast(device, precision):
-                logits = module(rows_tensor(X, idx, device))
-            loss = nn.functional.cross_entropy(logits.float(), y_t[idx], weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y_t[idx]).sum().item()
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / len(order),
-            "train_acc": correct / len(order),
-            "val_loss": None,
-            "val_acc": None,
-        }
-        if len(val_idx):
-            logits = eval_logits(module, X, val_idx, precision, check=False)
-            row["val_loss"] = nn.functional.cross_entropy(logits, y_t[val_idx], weight=weight).item()
-            row["val_acc"] = (logits.argmax(1) == y_t[val_idx]).float().mean().item()
-        history.append(row)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
-        if not len(val_idx):
-            best_epoch = epoch
-            continue
-        if row["val_loss"] < best_loss - 1e-4:
-            best_loss, best_epoch, waited = row["val_loss"], epoch, 0
-            best_state = copy.deepcopy(module.state_dict())
-        else:
-            waited += 1
-            if waited >= patience:
-                break
-    bar.close()
+    try:
+        for epoch in range(1, max_epochs + 1):
+            module.train()
+            order = rng.permutation(train_idx)
+            loss_sum = correct = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = np.sort(order[start : start + batch_size])
+                with autocast(device, precision):
+                    logits = module(rows_tensor(X, idx, device))
+                loss = nn.functional.cross_entropy(logits.float(), y_t[idx], weight=weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y_t[idx]).sum().item()
+            row = {
+                "epoch": epoch,
+                "train_loss": loss_sum / len(order),
+                "train_acc": correct / len(order),
+                "val_loss": None,
+                "val_acc": None,
+            }
+            if len(val_idx):
+                logits = eval_logits(module, X, val_idx, precision, check=False)
+                row["val_loss"] = nn.functional.cross_entropy(logits, y_t[val_idx], weight=weight).item()
+                row["val_acc"] = (logits.argmax(1) == y_t[val_idx]).float().mean().item()
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch" and v is not None})
+            if not len(val_idx):
+                best_epoch = epoch
+                continue
+            if row["val_loss"] < best_loss - 1e-4:
+                best_loss, best_epoch, waited = row["val_loss"], epoch, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                waited += 1
+                if waited >= patience:
+                    break
+    finally:
+        bar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
     return history, best_epoch

@@ -60,6 +60,18 @@ def _baseline(factory: Callable[..., BaseEstimator]) -> Callable[..., BaseEstima
     return build
 
 
+@dataclass(frozen=True)
+class _Named:
+    """A torch head's builder whose ``progress=True`` reports the epochs under the head's name, not its
+    architecture's (``resnet18``, not ``mlp``)."""
+
+    build: Callable[..., BaseEstimator]
+    name: str
+
+    def __call__(self, *, progress: bool | str = False, **kwargs: Any) -> BaseEstimator:
+        return self.build(progress=self.name if progress is True else progress, **kwargs)
+
+
 _MLP = partial(TorchHeadClassifier, architecture="mlp")
 # concrete fusion head → (inputs, is_torch, build)
 _FUSION: dict[str, tuple[str, bool, Callable[..., BaseEstimator]]] = {
@@ -77,7 +89,7 @@ FUSION_HEADS: tuple[str, ...] = tuple(dict.fromkeys(
 
 def single_head(backbone: str) -> HeadSpec:
     """The single-backbone MLP on ``backbone``'s pooled vector; the head is named after the backbone."""
-    return HeadSpec(backbone, (backbone,), "pooled", True, _MLP)
+    return HeadSpec(backbone, (backbone,), "pooled", True, _Named(_MLP, backbone))
 
 
 def fusion_head(name: str, backbones: Sequence[str]) -> HeadSpec:
@@ -88,7 +100,7 @@ def fusion_head(name: str, backbones: Sequence[str]) -> HeadSpec:
     backbones = tuple(backbones)
     _check_fusable(name, backbones)
     inputs, is_torch, build = _FUSION[name]
-    return HeadSpec(name, backbones, inputs, is_torch, build)
+    return HeadSpec(name, backbones, inputs, is_torch, _Named(build, name) if is_torch else build)
 
 
 def head_names(backbones: Sequence[str]) -> list[str]:
