@@ -56,14 +56,13 @@ def test_write_run_writes_every_file(grouped_run):
     result, out = grouped_run
     for name in ("metrics.json", "predictions.csv", "report.md"):
         assert (out / name).stat().st_size > 0
-    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == ["summary.png", "training.png"]  # the paper's figures
     heads = ["attention-pooled", "concat", "logreg", "resnet18"]
-    torch_heads = ["attention-pooled", "concat", "resnet18"]
     expected = [f"{kind}_{h}.png" for kind in ("confusion", "reliability", "roc", "subject_confusion", "subject_roc")
                 for h in heads]
-    assert pngs == sorted(expected + [f"history_{h}.png" for h in torch_heads] + ["roc_all.png"])
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(expected)  # per-head details
     assert (out / "subjects.csv").stat().st_size > 0
-    for png in out.glob("*.png"):
+    for png in out.rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
 
@@ -113,7 +112,7 @@ def test_report_is_table1_with_the_papers_numbers(grouped_run):
     assert "Hard predictions are the argmax" in text
     assert "| `logreg` | ours | resnet18 IMAGENET, vgg16 IMAGENET |" in text
     assert "RANDOM" not in text and "LEAKY" not in text
-    assert "![logreg ROC per fold](roc_logreg.png)" in text
+    assert "![logreg ROC per fold](figures/roc_logreg.png)" in text and "![ROC of every head](summary.png)" in text
     assert "Fusion weights" in text
 
 

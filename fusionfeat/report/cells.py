@@ -69,11 +69,12 @@ def clip_bounds(low: Any, high: Any, metric: str,
         (min(max(hi, floor), ceiling), not floor <= hi <= ceiling)
 
 
-def interval(low: Any, high: Any, metric: str, difference: bool = False, mark: str = CLIP_MARK) -> str:
+def interval(low: Any, high: Any, metric: str, difference: bool = False, mark: str = CLIP_MARK,
+             digits: int = 4) -> str:
     """``[low, high]`` clipped to the metric's range, a clipped bound marked ``†`` (``CLIP_NOTE``), or n/a;
     ``difference``: the interval of a difference of two values of the metric (signed)."""
     bounds = clip_bounds(low, high, metric, difference)
     if bounds is None:
         return "n/a"
     fmt = signed if difference else num
-    return "[" + ", ".join(fmt(v) + (mark if clipped else "") for v, clipped in bounds) + "]"
+    return "[" + ", ".join(fmt(v, digits) + (mark if clipped else "") for v, clipped in bounds) + "]"

@@ -495,15 +495,20 @@ def _plots_section(data: dict[str, Any]) -> str:
     if not plots:
         return ""
     lines = ["## Plots"]
-    if "roc_all" in plots:
-        lines += ["", f"![mean ROC of every head]({plots['roc_all']})"]
+    if "summary" in plots:
+        lines += ["", "Every head's ROC from its pooled out-of-fold predictions (averaged over repeats), with a "
+                  "pointwise 95% bootstrap band resampling the units of the intervals above; dots mark each "
+                  "head's decision rule. Ready for a paper:", "", f"![ROC of every head]({plots['summary']})"]
+    if "training" in plots:
+        lines += ["", "Training curves of the torch heads over every fold and repeat (mean ± sd); the validation "
+                  "curve is the early-stopping validation split held out of each training fold, never the test "
+                  "fold:", "", f"![training curves]({plots['training']})"]
+    details = [(head, kind, title) for head in data["heads"] for kind, title in
+               (("roc", "ROC per fold"), ("confusion", "confusion matrix")) if f"{kind}_{head}" in plots]
+    if details:
+        lines += ["", "### Per head (`figures/`)"]
     for head in data["heads"]:
-        lines += ["", f"### `{head}`", ""]
-        for kind, title in (
-            ("roc", "ROC per fold"),
-            ("confusion", "confusion matrix"),
-            ("history", "training"),
-        ):
-            if f"{kind}_{head}" in plots:
-                lines.append(f"![{head} {title}]({plots[f'{kind}_{head}']})")
+        images = [f"![{head} {title}]({plots[f'{kind}_{head}']})" for h, kind, title in details if h == head]
+        if images:
+            lines += ["", f"#### `{head}`", "", *images]
     return "\n".join(lines)
