@@ -76,9 +76,9 @@ def _cautions(runs: list[tuple[str, Any]]) -> str:
     if len(set(rules.values())) > 1:
         out.append(
             f"> **Different decision rules**: {_listing(rules)}. "
-            f"{', '.join(LABELS[m] for m in THRESHOLDED)} depend on the threshold, so they differ between these "
-            "runs even for the same model (a rule set for high sensitivity trades specificity for it); ROC AUC "
-            "is threshold-free. Compare thresholded metrics only between runs with the same rule."
+            f"The thresholded metrics ({', '.join(LABELS[m] for m in THRESHOLDED)}) depend on it, so they differ "
+            "between these runs even for the same model (a rule set for high sensitivity trades specificity for "
+            "it); ROC AUC is threshold-free. Compare thresholded metrics only between runs with the same rule."
         )
     calibration = {name: calibration_text(data) for name, data in runs}
     if len(set(calibration.values())) > 1:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -68,7 +69,9 @@ def summary_figure(data: dict[str, Any], bands: dict[str, RocBand]) -> Figure:
         ax.set_title(f"{head}\n{auc_label(data['heads'][head])}", fontsize=FONT)
         ax.tick_params(labelsize=FONT - 2)
         ax.set_aspect("equal")
-    fig.suptitle(_summary_title(data, bands), fontsize=FONT)
+    width = int(fig.get_figwidth() * 13)  # characters of FONT-point text per line that fit the figure
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in _summary_title(data, bands).splitlines()),
+                 fontsize=FONT)
     return fig
 
 
