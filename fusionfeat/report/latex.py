@@ -32,11 +32,15 @@ _SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "±": r"$\pm$",
+    "−": "-",
 }
 
 
 def latex_escape(text: Any) -> str:
-    """Text safe inside a LaTeX tabular cell (``_`` → ``\\_``, ``&`` → ``\\&``, ...)."""
+    """Text safe inside a LaTeX tabular cell (``_`` → ``\\_``, ``&`` → ``\\&``, ``≥`` → ``$\\geq$``, ...)."""
     return "".join(_SPECIAL.get(ch, ch) for ch in str(text))
 
 
@@ -206,10 +210,9 @@ def _calibration_table(data: dict[str, Any]) -> str:
 def _rule(data: dict[str, Any]) -> str:
     """The decision rule for a caption (an operating point's thresholds per head)."""
     if not (data.get("options") or {}).get("operating_point"):
-        return decision_rule(data).replace("≥", ">=")
+        return decision_rule(data)
     heads = "; ".join(f"{h} {decision_rule(data, h).rsplit(' at ', 1)[-1]}" for h in data.get("heads", {}))
-    text = f"operating point {decision_rule(data)} chosen inside each training fold ({heads})"
-    return text.replace("≥", ">=").replace("±", "+/-")
+    return f"operating point {decision_rule(data)} chosen inside each training fold ({heads})"
 
 
 RESULTS_COLUMNS = ["mean", "std", "corrected_t_ci95_low", "corrected_t_ci95_high", "pooled_oof",
