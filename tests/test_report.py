@@ -523,7 +523,7 @@ def test_compare_names_the_decision_rule_of_an_argmax_and_an_operating_point_run
     md = (sens_dir / "report.md").read_text()
     assert f"- decision rule: operating point sens ≥ 0.95, chosen inside each training fold (`logreg` threshold " \
            f"{mean:.3f} ± {sd:.3f}); calibration: none" in md
-    assert f"decision rule operating point sens $\\geq$ 0.95 chosen inside each training fold (logreg threshold " \
+    assert f"decision rule operating point sens $\\geq$ 0.95, chosen inside each training fold (logreg threshold " \
            f"{mean:.3f} $\\pm$ {sd:.3f})" in (sens_dir / "report.tex").read_text()
     same = compare_runs([argmax, argmax])
     assert "Different decision rules" not in same and "Different data" not in same

@@ -73,6 +73,14 @@ def decision_rule(data: dict[str, Any], head: str | None = None) -> str:
     return f"{rule} at threshold {pm(t['mean'], t.get('sd'), 3)}" if t else rule
 
 
+def rule_summary(data: dict[str, Any], quote: str = "`") -> str:
+    """The run's decision rule in a sentence: argmax, or the operating point with each head's threshold."""
+    if not (data.get("options") or {}).get("operating_point"):
+        return decision_rule(data)
+    per_head = ", ".join(f"{quote}{h}{quote} {decision_rule(data, h).rsplit(' at ', 1)[-1]}" for h in data["heads"])
+    return f"operating point {decision_rule(data)}, chosen inside each training fold ({per_head})"
+
+
 def _target(data: dict[str, Any], head: str | None, text: str) -> dict[str, Any]:
     op = ((data["heads"].get(head) or {}).get("operating_point") or {}) if head else {}
     if op.get("target"):

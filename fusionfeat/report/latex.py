@@ -14,7 +14,7 @@ from typing import Any
 
 from fusionfeat.evaluation.metrics import LABELS, METRICS
 from fusionfeat.report.cells import CLIP_NOTE, interval
-from fusionfeat.report.context import calibration_text, decision_rule
+from fusionfeat.report.context import calibration_text, rule_summary
 from fusionfeat.report.flags import file_heads, random_heads, tag
 
 TEX_FILE = "report.tex"
@@ -207,14 +207,6 @@ def _calibration_table(data: dict[str, Any]) -> str:
     return latex_table(["head", "Brier", "ECE"], rows, caption, "tab:calibration")
 
 
-def _rule(data: dict[str, Any]) -> str:
-    """The decision rule for a caption (an operating point's thresholds per head)."""
-    if not (data.get("options") or {}).get("operating_point"):
-        return decision_rule(data)
-    heads = "; ".join(f"{h} {decision_rule(data, h).rsplit(' at ', 1)[-1]}" for h in data.get("heads", {}))
-    return f"operating point {decision_rule(data)} chosen inside each training fold ({heads})"
-
-
 RESULTS_COLUMNS = ["mean", "std", "corrected_t_ci95_low", "corrected_t_ci95_high", "pooled_oof",
                    "bootstrap_ci95_low", "bootstrap_ci95_high", "bootstrap_unit", "n_folds", "n_repeats"]
 
@@ -238,7 +230,7 @@ def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     rows = [[head_cell(data, h), *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]]
             for h, i in heads.items()]
     caption = _caption(data, f"Results, per-fold mean and standard deviation over {unit}; protocol "
-                       f"{data['protocol'].get('name', '')}; decision rule {_rule(data)}; calibration "
+                       f"{data['protocol'].get('name', '')}; decision rule {rule_summary(data, quote='')}; calibration "
                        f"{calibration_text(data)}")
     tex = latex_table(header, rows, caption, "tab:results")
     conf_header = ["head", "TN", "FP", "FN", "TP"]

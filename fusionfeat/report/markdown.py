@@ -9,7 +9,7 @@ from typing import Any
 from fusionfeat import paper
 from fusionfeat.evaluation.metrics import LABELS, METRICS, TIMINGS
 from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
-from fusionfeat.report.context import calibration_text, count_note, decision_rule, table1_note
+from fusionfeat.report.context import calibration_text, count_note, rule_summary, table1_note
 from fusionfeat.report.flags import (
     describe_weights,
     file_backbones,
@@ -92,7 +92,7 @@ def _header(data: dict[str, Any]) -> str:
         f"{prov.get('created') or '?'}",
         f"- positive class **{data['positive']}**; features: {data['features']}",
         f"- protocol **{protocol['name']}**: {protocol.get('text', '')}",
-        f"- decision rule: {_rule_line(data)}; calibration: {calibration_text(data)}",
+        f"- decision rule: {rule_summary(data)}; calibration: {calibration_text(data)}",
     ]
     return "\n".join(lines)
 
@@ -150,14 +150,6 @@ def _paper_row(key: str, different_data: bool = False) -> str:
     cells = [f"{row[m]:.4f}" if m in row else "—" for m in METRICS]
     source = "paper, Table 1" + (" (C-NMC 2019: **different data**)" if different_data else " (C-NMC 2019)")
     return md_row([f"*{paper.PAPER_NAMES[key]}*", source, "ImageNet", *cells])
-
-
-def _rule_line(data: dict[str, Any]) -> str:
-    """The run's decision rule, with each head's threshold under an operating point."""
-    if not (data.get("options") or {}).get("operating_point"):
-        return decision_rule(data)
-    per_head = ", ".join(f"`{h}` {decision_rule(data, h).rsplit(' at ', 1)[-1]}" for h in data["heads"])
-    return f"operating point {decision_rule(data)}, chosen inside each training fold ({per_head})"
 
 
 def _intervals_section(data: dict[str, Any]) -> str:
