@@ -5,10 +5,10 @@
 pad-to-square preprocessing, and overlays each backbone's map (mass its tokens receive from the other
 backbones' queries, upsampled bilinearly from its token grid) for the most confident ALL, the most
 confident HEM and the worst errors (most confident wrong). Maps and probabilities are averaged over
-repeats (each repeat scores every evaluation row once, out of fold). Each overlay's jet colour map is
-centred on uniform attention (1/T, green) and spans ± the map's largest deviation from it (at least
-``MIN_HALF_RANGE``): red tokens get more than their share, blue less; the range is printed above it,
-so read it before reading the colours.
+repeats (each repeat scores every evaluation row once, out of fold). Each overlay uses a perceptually
+uniform colour map (``CMAP``, viridis: dark = less, bright = more) centred on uniform attention (1/T) and
+spanning ± the map's largest deviation from it (at least ``MIN_HALF_RANGE``), with a colour bar that marks
+the uniform share, so read the bar before reading the colours.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from fusionfeat.report.attention import load_attention
 from fusionfeat.report.run import load_run
 
 DISPLAY = 224
-MIN_HALF_RANGE = 0.01  # colour scale half-width floor, so a near-uniform map stays green
+MIN_HALF_RANGE = 0.01  # colour scale half-width floor, so a near-uniform map stays mid-scale
+CMAP = "viridis"  # perceptually uniform and readable in grey and by colour-blind readers
 
 
 @dataclass(frozen=True)
@@ -169,9 +170,20 @@ def _montage(title: str, picks: list[Pick], images: list[np.ndarray], maps: dict
             values = maps[b][pick.row]
             uniform = 1.0 / len(values)
             half = max(float(np.max(np.abs(values - uniform))), MIN_HALF_RANGE)
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=uniform - half, vmax=uniform + half)
-            ax.set_title(f"{b} {grid[0]}x{grid[1]}: mass {float(values.min()):.2f}–{float(values.max()):.2f}\n"
-                         f"(green = uniform {uniform:.2f}, red/blue = ±{half:.2f})", fontsize=7)
+            shown = ax.imshow(heat, cmap=CMAP, alpha=0.5, vmin=uniform - half, vmax=uniform + half)
+            ax.set_title(f"{b} {grid[0]}x{grid[1]}: mass {float(values.min()):.3f}–{float(values.max()):.3f}",
+                         fontsize=7)
             ax.axis("off")
+            _colour_bar(fig, ax, shown, uniform, half)
     fig.tight_layout()
     return fig
+
+
+def _colour_bar(fig: Figure, ax: Any, shown: Any, uniform: float, half: float) -> None:
+    """A colour bar beside an overlay: attention mass per token, its ends and the uniform share 1/T marked."""
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+    bar.solids.set_alpha(1)
+    bar.set_ticks([uniform - half, uniform, uniform + half])
+    bar.set_ticklabels([f"{uniform - half:.3f}", f"1/T={uniform:.3f}", f"{uniform + half:.3f}"])
+    bar.ax.tick_params(labelsize=6)
+    bar.set_label("attention mass per token", fontsize=6)

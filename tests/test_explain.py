@@ -157,3 +157,25 @@ def test_explain_refusals(run_dir, tmp_path):
     result = run("explain", out, "-o", tmp_path / "x", "--data-root", tmp_path / "nowhere")
     assert result.exit_code == 2 and "is gone" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_overlays_use_a_perceptual_colour_map_with_a_colour_bar(run_dir, tmp_path, monkeypatch):
+    import fusionfeat.explain as explain
+
+    out, _ = run_dir
+    figures = []
+    draw = explain._montage
+    monkeypatch.setattr(explain, "_montage", lambda *a: figures.append(draw(*a)) or figures[-1])
+    explain.explain_run(out, tmp_path / "png", n=2)
+    assert figures
+    for fig in figures:
+        overlays = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name != "gray"
+                    and im.get_array().ndim == 2]
+        bars = [ax for ax in fig.axes if ax.get_ylabel() == "attention mass per token"]
+        assert overlays and all(im.get_cmap().name == "viridis" for im in overlays)
+        assert len(bars) == len(overlays)  # one colour bar per overlay
+        for bar, im in zip(bars, overlays, strict=True):
+            low, high = im.get_clim()
+            labels = [t.get_text() for t in bar.get_yticklabels()]
+            assert labels[0] == f"{low:.3f}" and labels[-1] == f"{high:.3f}"
+            assert labels[1] == f"1/T={(low + high) / 2:.3f}"  # the bar is centred on uniform attention

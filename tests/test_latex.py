@@ -24,6 +24,7 @@ ROW_END = re.compile(r"(?<!\\)\\\\\s*$")  # a row ending in an unescaped \\
         ("$x$ #1 {y}", r"\$x\$ \#1 \{y\}"),
         ("~^", r"\textasciitilde{}\textasciicircum{}"),
         ("C:\\dir", r"C:\textbackslash{}dir"),
+        ("argmax (P ≥ 0.5), 0.31 ± 0.04", r"argmax (P $\geq$ 0.5), 0.31 $\pm$ 0.04"),
     ],
 )
 def test_escape(text, tex):

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluation.cv import cross_validate
+from fusionfeat.evaluation.metrics import LABELS
 from fusionfeat.heads.torch_head import TorchHeadClassifier
 from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.report import compare_runs, describe_weights, write_run
@@ -55,14 +56,13 @@ def test_write_run_writes_every_file(grouped_run):
     result, out = grouped_run
     for name in ("metrics.json", "predictions.csv", "report.md"):
         assert (out / name).stat().st_size > 0
-    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == ["summary.png", "training.png"]  # the paper's figures
     heads = ["attention-pooled", "concat", "logreg", "resnet18"]
-    torch_heads = ["attention-pooled", "concat", "resnet18"]
     expected = [f"{kind}_{h}.png" for kind in ("confusion", "reliability", "roc", "subject_confusion", "subject_roc")
                 for h in heads]
-    assert pngs == sorted(expected + [f"history_{h}.png" for h in torch_heads] + ["roc_all.png"])
+    assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(expected)  # per-head details
     assert (out / "subjects.csv").stat().st_size > 0
-    for png in out.glob("*.png"):
+    for png in out.rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
 
 
@@ -112,7 +112,7 @@ def test_report_is_table1_with_the_papers_numbers(grouped_run):
     assert "Hard predictions are the argmax" in text
     assert "| `logreg` | ours | resnet18 IMAGENET, vgg16 IMAGENET |" in text
     assert "RANDOM" not in text and "LEAKY" not in text
-    assert "![logreg ROC per fold](roc_logreg.png)" in text
+    assert "![logreg ROC per fold](figures/roc_logreg.png)" in text and "![ROC of every head](summary.png)" in text
     assert "Fusion weights" in text
 
 
@@ -428,7 +428,10 @@ def test_weights_flags_are_per_head_and_the_banner_names_only_affected_heads(tmp
     assert data["heads"]["logreg"]["weights"] == {"resnet18": "RANDOM", "vgg16": "FILE c0ffeec0ffee"}
     text = (out / "report.md").read_text()
     banner = text[: text.index("## Results")]
-    assert "head(s) `logreg`, `resnet18`:" in banner and "`vgg16`" not in banner
+    random_banner = next(line for line in banner.splitlines() if "RANDOM-WEIGHT" in line)
+    assert "head(s) `logreg`, `resnet18`:" in random_banner and "`vgg16`" not in random_banner
+    file_banner = next(line for line in banner.splitlines() if "WEIGHTS FROM A FILE" in line)
+    assert "head(s) `logreg`, `vgg16`:" in file_banner and "`resnet18`" not in file_banner
     assert "| `vgg16` | ours | vgg16 FILE c0ffeec0ffee |" in text
     table = compare_runs([out])
     assert "**RANDOM**" not in next(line for line in table.splitlines() if "`vgg16`" in line)
@@ -497,3 +500,155 @@ def test_subject_level_under_paper_aggregates_original_images_only():
         assert score == pytest.approx(p[groups == subject].mean(), abs=1e-12)
     boot = out["heads"]["logreg"]["metrics"]["roc_auc"]["bootstrap"]
     assert boot["unit"] == "subject" and boot["n_units"] == 12
+
+
+# ----------------------------------------------------------------------------------------------- issue 17 reports
+
+
+def test_compare_names_the_decision_rule_of_an_argmax_and_an_operating_point_run(tmp_path):
+    store = fake_store()
+    argmax = write_run(cross_validate(store, ["logreg"], folds=3, progress=False, backbones=PAIR),
+                       tmp_path / "argmax", n_boot=50)
+    sens = cross_validate(store, ["logreg"], folds=3, progress=False, backbones=PAIR, operating_point="sens=0.95")
+    sens_dir = write_run(sens, tmp_path / "sens", n_boot=50)
+    table = compare_runs([argmax, sens_dir])
+    thresholds = [f.threshold for f in sens.fold_results("logreg")]
+    mean, sd = np.mean(thresholds), np.std(thresholds, ddof=1)
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if "`logreg`" in line}
+    assert "argmax (P ≥ 0.5)" in rows["`argmax`"] and "sens ≥ 0.95" not in rows["`argmax`"]
+    assert f"sens ≥ 0.95 at threshold {mean:.3f} ± {sd:.3f}" in rows["`sens`"]
+    runs = {line.split("|")[1].strip(): line for line in table.splitlines() if "| none |" in line}
+    assert "argmax (P ≥ 0.5)" in runs["`argmax`"] and "operating point sens ≥ 0.95" in runs["`sens`"]
+    assert "**Different decision rules**" in table and "specificity" in table.split("**Different decision rules**")[1]
+    md = (sens_dir / "report.md").read_text()
+    assert f"- decision rule: operating point sens ≥ 0.95, chosen inside each training fold (`logreg` threshold " \
+           f"{mean:.3f} ± {sd:.3f}); calibration: none" in md
+    assert f"decision rule operating point sens $\\geq$ 0.95, chosen inside each training fold (logreg threshold " \
+           f"{mean:.3f} $\\pm$ {sd:.3f})" in (sens_dir / "report.tex").read_text()
+    same = compare_runs([argmax, argmax])
+    assert "Different decision rules" not in same and "Different data" not in same
+
+
+def test_compare_names_calibration_and_different_data(tmp_path):
+    store = fake_store()
+    plain = cross_validate(store, ["logreg"], folds=3, progress=False, backbones=PAIR)
+    plain.provenance.update(layout="cnmc", data_root="/data/C-NMC_2019")
+    calibrated = cross_validate(store, ["logreg"], folds=3, progress=False, backbones=PAIR, calibrate="sigmoid")
+    calibrated.provenance.update(layout="folders", data_root="/data/ALL_IDB2")
+    table = compare_runs([write_run(plain, tmp_path / "a", n_boot=50),
+                          write_run(calibrated, tmp_path / "b", n_boot=50)])
+    assert "| `a` | C-NMC layout, `C-NMC_2019` (72 images) |" in table
+    assert "| `b` | folders layout, `ALL_IDB2` (72 images) |" in table
+    assert "sigmoid, fitted inside each training fold" in table and "**Different calibration**" in table
+    assert "**Different data**" in table
+
+
+def _run_data(result, tmp_path, name, **provenance):
+    result.provenance.update(provenance)
+    return json.loads((write_run(result, tmp_path / name, n_boot=50) / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("provenance, different", [
+    ({"layout": "cnmc", "data_root": "/x/cnmc"}, False),
+    ({"layout": "csv", "data_root": "/work/shared/data/C-NMC_2019_manifest"}, False),
+    ({"layout": "allidb", "data_root": "/x/ALL_IDB2"}, True),
+    ({"layout": "folders", "data_root": "/x/cells"}, True),
+    ({}, True),  # a store that does not record its data is not assumed to be C-NMC
+])
+def test_table1_gets_a_different_data_note_unless_the_store_is_cnmc(tmp_path, provenance, different):
+    from fusionfeat.report import render_report
+
+    result = cross_validate(fake_store(), ["logreg"], folds=3, progress=False, backbones=PAIR)
+    for key in ("layout", "data_root"):
+        result.provenance.pop(key, None)
+    data = _run_data(result, tmp_path, "r", **provenance)
+    text = render_report(data)
+    results = text[text.index("## Results"): text.index("## Uncertainty")]
+    assert "paper, Table 1" in results and "0.9697" in results  # Table 1 is shown either way
+    assert ("**Different data.**" in results) == different
+    assert ("C-NMC 2019: **different data**" in results) == different
+    if not different:  # the fake store's 72 images are not the paper's 10,661
+        assert "The paper used all 10,661 C-NMC 2019 training images; this store holds 72 images" in results
+
+
+def _md_interval(text, head, metric_label):
+    section = text[text.index(f"### `{head}`"):]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {metric_label} |"))
+    return [c.strip() for c in row.strip("|").split("|")]
+
+
+def _tex_row(tex, head, metric_label):
+    row = next(line for line in tex.splitlines() if line.startswith(f"{head} [") and f"& {metric_label} &" in line)
+    return [c.strip() for c in row.removesuffix("\\\\").split("&")]
+
+
+def test_latex_and_markdown_intervals_agree_when_a_bound_leaves_the_range(grouped_run, tmp_path):
+    from fusionfeat.report import render_report
+    from fusionfeat.report.latex import write_tables
+
+    _, out = grouped_run
+    data = json.loads((out / "metrics.json").read_text())
+    u = data["heads"]["logreg"]["uncertainty"]
+    u["roc_auc"]["corrected_t"].update(lo=0.5529, hi=1.0773)  # the issue's interval
+    u["mcc"]["corrected_t"].update(lo=-1.2, hi=0.4)  # MCC's range is [-1, 1]
+    u["accuracy"]["corrected_t"].update(lo=-0.01, hi=0.97)
+    md = render_report(data)
+    write_tables(data, tmp_path)
+    tex = (tmp_path / "report.tex").read_text()
+    cases = {"ROC AUC": "[0.5529, 1.0000†]", "MCC": "[-1.0000†, 0.4000]", "accuracy": "[0.0000†, 0.9700]"}
+    for label, expected in cases.items():
+        md_cells, tex_cells = _md_interval(md, "logreg", label), _tex_row(tex, "logreg", label)
+        assert md_cells[2] == expected  # corrected t column
+        assert tex_cells[3] == expected.replace("†", "$^\\dagger$")
+        assert md_cells[4] == tex_cells[5].replace("$^\\dagger$", "†")  # bootstrap column: the same text
+    assert "1.0773" not in md and "1.0773" not in tex
+    assert "† marks a bound clipped" in md and "$^\\dagger$: a bound clipped" in tex
+    for metric in ("recall", "f1", "specificity"):  # untouched intervals print the same numbers in both
+        label = LABELS[metric]
+        assert _md_interval(md, "concat", label)[2] == _tex_row(tex, "concat", label)[3].replace("$^\\dagger$", "†")
+
+
+def _vgg16_file(path):
+    import torch
+
+    from fusionfeat.encoders.weights import load_backbone
+
+    torch.save(load_backbone("vgg16", "random", seed=3).trunk.state_dict(), path)
+    return path
+
+
+def test_file_weights_are_flagged_in_every_summary_table(tmp_path):
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from fusionfeat.cli import main
+    from tests.conftest import write_cells
+
+    data = write_cells(tmp_path / "cells", per_class=6, size=32)
+    weights = _vgg16_file(tmp_path / "vgg16_cells.pth")
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    store, run_dir = tmp_path / "s.h5", tmp_path / "run"
+    runner = CliRunner()
+    with one_torch_thread():
+        res = runner.invoke(main, ["extract", str(data), "-o", str(store), "--backbones", "resnet18,vgg16",
+                                   "--weights", f"vgg16={weights},resnet18=random", "--input-size", "32",
+                                   "--quiet", "--workers", "0", "--no-tokens"])
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(main, ["fit", str(store), "--head", "logreg,vgg16", "--folds", "2", "-o", str(run_dir),
+                                   "--quiet", "--head-param", "vgg16.max_epochs=2"])
+        assert res.exit_code == 0, res.output
+    md = (run_dir / "report.md").read_text()
+    assert f"| `vgg16` | ours | vgg16 FILE {sha} |" in md
+    assert "**Note: WEIGHTS FROM A FILE** in head(s) `vgg16`, `logreg`" in md or \
+        "**Note: WEIGHTS FROM A FILE** in head(s) `logreg`, `vgg16`" in md
+    tex = (run_dir / "report.tex").read_text()
+    assert f"vgg16 [FILE {sha}]" in tex
+    assert all("WEIGHTS FROM A FILE in" in line for line in tex.splitlines() if line.startswith("\\caption"))
+    table = compare_runs([run_dir])
+    row = next(line for line in table.splitlines() if "`vgg16`" in line)
+    assert "**FILE**" in row and "RANDOM" not in row and "IMAGENET" not in row
+    logreg = next(line for line in table.splitlines() if "`logreg`" in line)
+    assert "**RANDOM FILE**" in logreg
+    assert f"resnet18 **RANDOM**, vgg16 FILE {sha}" in table  # the runs table, per backbone
+    assert "FILE = this head read features from weights loaded from a file" in table

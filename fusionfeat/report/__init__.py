@@ -1,4 +1,4 @@
-"""Run folders and reports: ``write_run`` (run.py), ``report.md`` (markdown.py), plots (plots.py),
+"""Run folders and reports: ``write_run`` (run.py), ``report.md`` (markdown.py), figures (figures.py, plots.py),
 runs side by side (compare.py)."""
 
 from fusionfeat.report.compare import compare_runs

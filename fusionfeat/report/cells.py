@@ -33,9 +33,9 @@ def signed(x: Any, digits: int = 4) -> str:
     return "n/a" if _missing(x) else f"{x:+.{digits}f}"
 
 
-def diff_ci(test: dict[str, Any]) -> str:
-    """A paired difference with its interval: ``+0.0123 [-0.0040, +0.0286]``."""
-    return f"{signed(test['diff'])} [{signed(test['lo'])}, {signed(test['hi'])}]"
+def diff_ci(test: dict[str, Any], metric: str = "roc_auc") -> str:
+    """A paired difference with its interval, clipped and marked like ``interval``: ``+0.0123 [-0.0040, +0.0286]``."""
+    return f"{signed(test['diff'])} {interval(test['lo'], test['hi'], metric, difference=True)}"
 
 
 def pval(p: Any) -> str:
@@ -45,9 +45,36 @@ def pval(p: Any) -> str:
     return f"{p:.3g}" if p >= 1e-4 else "< 0.0001"
 
 
-def interval(low: Any, high: Any, metric: str) -> str:
-    """``[low, high]`` clipped to the metric's range (MCC: [-1, 1], others [0, 1]), or n/a."""
+CLIP_MARK = "†"
+CLIP_NOTE = (
+    "† marks a bound clipped to the metric's range (the computed bound lies outside it; metrics.json and "
+    "table_results.csv keep the computed value)"
+)
+
+
+def metric_range(metric: str, difference: bool = False) -> tuple[float, float]:
+    """The values a metric can take (MCC: [-1, 1], the others [0, 1]); a difference of two: ± the width."""
+    low, high = (-1.0, 1.0) if metric == "mcc" else (0.0, 1.0)
+    return (low - high, high - low) if difference else (low, high)
+
+
+def clip_bounds(low: Any, high: Any, metric: str,
+                difference: bool = False) -> tuple[tuple[float, bool], tuple[float, bool]] | None:
+    """An interval's bounds clipped to the metric's range, each with whether it was clipped (None: missing)."""
     if _missing(low) or _missing(high):
+        return None
+    floor, ceiling = metric_range(metric, difference)
+    lo, hi = float(low), float(high)
+    return (min(max(lo, floor), ceiling), not floor <= lo <= ceiling), \
+        (min(max(hi, floor), ceiling), not floor <= hi <= ceiling)
+
+
+def interval(low: Any, high: Any, metric: str, difference: bool = False, mark: str = CLIP_MARK,
+             digits: int = 4) -> str:
+    """``[low, high]`` clipped to the metric's range, a clipped bound marked ``†`` (``CLIP_NOTE``), or n/a;
+    ``difference``: the interval of a difference of two values of the metric (signed)."""
+    bounds = clip_bounds(low, high, metric, difference)
+    if bounds is None:
         return "n/a"
-    floor = -1.0 if metric == "mcc" else 0.0
-    return f"[{max(low, floor):.4f}, {min(high, 1.0):.4f}]"
+    fmt = signed if difference else num
+    return "[" + ", ".join(fmt(v, digits) + (mark if clipped else "") for v, clipped in bounds) + "]"

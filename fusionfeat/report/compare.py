@@ -1,4 +1,5 @@
-"""Several run folders side by side: one markdown table row per run and head."""
+"""Several run folders side by side: what each run was (data, protocol, decision rule, calibration, weights),
+then one markdown table row per run and head, with the warnings a reader needs before comparing rows."""
 
 from __future__ import annotations
 
@@ -8,66 +9,111 @@ from pathlib import Path
 from typing import Any
 
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.evaluation.evidence import weights_flag
 from fusionfeat.evaluation.metrics import LABELS, METRICS
 from fusionfeat.report.cells import md_row, pm
-from fusionfeat.report.flags import describe_weights, random_heads
+from fusionfeat.report.context import calibration_text, dataset_text, decision_rule
+from fusionfeat.report.flags import FLAGS_LEGEND, describe_weights, warning_flags
 from fusionfeat.report.run import METRICS_FILE, load_run, looks_like_run
+
+THRESHOLDED = [m for m in METRICS if m != "roc_auc"]
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> str:
-    """A markdown table of several runs side by side: one row per run and head, mean ± std per metric."""
+    """Markdown: a table of the runs (data, protocol, decision rule, calibration, weights per backbone) and a
+    table of their heads side by side (mean ± sd per metric), with a note wherever rows are not comparable."""
     if not run_dirs:
         raise FusionfeatError("compare_runs needs at least one run folder")
     runs = [(Path(d).name or str(d), load_run(d)) for d in run_dirs]
     try:
-        return _compare_table(runs)
+        return "\n\n".join(p for p in (_runs_table(runs), _compare_table(runs), _cautions(runs)) if p) + "\n"
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         bad = next((name for name, data in runs if not looks_like_run(data)), runs[0][0])
         raise FusionfeatError(f"{bad}/{METRICS_FILE} does not have the shape fusionfeat writes ({type(exc).__name__}: "
                               f"{exc}); pass run folders written by `fusionfeat fit`") from None
 
 
+def _runs_table(runs: list[tuple[str, Any]]) -> str:
+    lines = [md_row(["run", "data", "protocol", "features", "decision rule", "calibration", "weights"]),
+             md_row(["---"] * 7)]
+    for name, data in runs:
+        lines.append(md_row([f"`{name}`", dataset_text(data), _protocol_cell(data), data.get("features", "?"),
+                             _run_rule(data), calibration_text(data), _weights_flags(data)]))
+    return "\n".join(lines)
+
+
 def _compare_table(runs: list[tuple[str, Any]]) -> str:
-    header = ["run", "protocol", "features", "head", *[LABELS[m] for m in METRICS]]
-    lines = [md_row(header), md_row(["---"] * 4 + ["---:"] * len(METRICS))]
+    header = ["run", "protocol", "features", "head", "decision rule", *[LABELS[m] for m in METRICS]]
+    lines = [md_row(header), md_row(["---"] * 5 + ["---:"] * len(METRICS))]
     notes = []
     for name, data in runs:
         for head, info in data["heads"].items():
-            flags = _run_flags(data, head)
+            flags = warning_flags(data, head)
             s = info["summary"]
             cells = [pm(nan_or(s[m]["mean"]), nan_or(s[m]["std"])) for m in METRICS]
             lines.append(
                 md_row(
                     [
                         f"`{name}`",
-                        _protocol_cell(data) + flags,
+                        _protocol_cell(data) + (f" **{' '.join(flags)}**" if flags else ""),
                         data.get("features", "?"),
                         f"`{head}`",
+                        decision_rule(data, head),
                         *cells,
                     ]
                 )
             )
         notes.append(f"- `{name}`: {data['protocol'].get('text', '')} Weights: {_weights_summary(data)}.")
-    legend = (
-        "Flags: LEAKY = the paper's leaky protocol; RANDOM = this head read random-weight features (not comparable "
-        "with ImageNet)."
-    )
-    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n\n" + legend + "\n"
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n\n" + FLAGS_LEGEND
 
 
-def _run_flags(data: dict[str, Any], head: str) -> str:
-    flags = []
-    if data["protocol"].get("leaky"):
-        flags.append("LEAKY")
-    if head in random_heads(data):
-        flags.append("RANDOM")
-    return f" **{' '.join(flags)}**" if flags else ""
+def _cautions(runs: list[tuple[str, Any]]) -> str:
+    """Notes where runs differ in what makes their rows comparable: decision rule, calibration, data."""
+    if len(runs) < 2:
+        return ""
+    out = []
+    rules = {name: _run_rule(data) for name, data in runs}
+    if len(set(rules.values())) > 1:
+        out.append(
+            f"> **Different decision rules**: {_listing(rules)}. "
+            f"The thresholded metrics ({', '.join(LABELS[m] for m in THRESHOLDED)}) depend on it, so they differ "
+            "between these runs even for the same model (a rule set for high sensitivity trades specificity for "
+            "it); ROC AUC is threshold-free. Compare thresholded metrics only between runs with the same rule."
+        )
+    calibration = {name: calibration_text(data) for name, data in runs}
+    if len(set(calibration.values())) > 1:
+        out.append(f"> **Different calibration**: {_listing(calibration)}. Calibration changes the probabilities, "
+                   "so the hard predictions (and every thresholded metric) can change with it.")
+    datasets = {name: dataset_text(data) for name, data in runs}
+    if len(set(datasets.values())) > 1:
+        out.append(f"> **Different data**: {_listing(datasets)}. Rows on different data do not compare models.")
+    return "\n>\n".join(out)
+
+
+def _listing(values: dict[str, str]) -> str:
+    return "; ".join(f"`{name}` {value}" for name, value in values.items())
+
+
+def _run_rule(data: dict[str, Any]) -> str:
+    """The run's rule; an operating point's threshold differs per head (see the heads' rows)."""
+    rule = decision_rule(data)
+    return rule if rule.startswith("argmax") else f"operating point {rule} (threshold per head and fold)"
 
 
 def _protocol_cell(data: dict[str, Any]) -> str:
     p = data["protocol"]
     reps = f"×{p['repeats']}" if p.get("repeats", 1) > 1 else ""
     return f"{p['name']} {p.get('n_folds', '?')}-fold{reps}, {p.get('balance', '?')}"
+
+
+def _weights_flags(data: dict[str, Any]) -> str:
+    """backbone → IMAGENET / FILE sha / RANDOM for every backbone of the run's store."""
+    backbones = data["provenance"].get("backbones", {}) or {}
+    parts = []
+    for b, attrs in backbones.items():
+        flag = weights_flag(attrs or {})
+        parts.append(f"{b} **{flag}**" if flag == "RANDOM" else f"{b} {flag}")
+    return ", ".join(parts) or "unknown"
 
 
 def _weights_summary(data: dict[str, Any]) -> str:

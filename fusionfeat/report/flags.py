@@ -42,6 +42,41 @@ def random_heads(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def file_heads(data: dict[str, Any]) -> list[str]:
+    """Heads that read at least one backbone whose weights came from a file (not ImageNet)."""
+    files = set(file_backbones(data))
+    return [head for head, info in data["heads"].items()
+            if any(f.startswith("FILE") for f in head_flags(info).values())
+            or (not head_flags(info) and set(info.get("backbones", [])) & files)]
+
+
+def file_backbones(data: dict[str, Any]) -> list[str]:
+    """Backbones the heads used whose weights came from a file."""
+    used = {b for h in data["heads"].values() for b in h.get("backbones", [])}
+    backbones = (data.get("provenance") or {}).get("backbones", {}) or {}
+    return [b for b in sorted(used) if str(backbones.get(b, {}).get("weights_kind", "")) == "file"]
+
+
+def warning_flags(data: dict[str, Any], head: str) -> list[str]:
+    """What a table row must say beside a head's numbers: LEAKY (the paper's protocol), RANDOM (random-weight
+    features), FILE (weights from a file, not ImageNet)."""
+    flags = []
+    if (data.get("protocol") or {}).get("leaky"):
+        flags.append("LEAKY")
+    if head in random_heads(data):
+        flags.append("RANDOM")
+    if head in file_heads(data):
+        flags.append("FILE")
+    return flags
+
+
+FLAGS_LEGEND = (
+    "Flags: LEAKY = the paper's leaky protocol; RANDOM = this head read random-weight features (not comparable "
+    "with ImageNet); FILE = this head read features from weights loaded from a file (named by its SHA-256), "
+    "not ImageNet weights."
+)
+
+
 def random_backbones(data: dict[str, Any]) -> list[str]:
     used = {b for h in data["heads"].values() for b in h.get("backbones", [])}
     backbones = (data.get("provenance") or {}).get("backbones", {}) or {}

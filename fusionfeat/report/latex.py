@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fusionfeat.evaluation.metrics import LABELS, METRICS
-from fusionfeat.report.flags import random_heads, tag
+from fusionfeat.report.cells import CLIP_NOTE, interval
+from fusionfeat.report.context import calibration_text, rule_summary
+from fusionfeat.report.flags import file_heads, random_heads, tag
 
 TEX_FILE = "report.tex"
 RESULTS_CSV = "table_results.csv"
@@ -30,24 +32,29 @@ _SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "±": r"$\pm$",
+    "−": "-",
 }
 
 
 def latex_escape(text: Any) -> str:
-    """Text safe inside a LaTeX tabular cell (``_`` → ``\\_``, ``&`` → ``\\&``, ...)."""
+    """Text safe inside a LaTeX tabular cell (``_`` → ``\\_``, ``&`` → ``\\&``, ``≥`` → ``$\\geq$``, ...)."""
     return "".join(_SPECIAL.get(ch, ch) for ch in str(text))
 
 
 def latex_table(header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "", label: str = "") -> str:
     """A booktabs ``table`` with a left-aligned first column and right-aligned others; cells are escaped.
 
-    Needs ``\\usepackage{booktabs}``. Cells that are already LaTeX (e.g. ``$\\pm$``) pass through when
-    given as ``Tex`` instances.
+    Needs ``\\usepackage{booktabs}``. Cells (and a caption) that are already LaTeX (e.g. ``$\\pm$``) pass
+    through when given as ``Tex`` instances.
     """
     spec = "l" + "r" * (len(header) - 1)
     lines = [r"\begin{table}[ht]", r"\centering"]
     if caption:
-        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+        text = caption if isinstance(caption, Tex) else latex_escape(caption)
+        lines.append(rf"\caption{{{text}}}")
     if label:
         lines.append(rf"\label{{{label}}}")
     lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule", _tex_row(header), r"\midrule"]
@@ -95,13 +102,17 @@ def head_cell(data: dict[str, Any], head: str) -> str:
 
 
 def warnings_caption(data: dict[str, Any]) -> str:
-    """The report's warnings, for every caption: LEAKY protocol, RANDOM-weight heads (empty when none)."""
+    """The report's warnings, for every caption: LEAKY protocol, RANDOM-weight heads, heads on weights from a
+    FILE (empty when none)."""
     parts = []
     if data["protocol"].get("leaky"):
         parts.append("LEAKY PROTOCOL (paper): copies balanced before the split, scores optimistic by construction.")
     random = random_heads(data)
     if random:
         parts.append(f"RANDOM-WEIGHT FEATURES in {', '.join(random)}: not comparable with ImageNet features.")
+    files = file_heads(data)
+    if files:
+        parts.append(f"WEIGHTS FROM A FILE in {', '.join(files)}: not ImageNet weights.")
     return " ".join(parts)
 
 
@@ -116,8 +127,19 @@ def _num(x: Any, digits: int = 4, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _interval(lo: Any, hi: Any, sign: bool = False) -> str:
-    return f"[{_num(lo, sign=sign)}, {_num(hi, sign=sign)}]"
+TEX_CLIP_MARK = r"$^\dagger$"
+TEX_CLIP_NOTE = Tex(r" $^\dagger$: " + latex_escape(CLIP_NOTE.removeprefix("† marks ")) + ".")
+
+
+def tex_interval(lo: Any, hi: Any, metric: str, difference: bool = False) -> Tex:
+    """``[lo, hi]`` clipped and marked exactly as in report.md (``cells.interval``), the mark as ``$^\\dagger$``."""
+    text = interval(lo, hi, metric, difference, mark=TEX_CLIP_MARK)
+    return Tex("[--, --]" if text == "n/a" else text)
+
+
+def _with_clip_note(caption: str) -> Tex:
+    """An escaped caption followed by the legend of the clip mark."""
+    return Tex(latex_escape(caption) + TEX_CLIP_NOTE)
 
 
 def _pval(p: Any) -> str:
@@ -137,15 +159,15 @@ def _uncertainty_table(data: dict[str, Any]) -> str:
             ci, pooled = u["corrected_t"], u["pooled"]
             unit = pooled["bootstrap"].get("resampled", unit)
             rows.append([head_cell(data, head), LABELS[m], tex_pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
-                         _interval(ci.get("lo"), ci.get("hi")), _num(pooled.get("mean")),
-                         _interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"))])
+                         tex_interval(ci.get("lo"), ci.get("hi"), m), _num(pooled.get("mean")),
+                         tex_interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"), m)])
     caption = _caption(data, "Uncertainty. Per-fold mean and sd over folds x repeats; corrected t: Nadeau-Bengio "
                        "corrected resampled t interval; pooled OOF: the metric on all out-of-fold predictions of a "
                        f"repeat, averaged over repeats; bootstrap: percentile interval resampling {unit}, holding "
                        "the fitted models fixed (it excludes training variability, so it is usually narrower "
                        "than the corrected t)")
     header[2] = Tex("per-fold mean $\\pm$ sd")
-    return latex_table(header, rows, caption, "tab:uncertainty")
+    return latex_table(header, rows, _with_clip_note(caption), "tab:uncertainty")
 
 
 def _fusion_table(data: dict[str, Any]) -> str:
@@ -159,15 +181,16 @@ def _fusion_table(data: dict[str, Any]) -> str:
     for r in rows_in:
         t, b = r["per_fold"], r["pooled"]
         rows.append([head_cell(data, r["head"]), f"{head_cell(data, r['against'])} ({r['role']})",
-                     f"{_num(t.get('diff'), sign=True)} {_interval(t.get('lo'), t.get('hi'), sign=True)}",
+                     Tex(f"{_num(t.get('diff'), sign=True)} "
+                         f"{tex_interval(t.get('lo'), t.get('hi'), 'roc_auc', difference=True)}"),
                      _pval(t.get("p")), _pval(t.get("p_holm")),
-                     f"{_num(b.get('diff', b.get('estimate')), sign=True)} "
-                     f"{_interval(b.get('lo'), b.get('hi'), sign=True)}",
+                     Tex(f"{_num(b.get('diff', b.get('estimate')), sign=True)} "
+                         f"{tex_interval(b.get('lo'), b.get('hi'), 'roc_auc', difference=True)}"),
                      _pval(b.get("p")), _pval(b.get("p_holm")), b.get("method", "")])
     caption = _caption(data, "Does fusion help? Difference in ROC AUC (fusion - reference) on the same splits: "
                        "per-fold with the corrected resampled paired t-test; pooled OOF with the paired test named; "
                        f"Holm-adjusted over the rows. Best single-backbone head: {comp.get('best_single')}")
-    return latex_table(header, rows, caption, "tab:fusion")
+    return latex_table(header, rows, _with_clip_note(caption), "tab:fusion")
 
 
 def _calibration_table(data: dict[str, Any]) -> str:
@@ -207,7 +230,8 @@ def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     rows = [[head_cell(data, h), *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]]
             for h, i in heads.items()]
     caption = _caption(data, f"Results, per-fold mean and standard deviation over {unit}; protocol "
-                       f"{data['protocol'].get('name', '')}")
+                       f"{data['protocol'].get('name', '')}; decision rule {rule_summary(data, quote='')}; calibration "
+                       f"{calibration_text(data)}")
     tex = latex_table(header, rows, caption, "tab:results")
     conf_header = ["head", "TN", "FP", "FN", "TP"]
     conf_rows = [[h, *[int(x) for row in i["confusion_total"] for x in row]] for h, i in heads.items()]

@@ -8,8 +8,17 @@ from typing import Any
 
 from fusionfeat import paper
 from fusionfeat.evaluation.metrics import LABELS, METRICS, TIMINGS
-from fusionfeat.report.cells import diff_ci, interval, md_row, num, pm, pval
-from fusionfeat.report.flags import describe_weights, flags_text, random_backbones, random_heads, tag
+from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
+from fusionfeat.report.context import calibration_text, count_note, rule_summary, table1_note
+from fusionfeat.report.flags import (
+    describe_weights,
+    file_backbones,
+    file_heads,
+    flags_text,
+    random_backbones,
+    random_heads,
+    tag,
+)
 from fusionfeat.stats import PAPER_F1_NOTE
 
 
@@ -46,6 +55,13 @@ def _warnings(data: dict[str, Any]) -> list[str]:
             f"backbone(s) {', '.join(random)} used randomly initialised weights, not ImageNet weights. Those "
             "heads' numbers measure random features and are NOT comparable with the paper's."
         )
+    files = file_backbones(data)
+    if files:
+        out.append(
+            f"> **Note: WEIGHTS FROM A FILE** in head(s) {', '.join(f'`{h}`' for h in file_heads(data))}: "
+            f"backbone(s) {', '.join(files)} loaded their weights from a file (Features section: its name and "
+            "SHA-256), not ImageNet weights. Those heads are not the paper's ImageNet models."
+        )
     protocol = data["protocol"]
     if protocol.get("leaky"):
         out.append(
@@ -76,6 +92,7 @@ def _header(data: dict[str, Any]) -> str:
         f"{prov.get('created') or '?'}",
         f"- positive class **{data['positive']}**; features: {data['features']}",
         f"- protocol **{protocol['name']}**: {protocol.get('text', '')}",
+        f"- decision rule: {rule_summary(data)}; calibration: {calibration_text(data)}",
     ]
     return "\n".join(lines)
 
@@ -84,9 +101,11 @@ def _results_section(data: dict[str, Any]) -> str:
     folds, repeats = data["protocol"].get("n_folds", "?"), data["protocol"].get("repeats", 1)
     unit = f"{folds} folds" + (f" × {repeats} repeats" if repeats > 1 else "")
     header = ["head", "source", "weights", *[LABELS[m] for m in METRICS]]
+    different = table1_note(data)
     lines = [
         f"## Results (per-fold mean ± sd over {unit}), beside the paper's Table 1",
         "",
+        *([f"> {different}", ""] if different else []),
         md_row(header),
         md_row(["---"] * 3 + ["---:"] * len(METRICS)),
     ]
@@ -99,17 +118,18 @@ def _results_section(data: dict[str, Any]) -> str:
         key = paper_key(head, info.get("backbones"))
         if key and key not in shown_paper:
             shown_paper.add(key)
-            lines.append(_paper_row(key))
+            lines.append(_paper_row(key, bool(different)))
     for key in paper.TABLE1:
         if key not in shown_paper:
-            lines.append(_paper_row(key))
+            lines.append(_paper_row(key, bool(different)))
     lines += [
         "",
         f"Paper: {paper.CITATION}. Its protocol: {paper.PROTOCOL}, so its numbers are comparable with a "
         "`--cv paper` run on ImageNet features, not with grouped folds. A dash means the paper does "
         f"not report that metric. Positive class: {data['positive']}; decision rule: "
         f"{data.get('decision_rule', 'argmax (the more probable class)')}. Values are per-fold: each metric is "
-        "computed on each test fold, then averaged (pooled out-of-fold values and intervals: next section).",
+        "computed on each test fold, then averaged (pooled out-of-fold values and intervals: next section)."
+        + (f" {count_note(data)}" if count_note(data) else ""),
         "",
         f"Note on the paper's F1: {data['paper'].get('f1_note', PAPER_F1_NOTE)}",
     ]
@@ -125,10 +145,11 @@ def paper_key(head: str, backbones: list[str] | None = None) -> str | None:
     return "attention" if head.startswith("attention") and fuses_the_pair else None
 
 
-def _paper_row(key: str) -> str:
+def _paper_row(key: str, different_data: bool = False) -> str:
     row = paper.TABLE1[key]
     cells = [f"{row[m]:.4f}" if m in row else "—" for m in METRICS]
-    return md_row([f"*{paper.PAPER_NAMES[key]}*", "paper, Table 1", "ImageNet", *cells])
+    source = "paper, Table 1" + (" (C-NMC 2019: **different data**)" if different_data else " (C-NMC 2019)")
+    return md_row([f"*{paper.PAPER_NAMES[key]}*", source, "ImageNet", *cells])
 
 
 def _intervals_section(data: dict[str, Any]) -> str:
@@ -151,7 +172,7 @@ def _intervals_section(data: dict[str, Any]) -> str:
         "- ROC AUC: the per-fold value ranks images within a fold only; the pooled value also ranks images of "
         "different folds (different models) against each other, so the two can differ.",
         "",
-        "Intervals are shown clipped to the metric's range.",
+        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.",
     ]
     for head, info in heads.items():
         lines += [
@@ -466,15 +487,20 @@ def _plots_section(data: dict[str, Any]) -> str:
     if not plots:
         return ""
     lines = ["## Plots"]
-    if "roc_all" in plots:
-        lines += ["", f"![mean ROC of every head]({plots['roc_all']})"]
+    if "summary" in plots:
+        lines += ["", "Every head's ROC from its pooled out-of-fold predictions (averaged over repeats), with a "
+                  "pointwise 95% bootstrap band resampling the units of the intervals above; dots mark each "
+                  "head's decision rule. Ready for a paper:", "", f"![ROC of every head]({plots['summary']})"]
+    if "training" in plots:
+        lines += ["", "Training curves of the torch heads over every fold and repeat (mean ± sd); the validation "
+                  "curve is the early-stopping validation split held out of each training fold, never the test "
+                  "fold:", "", f"![training curves]({plots['training']})"]
+    details = [(head, kind, title) for head in data["heads"] for kind, title in
+               (("roc", "ROC per fold"), ("confusion", "confusion matrix")) if f"{kind}_{head}" in plots]
+    if details:
+        lines += ["", "### Per head (`figures/`)"]
     for head in data["heads"]:
-        lines += ["", f"### `{head}`", ""]
-        for kind, title in (
-            ("roc", "ROC per fold"),
-            ("confusion", "confusion matrix"),
-            ("history", "training"),
-        ):
-            if f"{kind}_{head}" in plots:
-                lines.append(f"![{head} {title}]({plots[f'{kind}_{head}']})")
+        images = [f"![{head} {title}]({plots[f'{kind}_{head}']})" for h, kind, title in details if h == head]
+        if images:
+            lines += ["", f"#### `{head}`", "", *images]
     return "\n".join(lines)

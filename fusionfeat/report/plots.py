@@ -1,4 +1,6 @@
-"""PNG plots of a run: ROC per head with per-fold curves, summed confusion, training curves, all heads' ROC."""
+"""PNG plots of a run: the figures a paper can use in the run folder (``summary.png``, ``training.png``,
+drawn by ``fusionfeat.report.figures``) and each head's detail figures in ``figures/`` (ROC per fold,
+confusion, reliability, subject-level ROC and confusion)."""
 
 from __future__ import annotations
 
@@ -9,32 +11,42 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from fusionfeat.report.cells import pm
+from fusionfeat.report.figures import FONT, summary_figure, training_figure
+from fusionfeat.report.roc_bands import RocBand
+
+FIGURES_DIR = "figures"
+SUMMARY_PNG = "summary.png"
+TRAINING_PNG = "training.png"
 
 
-def write_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
-    """PNG plots (ROC per head with per-fold curves, summed confusion, training curves, all heads' ROC);
-    returns plot key -> file name relative to ``out``."""
+def write_plots(data: dict[str, Any], out: Path, bands: dict[str, RocBand] | None = None) -> dict[str, str]:
+    """``summary.png`` (with ``bands``, every head's pooled ROC and its bootstrap band), ``training.png``
+    (torch heads) and per-head detail figures under ``figures/``; returns plot key -> path relative to ``out``."""
     plots: dict[str, str] = {}
+    if bands:
+        _save(summary_figure(data, bands), out / SUMMARY_PNG, out, plots, "summary")
+    training = training_figure(data)
+    if training is not None:
+        _save(training, out / TRAINING_PNG, out, plots, "training")
+    detail = out / FIGURES_DIR
+    detail.mkdir(exist_ok=True)
     for head, info in data["heads"].items():
         slug = _slug(head)
-        _save(_roc_figure(head, info), out / f"roc_{slug}.png", plots, f"roc_{head}")
-        _save(_confusion_figure(head, info, data), out / f"confusion_{slug}.png", plots, f"confusion_{head}")
-        if any(f.get("history") for f in info["folds"]):
-            _save(_history_figure(head, info), out / f"history_{slug}.png", plots, f"history_{head}")
+        _save(_roc_figure(head, info, data), detail / f"roc_{slug}.png", out, plots, f"roc_{head}")
+        _save(_confusion_figure(head, info, data), detail / f"confusion_{slug}.png", out, plots, f"confusion_{head}")
         if info.get("calibration"):
-            _save(_reliability_figure(head, info, data), out / f"reliability_{slug}.png", plots, f"reliability_{head}")
-    if len(data["heads"]) > 1:
-        _save(_roc_all_figure(data), out / "roc_all.png", plots, "roc_all")
+            _save(_reliability_figure(head, info, data), detail / f"reliability_{slug}.png", out, plots,
+                  f"reliability_{head}")
     for head, sub in ((data.get("subjects") or {}).get("heads") or {}).items():
         slug = _slug(head)
         if sub.get("roc"):
-            _save(_subject_roc_figure(head, sub), out / f"subject_roc_{slug}.png", plots, f"subject_roc_{head}")
+            _save(_subject_roc_figure(head, sub), detail / f"subject_roc_{slug}.png", out, plots,
+                  f"subject_roc_{head}")
         counts = {"confusion_total": sub["confusion_total"]}
         fig = _confusion_figure(f"{head} SUBJECT-LEVEL", counts, data, "subjects")
-        _save(fig, out / f"subject_confusion_{slug}.png", plots, f"subject_confusion_{head}")
+        _save(fig, detail / f"subject_confusion_{slug}.png", out, plots, f"subject_confusion_{head}")
     return plots
 
 
@@ -73,9 +85,9 @@ def _subject_roc_figure(head: str, sub: dict[str, Any]) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: Path, plots: dict[str, str], key: str) -> None:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plots[key] = path.name
+def _save(fig: Figure, path: Path, out: Path, plots: dict[str, str], key: str) -> None:
+    fig.savefig(path, dpi=150 if path.parent == out else 110, bbox_inches="tight")
+    plots[key] = path.relative_to(out).as_posix()
 
 
 def _slug(head: str) -> str:
@@ -98,28 +110,35 @@ def _mean_roc(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     return np.mean(curves, axis=0), np.std(curves, axis=0)
 
 
-def _roc_figure(head: str, info: dict[str, Any]) -> Figure:
+def _roc_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
-    for f in info["folds"]:
-        if f["roc"]["fpr"]:
-            ax.plot(f["roc"]["fpr"], f["roc"]["tpr"], lw=0.8, alpha=0.45, label=_fold_label(f))
+    folds = [f for f in info["folds"] if f["roc"]["fpr"]]
+    for i, f in enumerate(folds):
+        ax.plot(f["roc"]["fpr"], f["roc"]["tpr"], lw=0.8, alpha=0.5, color="tab:blue",
+                label=f"each test fold ({len(folds)}: {_fits(data)})" if i == 0 else None)
     mean = _mean_roc(info)
     auc = info["summary"]["roc_auc"]
     if mean is not None:
         m, s = mean
-        ax.plot(_GRID, m, color="black", lw=2, label=f"mean (AUC {pm(auc['mean'], auc['std'])})")
-        ax.fill_between(_GRID, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color="grey", alpha=0.2, label="± 1 std")
+        ax.plot(_GRID, m, color="black", lw=2, label=f"mean over folds (AUC {pm(auc['mean'], auc['std'], 3)})")
+        ax.fill_between(_GRID, np.clip(m - s, 0, 1), np.clip(m + s, 0, 1), color="grey", alpha=0.25,
+                        label="± 1 sd over folds")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    _roc_axes(ax, f"{head}: ROC per fold")
-    ax.legend(loc="lower right", fontsize=6 if len(info["folds"]) > 6 else 8)
+    _roc_axes(ax, f"{head}: ROC per test fold")
+    aucs = [f["metrics"].get("roc_auc") for f in folds]
+    aucs = [a for a in aucs if a is not None and not (isinstance(a, float) and math.isnan(a))]
+    if aucs:
+        ax.text(0.98, 0.3, f"fold AUCs {min(aucs):.3f}–{max(aucs):.3f}", ha="right", fontsize=FONT - 1,
+                transform=ax.transAxes)
+    ax.legend(loc="lower right", fontsize=FONT - 1)
     return fig
 
 
-def _fold_label(f: dict[str, Any]) -> str:
-    auc = f["metrics"].get("roc_auc")
-    auc_text = "n/a" if auc is None or (isinstance(auc, float) and math.isnan(auc)) else f"{auc:.3f}"
-    return f"repeat {f['repeat']} fold {f['fold']} (AUC {auc_text})"
+def _fits(data: dict[str, Any]) -> str:
+    p = data["protocol"]
+    repeats = int(p.get("repeats", 1) or 1)
+    return f"{p.get('n_folds', '?')} folds" + (f" × {repeats} repeats" if repeats > 1 else "")
 
 
 def _roc_axes(ax: Any, title: str) -> None:
@@ -128,20 +147,6 @@ def _roc_axes(ax: Any, title: str) -> None:
     ax.set_xlabel("false positive rate (1 − specificity)")
     ax.set_ylabel("true positive rate (sensitivity)")
     ax.set_title(title)
-
-
-def _roc_all_figure(data: dict[str, Any]) -> Figure:
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
-    for head, info in data["heads"].items():
-        mean = _mean_roc(info)
-        if mean is not None:
-            auc = info["summary"]["roc_auc"]
-            ax.plot(_GRID, mean[0], lw=1.5, label=f"{head} (AUC {pm(auc['mean'], auc['std'], 3)})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
-    _roc_axes(ax, "mean ROC over folds")
-    ax.legend(loc="lower right", fontsize=7)
-    return fig
 
 
 def _confusion_figure(head: str, info: dict[str, Any], data: dict[str, Any], unit: str = "folds") -> Figure:
@@ -171,39 +176,3 @@ def _confusion_figure(head: str, info: dict[str, Any], data: dict[str, Any], uni
         f", mean of {repeats} repeats" if repeats > 1 else "")
     ax.set_title(f"{head}: confusion ({per})", fontsize=9)
     return fig
-
-
-def _history_figure(head: str, info: dict[str, Any]) -> Figure:
-    fig = Figure(figsize=(9, 3.6))
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    folds = [f for f in info["folds"] if f.get("history") and f["repeat"] == info["folds"][0]["repeat"]]
-    for i, f in enumerate(folds):
-        color = f"C{i % 10}"
-        epochs = [e["epoch"] for e in f["history"]]
-        for ax, key in ((loss_ax, "loss"), (acc_ax, "acc")):
-            ax.plot(
-                epochs,
-                [e.get(f"train_{key}") for e in f["history"]],
-                color=color,
-                lw=1,
-                label=f"fold {f['fold']} train",
-            )
-            val = [e.get(f"val_{key}") for e in f["history"]]
-            if any(v is not None for v in val):
-                ax.plot(
-                    epochs,
-                    [np.nan if v is None else v for v in val],
-                    color=color,
-                    lw=1,
-                    ls="--",
-                    label=f"fold {f['fold']} validation",
-                )
-    for ax, name in ((loss_ax, "loss"), (acc_ax, "accuracy")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_title(f"{head}: {name} per epoch")
-        ax.legend(fontsize=6)
-    return fig
-
-

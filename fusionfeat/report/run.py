@@ -1,4 +1,5 @@
-"""The run folder of a CV result: ``metrics.json``, ``predictions.csv``, ``report.md`` and PNG plots.
+"""The run folder of a CV result: ``metrics.json``, ``predictions.csv``, ``report.md``, the summary figures and
+per-head detail plots in ``figures/``.
 
 Everything in ``report.md`` is rendered from ``metrics.json`` (``fusionfeat.report.markdown``), so
 ``compare_runs`` can line runs up later.
@@ -25,6 +26,7 @@ from fusionfeat.report.attention import write_attention
 from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
 from fusionfeat.report.plots import write_plots
+from fusionfeat.report.roc_bands import run_bands
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -44,9 +46,10 @@ def write_run(result: CVResult, out_dir: str | Path, overwrite: bool = False, n_
 
 
 def write_run_files(result: CVResult, out: Path, n_boot: int = 2000) -> None:
-    """Write metrics.json, predictions.csv, subjects.csv, report.md/.tex, tables and plots into ``out``."""
+    """Write metrics.json, predictions.csv, subjects.csv, report.md/.tex, tables, summary.png, training.png and
+    per-head plots (``figures/``) into ``out``."""
     data = run_json(result, n_boot=n_boot)
-    plots = write_plots(data, out)
+    plots = write_plots(data, out, run_bands(result))
     data["plots"] = plots
     (out / METRICS_FILE).write_text(dumps_json(data))
     write_predictions(result, out / PREDICTIONS_FILE)
