@@ -20,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,35 @@ def fsync_dir(folder: Path) -> None:
 
 
 def temp_sibling(path: Path, kind: str = "tmp") -> Path:
-    """``.<name>.<pid>.<kind>`` next to ``path``: what ``clean_stale`` recognises after a kill."""
+    """``.<name>.<pid>.<kind>`` next to ``path`` (the name a temporary of ``path`` gets)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+
+
+TEMP_MARKER = ".fusionfeat-temp"
+
+
+def temp_folder(path: Path, kind: str = "tmp") -> Path:
+    """Create ``.<name>.<pid>.<kind>/`` beside ``path``, marked as fusionfeat's own temporary of ``path`` (a file
+    ``.fusionfeat-temp`` inside): ``clean_stale`` removes only folders it can prove it made, never a user's file
+    that merely has such a name. A file written in it and renamed out of it is replaced atomically."""
+    folder = temp_sibling(path, kind)
+    folder.mkdir()
+    (folder / TEMP_MARKER).write_text(f"{path.name}\n")
+    return folder
+
+
+def is_own_temporary(entry: Path, name: str) -> bool:
+    """``entry`` is a real folder fusionfeat made for output ``name``: its temp marker names it, or it holds a
+    previous output of ours (the aside copy of a swap, with its kind marker)."""
+    if entry.is_symlink() or not entry.is_dir():
+        return False
+    marker = entry / TEMP_MARKER
+    if marker.is_file() and not marker.is_symlink():
+        try:
+            return marker.read_text().strip() == name
+        except (OSError, UnicodeDecodeError):
+            return False
+    return any((entry / marker_name(kind)).is_file() for kind in _WHAT) or is_previous_output(entry, BUNDLE)
 
 
 def atomic_write_bytes(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -180,7 +208,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def clean_stale(path: Path) -> list[Path]:
-    """Remove temporary siblings of ``path`` left by dead processes (call while holding its lock).
+    """Remove temporary siblings of ``path`` left by dead processes (call while holding its lock): only folders
+    ``is_own_temporary`` proves fusionfeat made; anything else with a look-alike name stays as it is.
 
     An aside copy (``.old``) of a killed swap is put back when ``path`` itself is missing, so the previous
     output survives a kill between the two renames. Returns what was removed or restored.
@@ -194,14 +223,12 @@ def clean_stale(path: Path) -> list[Path]:
         if not match or match["name"] != path.name:
             continue
         pid = int(match["pid"])
-        if pid == os.getpid() or pid_alive(pid):
-            continue
+        if pid == os.getpid() or pid_alive(pid) or not is_own_temporary(entry, path.name):
+            continue  # a live process's, or not provably ours (a user's file with a look-alike name): untouched
         if match["kind"] == "old" and not os.path.lexists(path):
             os.replace(entry, path)
-        elif entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
         else:
-            entry.unlink(missing_ok=True)
+            shutil.rmtree(entry, ignore_errors=True)
         touched.append(entry)
     return touched
 
@@ -211,6 +238,33 @@ def glob_escape(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the output rule
+
+
+_OWN_CSV_HEADERS = (re.compile(r"path,label,group,fold"), re.compile(r"path,p_[^,]*,label(,error)?"))
+
+
+def is_own_csv(path: Path) -> bool:
+    """Whether ``path`` starts like a CSV fusionfeat writes (a manifest or a predictions file)."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(4096).split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return any(p.fullmatch(first) for p in _OWN_CSV_HEADERS)
+
+
+def kind_of(path: Path) -> str:
+    """What a non-regular path is, in words: a folder, a named pipe, a device, a socket."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "unreadable"
+    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file")):
+        if test(mode):
+            return word
+    return "not a regular file"
 
 
 def marker_name(kind: str) -> str:
@@ -263,8 +317,11 @@ def ensure_parent(out: Path, what: str) -> None:
 def check_output(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
                  overwrite: bool = False, option: str = "-o") -> Path:
     """Validate an output path against the rule (before any work); returns it. Creates only missing parents."""
+    text = os.fspath(out)
     out = Path(out).expanduser()
     what = _WHAT[kind]
+    if kind == CSV and text.endswith((os.sep, "/")):
+        raise FusionfeatError(f"{option} {text} names a folder (it ends in /); give a file name for the {what}")
     check_not_input(out, inputs, option)
     if os.path.lexists(out):
         if out.is_symlink():
@@ -272,13 +329,20 @@ def check_output(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.Pa
         if kind == CSV:
             if out.is_dir():
                 raise FusionfeatError(f"{option} {out} is a folder; give a file name for the {what}")
+            if not out.is_file():
+                raise FusionfeatError(f"{option} {out} is {kind_of(out)}, not a file: fusionfeat never replaces "
+                                      "one, even with --overwrite; choose another name")
             if not overwrite:
                 raise FusionfeatError(f"{option} {out} already exists; add --overwrite to replace it, "
                                       "or choose another name")
+            if not is_own_csv(out):
+                raise FusionfeatError(f"{option} {out} is not a CSV fusionfeat wrote (its first line is not a "
+                                      "manifest or predictions header); --overwrite only replaces fusionfeat's own "
+                                      "output: choose another name")
         else:
             if not out.is_dir():
-                raise FusionfeatError(f"{option} {out} is a file, not a folder; choose another {option} "
-                                      f"for the {what}")
+                raise FusionfeatError(f"{option} {out} is {kind_of(out) if not out.is_file() else 'a file'}, not a "
+                                      f"folder; choose another {option} for the {what}")
             if any(out.iterdir()):
                 if not is_previous_output(out, kind):
                     raise FusionfeatError(f"{option} {out} is a non-empty folder that fusionfeat did not write as "
@@ -341,10 +405,12 @@ def output_target(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.P
         check_output(out, kind, inputs, overwrite, option)  # again, now that we hold the lock
         tmp = temp_sibling(out)
         try:
-            if kind != CSV:
+            if kind == CSV:  # the file is written in a marked temporary folder and renamed out of it
+                target = OutputTarget(out, kind, temp_folder(out) / out.name)
+            else:
                 tmp.mkdir()
                 (tmp / marker_name(kind)).write_text(f"written by fusionfeat as a {_WHAT[kind]}\n")
-            target = OutputTarget(out, kind, tmp)
+                target = OutputTarget(out, kind, tmp)
             yield target
             target.commit()
         except OSError as exc:
@@ -352,11 +418,8 @@ def output_target(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.P
                 raise
             raise disk_error(exc, out) from None
         finally:
-            if os.path.lexists(tmp):
-                if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                else:
-                    tmp.unlink(missing_ok=True)
+            if os.path.lexists(tmp) and not tmp.is_symlink() and tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def disk_error(exc: OSError, out: Path) -> FusionfeatError:

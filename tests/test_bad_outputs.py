@@ -428,7 +428,7 @@ def test_legacy_joblib_bundle_needs_trust_pickle(base, tmp_path):
 @pytest.mark.parametrize("command", ["fit", "train", "predict"])
 def test_disk_full_is_one_line_and_keeps_the_old_output(base, tmp_path, monkeypatch, command):
     _copy(base, tmp_path, "cells", "s.h5", "run", "bundle")
-    (tmp_path / "p.csv").write_text("old\n")
+    (tmp_path / "p.csv").write_text("path,p_all,label,error\nold.png,0.500000,all,\n")  # a previous predict output
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "somefile")
@@ -466,12 +466,22 @@ def test_overwrite_replaces_previous_outputs(base, tmp_path):
 
 
 def test_stale_temporaries_of_dead_processes_are_cleaned(base, tmp_path):
+    """What a killed fusionfeat left (temporaries marked as its own, named after the output) is removed; a user's
+    file or folder that merely looks like one (no marker: `.results.99999.tmp/thesis.tex`) stays, byte for byte."""
     _copy(base, tmp_path, "cells", "s.h5")
-    stale = [tmp_path / f".run.{DEAD_PID}.tmp", tmp_path / f".b.{DEAD_PID}.tmp"]
-    for folder in stale:
+    stale = [tmp_path / f".run.{DEAD_PID}.tmp", tmp_path / f".b.{DEAD_PID}.tmp",
+             tmp_path / f".s2.h5.{DEAD_PID}.assemble"]
+    for folder, kind in zip(stale, ("run", "bundle", None), strict=True):
         folder.mkdir()
         (folder / "half.json").write_text("{")
-    (tmp_path / f".s2.h5.{DEAD_PID}.assemble").write_bytes(b"half an hdf5 file")
+        marker = (folder / f".fusionfeat-{kind}") if kind else (folder / ".fusionfeat-temp")
+        marker.write_text("written by fusionfeat\n" if kind else "s2.h5\n")
+    users = {tmp_path / f".run.{DEAD_PID + 1}.tmp" / "thesis.tex": b"my thesis",
+             tmp_path / f".p.csv.{DEAD_PID}.tmp": b"notes", tmp_path / f".p.csv.{DEAD_PID}.old": b"more notes",
+             tmp_path / f".s2.h5.{DEAD_PID}.notes.assemble": b"x", tmp_path / f".s.h5.{DEAD_PID}.rewrite": b"y"}
+    for path, data in users.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
     live = tmp_path / f".run.{os.getppid()}.tmp"  # a live process's temp stays
     live.mkdir()
     assert run("fit", tmp_path / "s.h5", "--head", "logreg", "--cv", "stratified", "--folds", "2", "-o",
@@ -479,8 +489,10 @@ def test_stale_temporaries_of_dead_processes_are_cleaned(base, tmp_path):
     assert run("train", tmp_path / "s.h5", "--head", "logreg", "-o", tmp_path / "b", "--quiet").exit_code == 0
     assert run("extract", tmp_path / "cells", "-o", tmp_path / "s2.h5", "--weights", "random", "--input-size", "32",
                "--backbones", "resnet18", "--quiet", "--workers", "0").exit_code == 0
-    assert not any(p.exists() for p in stale) and not (tmp_path / f".s2.h5.{DEAD_PID}.assemble").exists()
-    assert live.exists()
+    assert run("predict", tmp_path / "b", tmp_path / "cells", "-o", tmp_path / "p.csv", "--quiet",
+               "--device", "cpu").exit_code == 0
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and all(path.read_bytes() == data for path, data in users.items())
 
 
 def test_killed_swap_restores_the_previous_output(base, tmp_path):

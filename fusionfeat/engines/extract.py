@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -48,7 +49,7 @@ from fusionfeat.errors import (
     RandomWeightsWarning,
     StoreError,
 )
-from fusionfeat.fsio import clean_stale
+from fusionfeat.fsio import clean_stale, kind_of, temp_folder
 from fusionfeat.interrupts import ignore_in_worker, keeping
 from fusionfeat.runtime import autocast, default_workers, describe_device, progress, resolve_precision
 from fusionfeat.store import (
@@ -58,6 +59,8 @@ from fusionfeat.store import (
     create_feature_datasets,
     create_store_file,
     finish_store,
+    is_own_partial,
+    is_own_store,
     now_iso,
     partial_dir,
     record_checksums,
@@ -140,6 +143,7 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
+    check_store_output(out, manifest, config.overwrite)
     with process_group(config.device) as ctx, contextlib.ExitStack() as stack:
         device = ctx.device(config.device)
         content = ctx.run_on_main(lambda: None if _finished_looking(out, config) else hash_content(manifest, config))
@@ -236,6 +240,29 @@ def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBack
         "precision": precision,
         "batch_size": config.batch_size,
     }
+
+
+def check_store_output(out: Path, manifest: Manifest, overwrite: bool) -> None:
+    """The output rule for a store, before any work: never one of the images; never a link, device, pipe or
+    folder; with ``overwrite`` only a previous fusionfeat store is replaced (a user's thesis.h5 never is); and a
+    ``<store>.partial`` folder fusionfeat did not make is never used (nor deleted)."""
+    target = out.resolve()
+    for sample in manifest.samples:
+        if manifest.absolute(sample).resolve() == target:
+            raise StoreError(f"-o {out} is one of the images the data lists ({sample.path}); choose another -o")
+    if os.path.lexists(out):
+        if out.is_symlink():
+            raise StoreError(f"-o {out} is a symbolic link; give a real path for the store")
+        if not out.is_file():
+            raise StoreError(f"-o {out} is {kind_of(out)}, not a store file: fusionfeat never replaces one, even "
+                             "with --overwrite; choose another -o")
+        if overwrite and not is_own_store(out):
+            raise StoreError(f"-o {out} exists and is not a fusionfeat feature store; --overwrite only replaces a "
+                             "previous store: choose another -o")
+    partial = partial_dir(out)
+    if os.path.lexists(partial) and not is_own_partial(partial):
+        raise StoreError(f"{partial} exists but fusionfeat did not make it (an unfinished extraction keeps its "
+                         "batches there); move it away or choose another -o")
 
 
 def _check_finished(out: Path, settings: dict) -> None:
@@ -403,7 +430,8 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         "device": describe_device(device),
         "command": " ".join(sys.argv),
     }
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.assemble")
+    folder = temp_folder(out, "assemble")  # marked: a kill leaves a folder clean_stale can prove is ours
+    tmp = folder / out.name
     h5 = create_store_file(tmp, samples, list(manifest.classes), root_attrs)
     try:
         h5["samples"].create_dataset("sha256", shape=(n,), dtype=STR_DTYPE)
@@ -441,8 +469,9 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
     except BaseException:
         with contextlib.suppress(Exception):  # closing flushes, which fails again on a full disk
             h5.close()
-        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     partial.remove()
     return skipped
 

@@ -51,7 +51,7 @@ from fusionfeat.engines.train_loop import (
     trunk_stages,
 )
 from fusionfeat.errors import DamagedBatchWarning, DatasetError, FusionfeatError, RandomWeightsWarning, StoreError
-from fusionfeat.fsio import FINETUNE, WRITE_ERRORS, marker_name, sha256_file, write_json
+from fusionfeat.fsio import FINETUNE, WRITE_ERRORS, clean_stale, marker_name, sha256_file, write_json
 from fusionfeat.interrupts import keeping
 from fusionfeat.protocols import DEFAULT_FOLDS, DEFAULT_SEED, check_split, default_protocol, inner_split, plan_folds
 from fusionfeat.runtime import autocast, describe_device, resolve_precision
@@ -216,8 +216,7 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     if not store.exists():
         raise StoreError(f"no feature store at {store}; create it first with `fusionfeat extract DATA -o {store}`")
     stack.enter_context(store_lock(store))
-    for stale in store.parent.glob(f".{store.name}.*.rewrite"):  # a killed rewrite's copy; we hold the lock
-        stale.unlink(missing_ok=True)
+    clean_stale(store.resolve())  # a killed rewrite's marked copy; we hold the lock, and touch nothing else
     with FeatureStore.open(store) as fs:
         _check_manifest(manifest, fs)
         preprocess = _store_preprocess(fs, config.input_size, config.backbones)

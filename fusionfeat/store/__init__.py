@@ -8,8 +8,8 @@ to a finished store (fine-tuned features) go through ``rewrite``, which works on
 atomically. ``reader`` opens finished stores; ``chunks`` compresses token maps as HDF5's filters would.
 """
 
-from fusionfeat.store.partial import PartialStore, partial_dir, read_settings, store_lock
-from fusionfeat.store.reader import FeatureStore, verify_checksums
+from fusionfeat.store.partial import PartialStore, is_own_partial, partial_dir, read_settings, store_lock
+from fusionfeat.store.reader import FeatureStore, is_own_store, verify_checksums
 from fusionfeat.store.schema import (
     SCHEMA_VERSION,
     STR_DTYPE,
@@ -30,7 +30,8 @@ from fusionfeat.store.schema import (
 
 __all__ = [
     "SCHEMA_VERSION", "STR_DTYPE", "FeatureStore", "FoldPlan", "PartialStore", "create_feature_datasets",
-    "create_store_file", "dataset_sha256", "decode_attr", "feature_datasets", "finetuned_fold_group",
+    "create_store_file", "is_own_partial", "is_own_store", "dataset_sha256", "decode_attr", "feature_datasets",
+    "finetuned_fold_group",
     "finish_store", "now_iso", "partial_dir", "read_settings", "record_checksums", "rewrite", "store_lock",
     "verify_checksums", "write_finetuned_features", "write_fold_plan",
 ]

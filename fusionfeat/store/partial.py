@@ -17,6 +17,18 @@ import numpy as np
 from fusionfeat.errors import StoreError
 from fusionfeat.fsio import atomic_write_bytes, sha256_file
 
+PARTIAL_MARKER = ".fusionfeat-partial"
+
+
+def is_own_partial(folder: Path) -> bool:
+    """A real folder fusionfeat made: its marker, or (made before the marker) a readable ``settings.json``, or
+    nothing inside but batch files and their sidecars."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    if (folder / PARTIAL_MARKER).is_file() or read_settings(folder) is not None:
+        return True
+    return all(p.name.startswith(("batch_", ".batch_")) for p in folder.iterdir())
+
 
 def partial_dir(path: Path) -> Path:
     """``<store>.partial``: where an unfinished extraction keeps its committed batches."""
@@ -81,6 +93,9 @@ class PartialStore:
         """Start or resume; refuses to mix batches made with other settings unless ``overwrite``."""
         folder = partial_dir(store_path)
         settings_file = folder / "settings.json"
+        if os.path.lexists(folder) and not is_own_partial(folder):
+            raise StoreError(f"{folder} exists but fusionfeat did not make it (an unfinished extraction keeps its "
+                             "batches there); move it away or choose another -o")
         if folder.exists() and (overwrite or not settings_file.is_file()):
             shutil.rmtree(folder)
         if settings_file.is_file():
@@ -98,6 +113,7 @@ class PartialStore:
                 )
         else:
             folder.mkdir(parents=True, exist_ok=True)
+            (folder / PARTIAL_MARKER).write_text("written by fusionfeat: committed batches of an extraction\n")
             atomic_write_bytes(settings_file, lambda fh: fh.write(json.dumps(settings, sort_keys=True).encode()))
         return cls(folder)
 

@@ -38,6 +38,21 @@ def verify_checksums(path: str | os.PathLike) -> list[tuple[str, str]]:
     return results
 
 
+def is_own_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular HDF5 file with a fusionfeat store's layout (finished or not): what
+    ``extract --overwrite`` may replace."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        if not h5py.is_hdf5(path):
+            return False
+        with h5py.File(path, "r") as h5:
+            return "samples" in h5 and "schema_version" in h5.attrs
+    except (OSError, ValueError):
+        return False
+
+
 def _check_layout(h5: h5py.File, path: Path) -> None:
     """A finished fusionfeat store of a schema this version reads, without links to elsewhere."""
     if "samples" not in h5 or "features" not in h5:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import h5py
 import numpy as np
 
 from fusionfeat.errors import StoreError
-from fusionfeat.fsio import fsync_dir
+from fusionfeat.fsio import fsync_dir, temp_folder
 from fusionfeat.store.chunks import DEFLATE_LEVEL
 from fusionfeat.store.partial import PartialStore
 
@@ -96,18 +97,31 @@ def record_checksums(h5: h5py.File) -> None:
 
 @contextlib.contextmanager
 def rewrite(path: Path) -> Iterator[h5py.File]:
-    """Edit a finished store on a copy that replaces it only if the block succeeds (crash-safe append)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.rewrite")
-    shutil.copyfile(path, tmp)
-    h5 = h5py.File(tmp, "r+")
+    """Edit a finished store on a copy that replaces it only if the block succeeds (crash-safe append).
+
+    A symbolic link is edited through (the link stays, its target is replaced) and the file's permission bits
+    are kept; a store without any write permission bit is refused (the user made it read-only). The copy lives
+    in a marked temporary folder (``fsio.temp_folder``), so cleaning up after a kill touches nothing else.
+    """
+    path = Path(path).resolve()
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o222:
+        raise StoreError(f"{path} is read-only (mode {mode:04o}); make it writable (chmod u+w) to add to it, or "
+                         "work on a copy")
+    folder = temp_folder(path, "rewrite")
+    tmp = folder / path.name
     try:
-        yield h5
-    except BaseException:
-        h5.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    finish_store(h5, tmp, path)
+        shutil.copyfile(path, tmp)
+        os.chmod(tmp, mode)
+        h5 = h5py.File(tmp, "r+")
+        try:
+            yield h5
+        except BaseException:
+            h5.close()
+            raise
+        finish_store(h5, tmp, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def now_iso() -> str:
