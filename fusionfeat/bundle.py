@@ -156,10 +156,45 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     except Exception as exc:  # a damaged model file: whatever the library raises, the user gets one line
         raise FusionfeatError(f"{path}: cannot load its model {info['model_file']} ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:200]}); the bundle is damaged, retrain it") from None
+    _check_consistent(path, info, estimator)
     rule = info.get("decision_rule")
     if rule is not None and not isinstance(rule, dict):
         raise FusionfeatError(f"{path}/{MANIFEST}: decision_rule is not a record; the bundle is damaged or edited")
     return Bundle(rebuild_rule(estimator, rule), head_spec(info), info)
+
+
+def _check_consistent(path: Path, info: dict[str, Any], estimator: Any) -> None:
+    """The bundle's parts agree: two distinct classes with the positive among them, the model's classes, the
+    head's backbones (no repeats), and its input width from their recorded widths and token grids. The checksum
+    catches accidents; this catches a bundle re-signed after an edit that would change predictions silently."""
+    where = f"{path}/{MANIFEST}"
+    classes, positive = info["classes"], info["positive"]
+    if not (isinstance(classes, list) and len(classes) == 2 and len(set(map(str, classes))) == 2
+            and positive in classes):
+        raise FusionfeatError(f"{where}: classes {classes!r} with positive {positive!r} are not two distinct "
+                              "classes including the positive; the bundle is damaged or edited")
+    backbones = list(info.get("head_backbones") or [])
+    if len(set(backbones)) != len(backbones):
+        raise FusionfeatError(f"{where}: head_backbones {backbones} repeats a backbone; the bundle is damaged or "
+                              "edited")
+    model = estimator
+    while hasattr(model, "estimator_"):
+        model = model.estimator_
+    model_classes = [int(c) for c in np.asarray(getattr(model, "classes_", [0, 1])).tolist()]
+    if model_classes != list(range(len(classes))):
+        raise FusionfeatError(f"{where}: the model predicts classes {model_classes} but the bundle names "
+                              f"{len(classes)} ({', '.join(map(str, classes))}); the bundle is damaged or edited")
+    expected = 0
+    for name in backbones:
+        prov = info["backbones"].get(name, {})
+        dim, grid = prov.get("pooled_dim"), prov.get("token_grid", 1)
+        if not isinstance(dim, int) or not isinstance(grid, int):
+            return  # an older bundle without widths: nothing more to compare
+        expected += dim * (grid * grid if info.get("head_inputs") == "tokens" else 1)
+    width = getattr(model, "n_features_in_", None)
+    if width is not None and int(width) != expected:
+        raise FusionfeatError(f"{where}: the model reads {int(width)} features but {', '.join(backbones)} give "
+                              f"{expected}; the bundle is damaged or edited")
 
 
 def as_bundle(bundle: str | os.PathLike | Bundle) -> Bundle:
@@ -179,7 +214,7 @@ def _read_manifest(path: Path, trust_legacy: bool = False) -> dict[str, Any]:
         raise FusionfeatError(f"{path} is not a fusionfeat bundle (no {MANIFEST}); make one with `fusionfeat train`")
     try:
         info = json.loads(manifest.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise FusionfeatError(f"{manifest} is not valid JSON; the bundle is damaged") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise FusionfeatError(f"{path} is not a fusionfeat bundle ({MANIFEST} lacks format {FORMAT!r})")

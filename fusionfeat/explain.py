@@ -56,6 +56,9 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, n: int =
     backbones = list(data["heads"][head]["backbones"])
     if f"p/{head}" not in arrays:
         raise FusionfeatError(f"{run_dir}: attention.npz has no maps for head {head!r}; rerun fusionfeat fit")
+    missing = [k for k in (f"map/{head}/{b}" for b in backbones) if k not in arrays]
+    if missing:
+        raise FusionfeatError(f"{run_dir}: attention.npz lacks {missing[0]}; rerun fusionfeat fit")
     p = np.nanmean(arrays[f"p/{head}"], axis=0)
     maps = {b: np.nanmean(arrays[f"map/{head}/{b}"], axis=0) for b in backbones}
     positive = data["classes"].index(data["positive"])

@@ -9,8 +9,11 @@ a FIFO given as a store, and head parameters that cannot work.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,7 +127,7 @@ def store(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hostile")
     generate_class_folders(folder / "cells", n_per_class=8, size=40)
     code, lines = _run("extract", folder / "cells", "-o", folder / "s.h5", "--backbones", "resnet18,vgg16", "--weights",
-                       "random", "--input-size", "32", "--no-tokens", "--device", "cpu", "--workers", "0", "--quiet")
+                       "random", "--input-size", "32", "--device", "cpu", "--workers", "0", "--quiet")
     assert code == 0, lines
     return folder / "s.h5"
 
@@ -201,3 +204,132 @@ def test_option_values_outside_their_range_are_one_line(store, tmp_path):
     _one_line_error((*fit, "--head", "resnet18", "--head-param", "resnet18.lr=-1"), "lr must be a finite number")
     _one_line_error((*fit, "--head", "resnet18", "--head-param", "resnet18.dropout=1.5"), "dropout")
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------- read back
+
+
+@pytest.fixture(scope="module")
+def run_folder(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    code, lines = _run("fit", store, "--head", "logreg,attention-spatial", "--cv", "stratified", "--folds", "2",
+                       "-o", out, "--quiet", "--device", "cpu", "--head-param", "*.max_epochs=2")
+    assert code == 0, lines
+    return out
+
+
+def _edited_run(run: Path, folder: Path, edit: Callable[[Path], None]) -> Path:
+    copy = folder / "run"
+    shutil.copytree(run, copy)
+    edit(copy)
+    return copy
+
+
+def _json_without(key: str) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        data = json.loads((run / "metrics.json").read_text())
+        del data[key]
+        (run / "metrics.json").write_text(json.dumps(data))
+    return edit
+
+
+def _npz(arrays: Callable[[dict], dict]) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        with np.load(run / "attention.npz", allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+        np.savez(run / "attention.npz", **arrays(data))
+    return edit
+
+
+RUN_CASES = {
+    "metrics.json without provenance": (_json_without("provenance"), "report", "does not have the shape"),
+    "metrics.json without classes": (_json_without("classes"), "report", "does not have the shape"),
+    "deeply nested metrics.json": (lambda run: (run / "metrics.json").write_text("[" * 100_000 + "]" * 100_000),
+                                   "report", "nested too deeply"),
+    "attention.npz cut short": (lambda run: (run / "attention.npz").write_bytes(
+        (run / "attention.npz").read_bytes()[:200]), "explain", "attention.npz is damaged"),
+    "attention.npz without labels": (_npz(lambda d: {k: v for k, v in d.items() if k != "label"}), "explain",
+                                     "missing label"),
+    "attention.npz with an object array": (_npz(lambda d: {**d, "label": np.array([{}] * len(d["label"]))}),
+                                           "explain", "attention.npz is damaged"),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_damaged_run_folders_are_one_line(run_folder, tmp_path, case):
+    edit, command, needle = RUN_CASES[case]
+    run = _edited_run(run_folder, tmp_path, edit)
+    args = ("report", run) if command == "report" else ("explain", run, "-o", tmp_path / "montages")
+    _one_line_error(args, needle)
+    assert not (tmp_path / "montages").exists()
+
+
+def _resigned(bundle: Path, folder: Path, edit: Callable[[dict], None]) -> Path:
+    from fusionfeat.bundle import SELF_CHECKSUM, manifest_digest
+
+    copy = folder / "bundle"
+    shutil.copytree(bundle, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    edit(meta)
+    meta[SELF_CHECKSUM] = manifest_digest(meta)  # an editor can re-sign; the parts must still agree
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    return copy
+
+
+BUNDLE_CASES = {
+    "classes flipped to three": (lambda m: m.__setitem__("classes", ["hem", "all", "other"]), "not two distinct"),
+    "positive not a class": (lambda m: m.__setitem__("positive", "blast"), "not two distinct"),
+    "a backbone twice": (lambda m: m.__setitem__("head_backbones", ["resnet18", "resnet18"]), "repeats a backbone"),
+    "backbones reordered to another width": (lambda m: m["backbones"]["vgg16"].__setitem__("pooled_dim", 7),
+                                             "the model reads"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUNDLE_CASES))
+def test_a_re_signed_bundle_whose_parts_disagree_is_refused(store, tmp_path, case):
+    code, lines = _run("train", store, "--head", "logreg", "-o", tmp_path / "b", "--quiet")
+    assert code == 0, lines
+    edit, needle = BUNDLE_CASES[case]
+    bundle = _resigned(tmp_path / "b", tmp_path, edit)
+    _one_line_error(("predict", bundle, store.parent / "cells", "-o", tmp_path / "p.csv", "--device", "cpu"),
+                    needle)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_one_image_per_class_and_single_class_training_folds(tmp_path):
+    write_cells(tmp_path / "one", per_class=1)
+    write_cells(tmp_path / "cells", per_class=3)
+    code, lines = _run("extract", tmp_path / "one", "-o", tmp_path / "one.h5", "--weights", "random",
+                       "--input-size", "32", "--device", "cpu", "--quiet")
+    assert code == 0, lines
+    code, lines = _run("train", tmp_path / "one.h5", "--head", "attention", "-o", tmp_path / "b", "--quiet")
+    assert code == 0 and (tmp_path / "b" / "bundle.json").is_file(), lines  # trains, without early stopping
+    rows = ["path,label,fold"] + [f"cells/hem/cell_{i:03d}.png,hem,0" for i in range(3)] + \
+           [f"cells/all/cell_{i:03d}.png,all,{1 if i else 0}" for i in range(3)]
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    code, lines = _run("extract", tmp_path / "p.csv", "-o", tmp_path / "p.h5", "--weights", "random",
+                       "--input-size", "32", "--device", "cpu", "--quiet")
+    assert code == 0, lines
+    _one_line_error(("fit", tmp_path / "p.h5", "--cv", "predefined", "--head", "logreg", "-o", tmp_path / "run",
+                     "--quiet"), "fold 0's training side holds class 1 only")
+
+
+def _process(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
+    return subprocess.run([sys.executable, "-m", "fusionfeat", *args], text=True, env=env, timeout=300, **streams)
+
+
+def test_standard_output_on_a_full_device_is_one_line(store):
+    with open("/dev/full", "w") as full:
+        proc = _process(["info", str(store)], stdout=full)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot write to standard output" in lines[0], proc.stderr
+
+
+def test_a_deleted_working_folder_is_one_line(store, tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = _process(["info", str(store)], cwd=gone, preexec_fn=lambda: os.rmdir(gone))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "current folder no longer exists" in lines[0], proc.stderr

@@ -31,12 +31,14 @@ def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fracti
     if np.any(g != ""):
         subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
         n_splits = min(n_splits, len(np.unique(subjects)), int(counts.min()))
-        splitter, extra = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed), (subjects,)
+        extra: tuple = (subjects,)
     else:
         n_splits = min(n_splits, int(counts.min()))
-        splitter, extra = StratifiedKFold(n_splits, shuffle=True, random_state=seed), ()
-    if n_splits < 2:
+        extra = ()
+    if n_splits < 2:  # e.g. one image of a class: nothing to validate on
         return none
+    kind = StratifiedGroupKFold if extra else StratifiedKFold
+    splitter = kind(n_splits, shuffle=True, random_state=seed)
     try:
         fit, val = next(splitter.split(rows, y, *extra))
     except ValueError:  # too few rows of a class to split this way: no validation

@@ -178,6 +178,15 @@ def make_plan(
         for split in splits:
             check_split(rows.sample[split.train], rows.sample[split.test], groups, protocol == "grouped",
                         sha256=sha256)
+    for split in splits:  # before any fit: a single-class training side cannot train any head
+        present = np.unique(labels[rows.sample[split.train]])
+        if len(present) < 2:
+            only = f"class {int(present[0])}" if len(present) else "no images"
+            raise FusionfeatError(
+                f"fold {split.fold}'s training side holds {only} only (protocol {protocol}): no classifier can be "
+                "trained on it; give every class images outside each test fold (check the fold column), or use "
+                "--cv stratified or grouped"
+            )
     described = describe_protocol(
         protocol, labels, groups, ok, rows, n_eval, test_fold, n_folds, seed, repeats, balance, n_copies
     )

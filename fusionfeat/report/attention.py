@@ -9,11 +9,13 @@ over the ``grid/b`` ``(rows, cols)`` grid) and ``p/h`` ``(repeats, n_eval)`` the
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluation.cv import CVResult
 from fusionfeat.fsio import require_file
 
@@ -52,5 +54,16 @@ def load_attention(run_dir: str | Path) -> dict[str, Any]:
     path = require_file(run_dir, ATTENTION_FILE,
                         f"{Path(run_dir)} has no {ATTENTION_FILE}: no attention-spatial head was cross-validated "
                         "there; run fusionfeat fit --head attention on a store with token maps")
-    with np.load(path, allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:  # cut short, object arrays, …
+        raise FusionfeatError(f"{path} is damaged ({type(exc).__name__}); rerun the `fusionfeat fit` that wrote "
+                              "it") from None
+    missing = [k for k in ("sample", "view", "label", "path", "test_fold") if k not in arrays]
+    n = len(arrays.get("sample", ()))
+    if missing or any(len(arrays[k]) != n for k in ("view", "label", "path") if k in arrays):
+        raise FusionfeatError(f"{path} does not have the shape fusionfeat writes ("
+                              f"{'missing ' + ', '.join(missing) if missing else 'row counts differ'}); rerun the "
+                              "`fusionfeat fit` that wrote it")
+    return arrays

@@ -182,6 +182,9 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise FusionfeatError(f"{path} is not valid JSON ({exc.msg}); rerun the evaluation that wrote it") from None
+    except RecursionError:
+        raise FusionfeatError(f"{path} is nested too deeply to be fusionfeat's; rerun the evaluation that wrote it"
+                              ) from None
     except UnicodeDecodeError:
         raise FusionfeatError(f"{path} is not UTF-8 text; rerun the evaluation that wrote it") from None
     if not looks_like_run(data):
@@ -193,4 +196,6 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 def looks_like_run(data: Any) -> bool:
     """Whether parsed ``metrics.json`` data has the shape ``write_run`` gives it."""
     return (isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get("protocol"), dict)
+            and isinstance(data.get("provenance"), dict) and isinstance(data.get("classes"), list)
+            and len(data["classes"]) >= 2 and data.get("positive") in data["classes"]
             and all(isinstance(h, dict) and isinstance(h.get("summary"), dict) for h in data["heads"].values()))
