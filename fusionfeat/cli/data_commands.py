@@ -71,7 +71,9 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
               help="Comma-separated backbones: registry names (resnet18, vgg16, dinobloom_s, dinov2_vits14, ...) "
                    "or any timm model as timm:<model_name>.")
 @click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
+              help="imagenet (each backbone's published weights: torchvision's, or a timm model's from the local "
+                   "Hugging Face cache, never downloaded), random, a state-dict FILE, or per backbone: "
+                   "dinobloom_s=DinoBloom-S.pth,resnet18=random.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for random weights.")
 @click.option("--input-size", type=click.IntRange(min=32), default=224, show_default=True,
               help="Square input side in pixels.")
