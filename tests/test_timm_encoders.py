@@ -123,6 +123,11 @@ def test_fit_all_reports_every_head_including_attention_over_both_sources(fused,
     heads = json.loads((tmp_path / "run" / "metrics.json").read_text())["heads"]
     assert list(heads) == ["dinobloom_s", "resnet18", "concat", "attention-spatial", "svm", "xgboost", "logreg"]
     assert heads["attention-spatial"]["backbones"] == ["dinobloom_s", "resnet18"]
+    with np.load(tmp_path / "run" / "attention.npz") as maps:  # the ViT's 4 × 4 grid beside the CNN's 2 × 2
+        assert maps["grid/dinobloom_s"].tolist() == [4, 4] and maps["grid/resnet18"].tolist() == [2, 2]
+    explained = run("explain", tmp_path / "run", "-o", tmp_path / "ex")
+    assert explained.exit_code == 0, explained.output
+    assert sorted(p.name for p in (tmp_path / "ex").glob("*.png"))
 
 
 def test_plain_state_dicts_load_the_same_weights(fused, tmp_path):
