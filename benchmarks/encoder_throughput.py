@@ -2,9 +2,9 @@
 
 For each backbone, interleaved repeat by repeat (the order rotates each repeat, so machine noise hits them alike):
 
-* ``compute``: its trunk (``load_backbone``, random seeded weights) on pre-decoded, pre-normalised batches through
-  ``fusionfeat.encoders.embed`` (pooled vector and fp16 token map, as the engine keeps them), ``inference_mode``,
-  at the machine's precision (``--precision auto``);
+* ``compute``: its trunk (``load_backbone``, random seeded weights) on pre-decoded, pre-normalised channels_last
+  batches through ``fusionfeat.encoders.embed`` (pooled vector and fp16 token map, as the engine keeps them),
+  ``inference_mode``, at the machine's precision (``--precision auto``);
 * ``e2e``: the whole ``fusionfeat.engines.extract.extract(...)`` of that backbone alone into a temporary store
   (model set-up, decoding, batches, HDF5 assembly).
 
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     pre = Preprocess(input_size=args.input_size).with_stats(*input_stats(args.backbones))
     images = torch.cat([pre.load(str(manifest.absolute(s)))[0] for s in manifest.samples])
     mean, std = pre.mean_std()
-    batches = [normalize_batch(images[i:i + args.batch_size], mean, std) for i in range(0, len(images),
-                                                                                      args.batch_size)]
-    trunks = {b: load_backbone(b, RANDOM).trunk for b in args.backbones}
+    batches = [normalize_batch(images[i:i + args.batch_size], mean, std).contiguous(memory_format=torch.channels_last)
+               for i in range(0, len(images), args.batch_size)]  # as the engine feeds its trunks
+    trunks = {b: load_backbone(b, RANDOM).trunk.to(memory_format=torch.channels_last) for b in args.backbones}
     gflops = {b: flops_per_image(t, args.input_size) / 1e9 for b, t in trunks.items()}
     for trunk in trunks.values():  # warm-up, untimed
         compute(trunk, batches[:1], precision)
