@@ -170,7 +170,10 @@ def load_timm_backbone(spec: TimmSpec, choice: WeightsChoice) -> LoadedBackbone:
         state = spec.adapt_state(state, trunk.model)
     except Exception as exc:  # timm's filter meets a checkpoint of another architecture
         raise load_error(exc, str(path), spec.name) from None
-    load_trunk_state(trunk, spec, {f"model.{k}": v for k, v in state.items()}, str(path))
+    try:
+        load_trunk_state(trunk, spec, {f"model.{k}": v for k, v in state.items()}, str(path))
+    except WeightsError as exc:  # name keys as the checkpoint does, without the trunk's "model." prefix
+        raise WeightsError(str(exc).replace("(first model.", "(first ")) from None
     sha = sha256_file(path)
     if kind == FILE and spec.known_sha256 and sha != spec.known_sha256:
         warnings.warn(f"{spec.name}: {path.name} is not the published {spec.published or 'file'} (its SHA-256 "
