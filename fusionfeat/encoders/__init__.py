@@ -7,8 +7,11 @@ any timm model is also reachable as ``timm:<model_name>``), ``timm_trunks`` (the
 ``timm_weights`` (published checkpoints and the local hub cache).
 """
 
-from fusionfeat.encoders import timm_models as _timm_entries  # noqa: F401  (registers the timm entries)
+# the torchvision entries are registered first, so the registry lists them first
+# isort: off
 from fusionfeat.encoders import torchvision_models as _entries  # noqa: F401  (registers the entries)
+from fusionfeat.encoders import timm_models as _timm_entries  # noqa: F401  (registers the timm entries)
+# isort: on
 from fusionfeat.encoders.registry import (
     BACKBONES,
     BackboneSpec,
