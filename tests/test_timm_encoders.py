@@ -296,6 +296,14 @@ def test_timm_model_by_name_with_a_token_grid_through_predict(cells, tmp_path):
         got = {str(Path(r["path"]).relative_to(cells)): float(r["p_all"]) for r in csv.DictReader(fh)}
     assert got.keys() == expected.keys()
     np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), atol=2e-3)
+    train = TrainConfig(epochs=1, batch_size=2, warmup_epochs=0, augment=(), val_fraction=0, freeze_stages=12)
+    with pytest.warns(RandomWeightsWarning):  # fine-tuned token maps are pooled to the store's grid as well
+        finetune(manifest, store, FinetuneConfig(backbones=["dinobloom_s"], weights={"dinobloom_s": "random"},
+                                                 train=train, protocol="stratified", n_folds=2, device="cpu",
+                                                 precision="fp32", workers=0, progress=False))
+    with FeatureStore.open(store) as fs:
+        assert fs.tokens("dinobloom_s", fold=0).shape == (10, 4, 384)
+        assert fs.block_shape("dinobloom_s", "tokens", fold=1) == (4, 384)
 
 
 def test_finetune_a_dinobloom_entry_from_its_stages(fused, cells):
