@@ -184,10 +184,11 @@ def load_timm_backbone(spec: TimmSpec, choice: WeightsChoice) -> LoadedBackbone:
 
 def timm_pretrained_file(spec: TimmSpec) -> Path:
     """The locally cached published weights of a timm entry; never downloaded (one line says where to put them)."""
-    if not spec.hub:
+    if not spec.hub and spec.published:
         raise WeightsError(f"{spec.name} has no built-in weights: pass the authors' checkpoint, --weights "
-                           f"{spec.name}={spec.published or 'FILE'} ({DINOBLOOM_SOURCE}), or --weights "
-                           f"{spec.name}=random")
+                           f"{spec.name}={spec.published} ({DINOBLOOM_SOURCE}), or --weights {spec.name}=random")
+    if not spec.hub:
+        raise WeightsError(f"timm publishes no weights for {spec.model}: pass --weights {spec.name}=FILE or random")
     cfg = spec.pretrained_cfg()
     found = hub_file(cfg)
     if found is None:
