@@ -239,22 +239,19 @@ def test_hub_weights_come_from_the_local_cache_only(cells, tmp_path, monkeypatch
     from safetensors.torch import save_file
 
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    torch.hub.set_dir(str(tmp_path / "torch"))
-    try:
-        result = run("extract", cells, "-o", tmp_path / "s.h5", "--backbones", "timm:resnet18", *QUIET)
-        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
-        assert "models--timm--resnet18.a1_in1k/snapshots/<revision>/model.safetensors" in result.output
-        assert "huggingface-cli download timm/resnet18.a1_in1k" in result.output
-        torch.manual_seed(5)
-        reference = timm.create_model("resnet18", pretrained=False).eval()  # with its 1000-class classifier
-        folder = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
-        (folder / "refs").mkdir(parents=True)
-        (folder / "refs" / "main").write_text("abc123")
-        (folder / "snapshots" / "abc123").mkdir(parents=True)
-        save_file(reference.state_dict(), str(folder / "snapshots" / "abc123" / "model.safetensors"))
-        loaded = load_backbone("timm:resnet18", "imagenet")
-    finally:
-        torch.hub.set_dir(str(Path.home() / ".cache" / "torch" / "hub"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nor in torch hub's cache
+    result = run("extract", cells, "-o", tmp_path / "s.h5", "--backbones", "timm:resnet18", *QUIET)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "models--timm--resnet18.a1_in1k/snapshots/<revision>/model.safetensors" in result.output
+    assert "huggingface-cli download timm/resnet18.a1_in1k" in result.output
+    torch.manual_seed(5)
+    reference = timm.create_model("resnet18", pretrained=False).eval()  # with its 1000-class classifier
+    folder = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    save_file(reference.state_dict(), str(folder / "snapshots" / "abc123" / "model.safetensors"))
+    loaded = load_backbone("timm:resnet18", "imagenet")
     assert loaded.weights == "hf-hub:timm/resnet18.a1_in1k" and loaded.weights_kind == "imagenet"
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
