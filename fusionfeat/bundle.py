@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fusionfeat.encoders import BACKBONES, RANDOM, load_backbone
+from fusionfeat.encoders import RANDOM, is_known, load_backbone
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
 from fusionfeat.heads.boosted import XGBoostClassifier
@@ -101,7 +101,7 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
     """Write the model files and ``bundle.json`` (with their SHA-256s) into ``folder``."""
     backbones = {name: dict(prov) for name, prov in info["backbones"].items()}
     for name, prov in backbones.items():
-        if prov.get("weights_kind") == "random" and name in BACKBONES:  # an unregistered one can't predict anyway
+        if prov.get("weights_kind") == "random" and is_known(name):  # an unknown one cannot predict anyway
             prov["trunk_fingerprint"] = random_fingerprint(name, int(prov.get("seed", 0)))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now_iso(), "head": spec.name,
             "head_backbones": list(spec.backbones), "head_inputs": spec.inputs, **info, "backbones": backbones}

@@ -47,3 +47,7 @@ class PrecisionWarning(FusionfeatWarning):
 
 class DamagedBatchWarning(FusionfeatWarning):
     """A committed batch of an unfinished extraction is damaged; it is recomputed, never assembled."""
+
+
+class WeightsWarning(FusionfeatWarning):
+    """A weights file is not the one its backbone's authors published (its SHA-256 differs)."""

@@ -67,9 +67,15 @@ def _describe_backbone(store: FeatureStore, name: str) -> list[str]:
     shapes = f"pooled {'×'.join(map(str, pooled))}"
     if store.has_tokens(name):
         shapes += f", tokens {'×'.join(map(str, store.dataset_shape(name, 'tokens')))}"
+    grid = attrs.get("token_grid")
+    tokens = f"; token grid {grid}x{grid}" if store.has_tokens(name) and grid else ""
+    if tokens and "token_pooling" in attrs:
+        native = attrs.get("native_token_grid")
+        tokens += f" (pooled from {native}x{native} by --token-grid)"
     return [
         f"backbone   {name}: {shapes}",
         f"  weights  {weights}",
+        f"  pooled   {attrs.get('pooling', '?')}{tokens}",
         f"  input    {attrs.get('input_size')} px, normalisation {attrs.get('normalization')}, "
         f"views {attrs.get('views')}, precision {attrs.get('precision')}, device {attrs.get('device')}",
     ]

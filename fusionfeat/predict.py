@@ -167,7 +167,8 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
             writer = csv.writer(fh)
             writer.writerow(["path", f"p_{bundle.positive}", "label", "error"])
             for rows, arrays, _, errors in iter_embeddings(paths, batches, models, preprocess, dev, prec, workers,
-                                                           keep_tokens=bundle.spec.inputs == "tokens"):
+                                                           keep_tokens=bundle.spec.inputs == "tokens",
+                                                           token_grid=_token_grid(bundle)):
                 bad = [i for i, e in enumerate(errors) if e]
                 if bad and on_error == "fail":
                     raise ImageDecodeError(paths[rows[bad[0]]], f"{errors[bad[0]]} (use --on-error skip)")
@@ -187,6 +188,14 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     finally:
         bar.close()
     return counts, records
+
+
+def _token_grid(bundle: Bundle) -> int | None:
+    """The grid the bundle's store pooled token maps down to (``extract --token-grid``), or None. One store has one
+    such grid; backbones whose own grid was that size or smaller were stored unchanged, and stay so."""
+    pooled = [int(bundle.backbone_provenance(b)["token_grid"]) for b in bundle.spec.backbones
+              if "token_pooling" in bundle.backbone_provenance(b)]
+    return min(pooled) if pooled else None
 
 
 def _recorded_precision(bundle: Bundle, device: torch.device) -> str:

@@ -67,9 +67,13 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @main.command("extract")
 @click.argument("data", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="HDF5 store to write.")
-@click.option("--backbones", default="resnet18,vgg16", show_default=True, help="Comma-separated backbones.")
+@click.option("--backbones", default="resnet18,vgg16", show_default=True,
+              help="Comma-separated backbones: registry names (resnet18, vgg16, dinobloom_s, dinov2_vits14, ...) "
+                   "or any timm model as timm:<model_name>.")
 @click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet, random, a state-dict FILE, or per backbone: vgg16=FILE,resnet18=random.")
+              help="imagenet (each backbone's published weights: torchvision's, or a timm model's from the local "
+                   "Hugging Face cache, never downloaded), random, a state-dict FILE, or per backbone: "
+                   "dinobloom_s=DinoBloom-S.pth,resnet18=random.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed for random weights.")
 @click.option("--input-size", type=click.IntRange(min=32, max=MAX_INPUT_SIZE), default=224, show_default=True,
               help="Square input side in pixels.")
@@ -81,6 +85,9 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--no-tokens", is_flag=True,
               help="Store pooled vectors only, no token maps (their grid depends on --input-size: 7x7 at 224 px) "
                    "[default: store both].")
+@click.option("--token-grid", type=click.IntRange(min=1), default=None,
+              help="Store token maps average-pooled down to at most NxN (e.g. 7: a /14 ViT's 16x16 at 224 px "
+                   "becomes 7x7, 5x smaller); recorded in the store [default: each backbone's own grid].")
 @device_option
 @precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
@@ -97,8 +104,9 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @layout_option
 @positive_option
 @root_option
-def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, device,
-                    precision, batch_size, workers, on_error, overwrite, dedupe, quiet, layout, positive, root):
+def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, token_grid,
+                    device, precision, batch_size, workers, on_error, overwrite, dedupe, quiet, layout, positive,
+                    root):
     """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable).
 
     DATA is a dataset folder (C-NMC, ALL-IDB, one folder per class) or a manifest CSV.
@@ -106,6 +114,7 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
     \b
     Example:
       fusionfeat extract C-NMC_training_data/ -o cnmc.h5 --backbones resnet18,vgg16 --weights imagenet
+      fusionfeat extract ALL_IDB2/ -o s.h5 --backbones resnet18,dinobloom_s --weights dinobloom_s=DinoBloom-S.pth
     """
     check_not_input(Path(output), [data])
     ensure_parent(Path(output), "feature store")
@@ -114,7 +123,7 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
         backbones=names, weights=parse_weights(weights, names, seed), seed=seed,
         preprocess=Preprocess(input_size=input_size, fill=_parse_fill(fill), normalize=normalize, views=views),
         tokens=not no_tokens, device=device, precision=precision, batch_size=batch_size, workers=workers,
-        on_error=on_error, overwrite=overwrite, progress=not quiet, dedupe=dedupe,
+        on_error=on_error, overwrite=overwrite, progress=not quiet, dedupe=dedupe, token_grid=token_grid,
     )
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
     for note in manifest.notes:

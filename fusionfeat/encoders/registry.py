@@ -1,7 +1,8 @@
 """The encoder registry: the one place that knows an encoder. Adding one is one ``register(BackboneSpec(...))``.
 
-An entry names a torchvision builder and a member of its weights enum (torchvision's ``get_model_weights``);
-everything else is derived, never declared by hand:
+An entry names a torchvision builder and a member of its weights enum (torchvision's ``get_model_weights``), or
+a timm model (``fusionfeat.encoders.timm_models``: ``TimmSpec``, and any timm model as ``timm:<model_name>``
+through ``register_source``); everything else is derived, never declared by hand:
 
 * input statistics: the weights' own ``transforms()`` mean and std;
 * the trunk: the classifier without its head, behind one contract (``fusionfeat.encoders.trunks``);
@@ -19,6 +20,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torchvision
@@ -40,6 +42,10 @@ class Probe:
     def n_tokens(self) -> int:
         return self.grid**2
 
+    def pooled_to(self, token_grid: int | None) -> Probe:
+        """What is stored with ``--token-grid``: the grid pooled down to at most ``token_grid`` per side."""
+        return self if not token_grid or self.grid <= token_grid else Probe(self.dim, int(token_grid))
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -52,6 +58,7 @@ class BackboneSpec:
     pooling: str = "global average of the last conv stage"
     builder: str = ""  # torchvision builder name; "" = name
     build: Callable[[], nn.Module] | None = None  # a faster build with the same trunk, keys and random init
+    source: ClassVar[str] = "torchvision"  # where the architecture and its weights come from
 
     @property
     def imagenet_weights(self) -> torchvision.models.WeightsEnum:
@@ -83,6 +90,8 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
+SOURCES: dict[str, Callable[[str], BackboneSpec]] = {}  # "timm" → resolver of "timm:<model>" names
+_RESOLVED: dict[str, BackboneSpec] = {}
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
@@ -90,11 +99,31 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+def register_source(prefix: str, resolve: Callable[[str], BackboneSpec]) -> None:
+    """Make ``<prefix>:<model>`` a backbone name without an entry: ``resolve(model)`` builds its spec."""
+    SOURCES[prefix] = resolve
+
+
 def get_backbone(name: str) -> BackboneSpec:
-    try:
+    """The entry of a registered name, or of a ``<source>:<model>`` name (e.g. ``timm:resnet50``)."""
+    if name in BACKBONES:
         return BACKBONES[name]
-    except KeyError:
-        raise FusionfeatError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}") from None
+    prefix, sep, model = name.partition(":")
+    if sep and prefix in SOURCES and model:
+        if name not in _RESOLVED:
+            _RESOLVED[name] = SOURCES[prefix](model)
+        return _RESOLVED[name]
+    extra = "".join(f", or any {p} model as {p}:<model_name>" for p in SOURCES)
+    raise FusionfeatError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}{extra}")
+
+
+def is_known(name: str) -> bool:
+    """Whether ``name`` is a registered entry or a ``<source>:<model>`` name that resolves."""
+    try:
+        get_backbone(name)
+    except FusionfeatError:
+        return False
+    return True
 
 
 def parse_backbones(value: str) -> list[str]:

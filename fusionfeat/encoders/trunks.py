@@ -80,12 +80,13 @@ class ViTTrunk(nn.Module):
         return self.encoder.ln(self.encoder.layers(self.encoder.dropout(x)))
 
 
-def embed(trunk: nn.Module, x: torch.Tensor, tokens: bool = True,
-          chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def embed(trunk: nn.Module, x: torch.Tensor, tokens: bool = True, chunk: int | None = None,
+          grid: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run a trunk: ``(pooled (B, C) float32, tokens (B, T, C) float16 or None)``.
 
     A map's pooled vector is its global average and its tokens the positions row by row; a sequence's pooled
-    vector is its first (class) token and its tokens the rest. ``chunk`` runs the trunk that many rows at a time.
+    vector is its first (class) token and its tokens the rest. ``chunk`` runs the trunk that many rows at a time;
+    ``grid`` pools the token grid down to at most ``grid × grid`` (``pool_tokens``; the pooled vector is unchanged).
     """
     out = trunk(x) if chunk is None else torch.cat([trunk(part) for part in x.split(chunk)])
     if out.dim() == 4:
@@ -94,7 +95,20 @@ def embed(trunk: nn.Module, x: torch.Tensor, tokens: bool = True,
     else:
         pooled = out[:, 0].float()
         seq = out[:, 1:] if tokens else None
+    if seq is not None and grid:
+        seq = pool_tokens(seq, grid)
     return pooled, None if seq is None else seq.to(torch.float16)
+
+
+def pool_tokens(seq: torch.Tensor, grid: int) -> torch.Tensor:
+    """``(B, s², C)`` tokens of an ``s × s`` grid → ``(B, g², C)`` by adaptive average pooling (in float32) when
+    ``s > g``; a grid of ``g`` or fewer per side is returned as it is."""
+    side = math.isqrt(seq.shape[1])
+    if side <= grid or side * side != seq.shape[1]:
+        return seq
+    b, _, c = seq.shape
+    maps = seq.float().transpose(1, 2).reshape(b, c, side, side)
+    return F.adaptive_avg_pool2d(maps, grid).flatten(2).transpose(1, 2)
 
 
 def named_stages(*groups: tuple[str, ...]) -> Callable[[nn.Module], list[Stage]]:

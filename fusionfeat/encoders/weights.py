@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from torch import nn
 from torchvision.models import get_model_builder
 
 from fusionfeat.encoders.registry import BackboneSpec, get_backbone
-from fusionfeat.errors import FusionfeatError, WeightsError
+from fusionfeat.encoders.timm_models import DINOBLOOM_SOURCE, TimmSpec
+from fusionfeat.encoders.timm_weights import hub_file, hub_locations, load_error, read_checkpoint
+from fusionfeat.errors import FusionfeatError, WeightsError, WeightsWarning
 from fusionfeat.fsio import sha256_file
 
 RANDOM = "random"
@@ -125,6 +128,8 @@ def load_backbone(name: str, weights: str | WeightsChoice = IMAGENET, seed: int 
     """
     spec = get_backbone(name)
     choice = WeightsChoice.parse(weights, seed)
+    if isinstance(spec, TimmSpec):
+        return load_timm_backbone(spec, choice)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(choice.seed)
         model = spec.build_model()
@@ -142,6 +147,58 @@ def load_backbone(name: str, weights: str | WeightsChoice = IMAGENET, seed: int 
     state = read_state_dict(path)
     load_trunk_state(trunk, spec, state, str(path))
     return LoadedBackbone(spec, trunk.eval(), label, kind, sha256_file(path), str(path.resolve()), choice.seed)
+
+
+def load_timm_backbone(spec: TimmSpec, choice: WeightsChoice) -> LoadedBackbone:
+    """A timm entry with random (seeded) weights, its published weights from the local cache, or a file in
+    the authors' published layout or a plain state dict (``fusionfeat.encoders.timm_weights``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(choice.seed)
+        trunk = spec.trunk(spec.build_model())
+    if choice.kind == RANDOM:
+        return LoadedBackbone(spec, trunk.eval(), RANDOM, RANDOM, "", "", choice.seed)
+    if choice.kind == IMAGENET:
+        path, kind = timm_pretrained_file(spec), IMAGENET
+        label = f"hf-hub:{spec.pretrained_cfg().get('hf_hub_id') or spec.model}"
+    else:
+        path, kind = Path(choice.path).expanduser(), FILE
+        if not path.is_file():
+            raise WeightsError(f"weights file for {spec.name} not found: {path} (or use random)")
+        label = path.name
+    state = read_checkpoint(path)
+    try:
+        state = spec.adapt_state(state, trunk.model)
+    except Exception as exc:  # timm's filter meets a checkpoint of another architecture
+        raise load_error(exc, str(path), spec.name) from None
+    try:
+        load_trunk_state(trunk, spec, {f"model.{k}": v for k, v in state.items()}, str(path))
+    except WeightsError as exc:  # name keys as the checkpoint does, without the trunk's "model." prefix
+        raise WeightsError(str(exc).replace("(first model.", "(first ")) from None
+    sha = sha256_file(path)
+    if kind == FILE and spec.known_sha256 and sha != spec.known_sha256:
+        warnings.warn(f"{spec.name}: {path.name} is not the published {spec.published or 'file'} (its SHA-256 "
+                      f"{sha[:12]}… differs from the authors' {spec.known_sha256[:12]}…); the features come from "
+                      "other weights", WeightsWarning, stacklevel=3)
+    return LoadedBackbone(spec, trunk.eval(), label, kind, sha, str(path.resolve()), choice.seed)
+
+
+def timm_pretrained_file(spec: TimmSpec) -> Path:
+    """The locally cached published weights of a timm entry; never downloaded (one line says where to put them)."""
+    if not spec.hub and spec.published:
+        raise WeightsError(f"{spec.name} has no built-in weights: pass the authors' checkpoint, --weights "
+                           f"{spec.name}={spec.published} ({DINOBLOOM_SOURCE}), or --weights {spec.name}=random")
+    if not spec.hub:
+        raise WeightsError(f"timm publishes no weights for {spec.model}: pass --weights {spec.name}=FILE or random")
+    cfg = spec.pretrained_cfg()
+    found = hub_file(cfg)
+    if found is None:
+        where = next((str(p) for p in hub_locations(cfg)), "the Hugging Face cache")
+        hub_id = cfg.get("hf_hub_id")
+        how = f"`huggingface-cli download {hub_id}` on a machine with internet and copy the cache, " if hub_id else ""
+        raise WeightsError(f"the published weights of {spec.name} (timm {spec.model}) are not in the local cache: "
+                           f"put them at {where} ({how}fusionfeat never downloads them), or pass --weights "
+                           f"{spec.name}=FILE or random")
+    return found
 
 
 def imagenet_cache_path(spec: BackboneSpec) -> Path:
@@ -185,6 +242,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _head_prefixes(name: str) -> tuple[str, ...]:
     """Top-level names of the full torchvision model's keys that the trunk does not use (its classifier)."""
     spec = get_backbone(name)
+    if spec.source != "torchvision":  # timm entries drop their classifier keys themselves (``adapt_state``)
+        return ()
     full_model = get_model_builder(spec.builder or spec.name)
     with torch.random.fork_rng(devices=[]):
         try:

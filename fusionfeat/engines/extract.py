@@ -88,6 +88,7 @@ class ExtractConfig:
     overwrite: bool = False
     progress: bool = True
     dedupe: bool = False  # keep the first of images with equal SHA-256 (others skipped, never computed)
+    token_grid: int | None = None  # store token maps pooled down to at most this many tokens per side
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
@@ -96,6 +97,8 @@ class ExtractConfig:
             raise FusionfeatError("--batch-size must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise FusionfeatError("--workers must be 0 or more")
+        if self.token_grid is not None and self.token_grid < 1:
+            raise FusionfeatError(f"--token-grid {self.token_grid}: give 1 or more tokens per side")
         self.weights = {b: WeightsChoice.parse(self.weights.get(b, IMAGENET), self.seed) for b in self.backbones}
         self.preprocess = self.preprocess.with_stats(*input_stats(self.backbones))
         for name in self.backbones:
@@ -239,6 +242,7 @@ def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBack
         "device_type": device.type,
         "precision": precision,
         "batch_size": config.batch_size,
+        **({"token_grid": config.token_grid} if config.token_grid else {}),
     }
 
 
@@ -286,7 +290,8 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
     committer = _Committer(partial)
     try:
         embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
-                                   config.tokens, digests=content.digests, skip=content.duplicate_of)
+                                   config.tokens, config.token_grid, digests=content.digests,
+                                   skip=content.duplicate_of)
         for batch_no, (rows, arrays, digests, errors) in zip(todo, embedded, strict=True):
             bad = [i for i, e in enumerate(errors) if e and int(rows[i]) not in content.duplicate_of]
             if bad and config.on_error == "fail":
@@ -297,7 +302,8 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
                     "work done so far is kept and a rerun resumes)",
                 )
             committer.submit(batch_no, _batch_record(rows, digests, errors, arrays, config.preprocess.n_views,
-                                                     models, config.tokens, config.preprocess.input_size))
+                                                     models, config.tokens, config.preprocess.input_size,
+                                                     config.token_grid))
             bar.update(len(rows))
     finally:
         try:
@@ -339,11 +345,13 @@ class _Committer:
 
 def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], models: list[LoadedBackbone],
                     preprocess: Preprocess, device: torch.device, precision: str, workers: int | None,
-                    keep_tokens: bool, digests: Sequence[str] | None = None, skip: Mapping[int, str] | None = None):
+                    keep_tokens: bool, token_grid: int | None = None, digests: Sequence[str] | None = None,
+                    skip: Mapping[int, str] | None = None):
     """Yield ``(rows, {backbone: (pooled, tokens)}, sha256s, errors)`` per batch of ``paths`` indices.
 
     Each image is decoded once (in loader workers) and every backbone runs on the same batch; rows whose
     image failed to decode have an error string and no features (features cover the good rows, in order).
+    ``token_grid`` pools token maps down to at most that many tokens per side (``--token-grid``);
     ``digests`` are the files' SHA-256s when already computed (not hashed again); rows in ``skip`` are not
     read and come back with its reason as their error.
     """
@@ -357,11 +365,12 @@ def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], mode
     )
     mean, std = preprocess.mean_std()
     for rows, images, digests, errors in loader:
-        yield rows, _forward(models, images, device, precision, mean, std, keep_tokens), digests, errors
+        yield rows, _forward(models, images, device, precision, mean, std, keep_tokens, token_grid), digests, errors
 
 
 def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: torch.device, precision: str,
-             mean, std, keep_tokens: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+             mean, std, keep_tokens: bool,
+             token_grid: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Run every backbone on one decoded batch ``(B, V, 3, S, S)``; returns pooled and tokens per backbone.
 
     Views go through the trunk ``B`` images at a time, so ``--views dihedral8`` needs no more activation
@@ -375,17 +384,18 @@ def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: 
     out = {}
     with torch.inference_mode(), autocast(device, precision):
         for m in models:
-            pooled, tokens = embed(m.trunk, x, keep_tokens, chunk=b)
+            pooled, tokens = embed(m.trunk, x, keep_tokens, chunk=b, grid=token_grid)
             out[m.spec.name] = (pooled.reshape(b, v, -1).cpu().numpy(),
                                 None if tokens is None else tokens.reshape(b, v, *tokens.shape[1:]).cpu().numpy())
     return out
 
 
-def _batch_record(rows, digests, errors, arrays, n_views, models, keep_tokens, input_size) -> dict[str, np.ndarray]:
+def _batch_record(rows, digests, errors, arrays, n_views, models, keep_tokens, input_size,
+                  token_grid=None) -> dict[str, np.ndarray]:
     ok = np.array([not e for e in errors], dtype=bool)
     record = {"rows": rows, "ok": ok, "sha256": np.array(digests, dtype="U64"), "error": np.array(errors, dtype=str)}
     for m in models:
-        shape = probe(m.spec.name, input_size)
+        shape = probe(m.spec.name, input_size).pooled_to(token_grid)
         dim, n_tok = shape.dim, shape.n_tokens
         pooled = np.zeros((len(rows), n_views, dim), np.float32)
         tokens = np.zeros((len(rows), n_views, n_tok, dim), np.float16) if keep_tokens else None
@@ -441,9 +451,14 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         size = config.preprocess.input_size
         datasets = {}
         for m in models:
-            shape = probe(m.spec.name, size)
+            native = probe(m.spec.name, size)
+            shape = native.pooled_to(config.token_grid)
             attrs = {**m.provenance(), **config.preprocess.as_attrs(), "precision": precision,
-                     "device": describe_device(device), "token_grid": shape.grid, "pooling": m.spec.pooling}
+                     "device": describe_device(device), "token_grid": shape.grid, "pooling": m.spec.pooling,
+                     "native_token_grid": native.grid, "source": m.spec.source}
+            if shape.grid != native.grid:
+                attrs["token_pooling"] = (f"adaptive average of the {native.grid}x{native.grid} grid to "
+                                          f"{shape.grid}x{shape.grid} (--token-grid {config.token_grid})")
             datasets[m.spec.name] = create_feature_datasets(
                 features, m.spec.name, n, config.preprocess.n_views, shape.dim,
                 shape.n_tokens if config.tokens else None, attrs)
@@ -484,7 +499,16 @@ def software_versions() -> dict[str, str]:
         "fusionfeat": fusionfeat.__version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        **_timm_version(),
         "h5py": h5py.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],
     }
+
+
+def _timm_version() -> dict[str, str]:
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return {}
+    return {"timm": timm.__version__}

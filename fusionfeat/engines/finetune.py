@@ -220,6 +220,7 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     with FeatureStore.open(store) as fs:
         _check_manifest(manifest, fs)
         preprocess = _store_preprocess(fs, config.input_size, config.backbones)
+        token_grid = (fs.root_attrs().get("settings") or {}).get("token_grid")  # extract --token-grid, if any
         plan = _fold_plan(fs, config)
         stored_plan = fs.fold_plan()
         existing = fs.finetuned_settings()
@@ -246,7 +247,7 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     for fold in sorted(int(k) for k in np.unique(plan.fold[plan.fold >= 0])):
         for backbone in config.backbones:
             settings = _task_settings(manifest_fingerprint(manifest), images, plan, fold, backbone,
-                                      provenance[backbone], train_config, preprocess, config.tokens)
+                                      provenance[backbone], train_config, preprocess, config.tokens, token_grid)
             digest = _sha(settings)
             # features stored before the key held the images' content came from this very store file (a
             # re-extraction replaces the file, fine-tuned groups and all), so its content key is implied
@@ -347,9 +348,10 @@ def _without_images(settings: dict) -> dict:
 
 
 def _task_settings(fingerprint: str, images: str, plan: FoldPlan, fold: int, backbone: str, provenance: dict,
-                   train: TrainConfig, preprocess: Preprocess, tokens: bool) -> dict:
+                   train: TrainConfig, preprocess: Preprocess, tokens: bool, token_grid: int | None = None) -> dict:
     """Everything that changes a task's numbers (not the device, precision or number of processes): the data's
-    paths and labels, and the content of every image (changed pixels or a re-extracted store start over)."""
+    paths and labels, and the content of every image (changed pixels or a re-extracted store start over); the
+    store's ``--token-grid`` when it has one (token maps are pooled as the frozen ones were)."""
     return {
         "data": fingerprint,
         "images": images,
@@ -360,6 +362,7 @@ def _task_settings(fingerprint: str, images: str, plan: FoldPlan, fold: int, bac
         "train": train.as_dict(),
         "preprocess": preprocess.as_attrs(),
         "tokens": tokens,
+        **({"token_grid": int(token_grid)} if token_grid else {}),
     }
 
 
@@ -516,7 +519,7 @@ def _embed(job: _Job, task: _Task, trunk: torch.nn.Module, bank: ImageBank, devi
         views = dihedral_views(images).transpose(0, 1) if job.preprocess.n_views == 8 else images.unsqueeze(1)
         x = normalize_batch(views.flatten(0, 1), mean, std).contiguous(memory_format=layout)
         with autocast(device, precision):
-            pooled, tokens = embed(trunk, x, config.tokens)
+            pooled, tokens = embed(trunk, x, config.tokens, grid=task.settings.get("token_grid"))
         arrays = {"rows": rows, "pooled": pooled.reshape(len(rows), views.shape[1], -1).cpu().numpy()}
         if tokens is not None:
             arrays["tokens"] = tokens.reshape(len(rows), views.shape[1], *tokens.shape[1:]).cpu().numpy()
@@ -541,7 +544,7 @@ def _write_fold(job: _Job, fold: int, tasks: list[_Task], reports: list[TaskRepo
     with rewrite(job.store) as h5:
         parent = finetuned_fold_group(h5, job.plan, fold)
         for task in tasks:
-            shape = probe(task.backbone, job.preprocess.input_size)
+            shape = probe(task.backbone, job.preprocess.input_size).pooled_to(task.settings.get("token_grid"))
             write_finetuned_features(parent, task.backbone, len(job.labels), job.preprocess.n_views, shape.dim,
                                      shape.n_tokens if task.settings["tokens"] else None,
                                      _task_attrs(job, task, by_backbone[task.backbone], device, precision),
@@ -558,7 +561,7 @@ def _task_attrs(job: _Job, task: _Task, report: TaskReport, device: torch.device
     return {
         **job.provenance[task.backbone], **job.preprocess.as_attrs(),
         "precision": precision, "device": describe_device(device),
-        "token_grid": probe(task.backbone, job.preprocess.input_size).grid,
+        "token_grid": probe(task.backbone, job.preprocess.input_size).pooled_to(task.settings.get("token_grid")).grid,
         "pooling": get_backbone(task.backbone).pooling,
         "finetuned": True, "fold": task.fold, "fold_plan_sha256": job.plan.sha256,
         "protocol": job.plan.protocol, "checkpoint": str(best.resolve()), "checkpoint_sha256": sha256_file(best),
