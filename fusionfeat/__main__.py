@@ -28,7 +28,11 @@ def run() -> int:
 
         main()
     except (KeyboardInterrupt, interrupts.Terminated) as exc:
-        return interrupts.exit_interrupted(exc)
+        interrupts.leave(interrupts.exit_interrupted(exc))
+    except SystemExit:
+        if interrupts.ended() is not None:  # the command's own handler said the line: exit with its status
+            interrupts.leave(interrupts.ended())
+        raise
     except OSError as exc:
         if exc.filename is not None or exc.errno not in STDOUT_ERRORS:
             raise

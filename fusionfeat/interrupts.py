@@ -10,6 +10,7 @@ was written (outputs are only swapped into place once complete).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ class Terminated(BaseException):
 
 _kept: list[str] = []  # what interrupted work leaves behind that the same command resumes from
 _installed: list[bool] = []  # set by install(): this process is the command line, not a host such as a notebook
+_ended: list[int] = []  # exit code of an interruption already reported (its line printed)
 
 
 def install() -> None:
@@ -35,6 +37,7 @@ def install() -> None:
 def reset() -> None:
     """Forget earlier notes (a new command starts; tests run many in one process)."""
     _kept.clear()
+    _ended.clear()
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -68,6 +71,7 @@ def interrupted_line(exc: BaseException) -> tuple[str, int]:
     """The one line (and exit code) that ends a command interrupted by ``exc``; later signals are ignored."""
     settle()
     name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+    _ended.append(EXIT_CODES[name])
     if _kept:
         told = f"{_kept[-1]} kept, run the same command to resume"
     else:
@@ -76,9 +80,26 @@ def interrupted_line(exc: BaseException) -> tuple[str, int]:
 
 
 def ignore_in_worker(_worker_id: int = 0) -> None:
-    """``worker_init_fn`` of data-loader workers: Ctrl-C reaches the whole process group, and only the main
-    process should answer it (the workers are stopped by it), not print tracebacks of their own."""
+    """``worker_init_fn`` of data-loader workers: Ctrl-C (and a scheduler's SIGTERM, e.g. ``scancel``) reaches the
+    whole process group, and only the main process should answer it (it stops the workers), not workers dying on
+    their own, which makes the loader raise in the main process while it shuts down."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def ended() -> int | None:
+    """The exit code of an interruption whose line was already printed, else None."""
+    return _ended[-1] if _ended else None
+
+
+def leave(code: int) -> None:
+    """End the process now with ``code``, after an interruption was reported and cleaned up after: flush the
+    streams and skip the interpreter's teardown (joining worker threads, collecting loaders), which a second
+    signal or a dying worker could otherwise turn into a traceback or a different exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    os._exit(code)
 
 
 def exit_interrupted(exc: BaseException) -> int:

@@ -366,7 +366,7 @@ CASES = [
     _tampered(_seed_changed, "fingerprint"),
     _tampered(_seed_edited_by_hand, "was edited after `fusionfeat train` wrote it"),
     _tampered(_downgraded_to_legacy, "before bundles carried checksums"),
-    _tampered(_wrong_width, "expects 10 features"),
+    _tampered(_wrong_width, "the model reads 10 features"),  # refused on load since the parts-agree check
     _tampered(_symlink_out, "outside the bundle folder"),
     malicious_pickle, demo_over_data, demo_over_previous_demo, demo_under_file, finetune_bad_freeze,
 ]

@@ -178,6 +178,8 @@ def make_plan(
         for split in splits:
             check_split(rows.sample[split.train], rows.sample[split.test], groups, protocol == "grouped",
                         sha256=sha256)
+    if len(np.unique(labels[rows.sample[:n_eval]])) < 2:
+        raise FusionfeatError("the store holds a single class among usable images: nothing to classify")
     for split in splits:  # before any fit: a single-class training side cannot train any head
         present = np.unique(labels[rows.sample[split.train]])
         if len(present) < 2:

@@ -22,12 +22,12 @@ PARTIAL_MARKER = ".fusionfeat-partial"
 
 def is_own_partial(folder: Path) -> bool:
     """A real folder fusionfeat made: its marker, or (made before the marker) a readable ``settings.json``, or
-    nothing inside but batch files and their sidecars."""
+    nothing inside but batch files, their sidecars and a (possibly damaged) ``settings.json``."""
     if folder.is_symlink() or not folder.is_dir():
         return False
     if (folder / PARTIAL_MARKER).is_file() or read_settings(folder) is not None:
         return True
-    return all(p.name.startswith(("batch_", ".batch_")) for p in folder.iterdir())
+    return all(p.name.startswith(("batch_", ".batch_", "settings.json", ".settings.json")) for p in folder.iterdir())
 
 
 def partial_dir(path: Path) -> Path:
