@@ -33,7 +33,7 @@ from fusionfeat.encoders import RANDOM, is_known, load_backbone
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import BUNDLE, dumps_json, output_target, sha256_file
 from fusionfeat.heads.boosted import XGBoostClassifier
-from fusionfeat.heads.decision_rule import rebuild_rule, split_rule
+from fusionfeat.heads.decision_rule import bare_head, rebuild_rule, split_rule
 from fusionfeat.heads.state import StateError, dump_estimator, load_estimator
 from fusionfeat.heads.torch_head import TorchHeadClassifier
 from fusionfeat.heads.zoo import HeadSpec, head_from_record
@@ -177,9 +177,7 @@ def _check_consistent(path: Path, info: dict[str, Any], estimator: Any) -> None:
     if len(set(backbones)) != len(backbones):
         raise FusionfeatError(f"{where}: head_backbones {backbones} repeats a backbone; the bundle is damaged or "
                               "edited")
-    model = estimator
-    while hasattr(model, "estimator_"):
-        model = model.estimator_
+    model = bare_head(estimator)
     model_classes = [int(c) for c in np.asarray(getattr(model, "classes_", [0, 1])).tolist()]
     if model_classes != list(range(len(classes))):
         raise FusionfeatError(f"{where}: the model predicts classes {model_classes} but the bundle names "

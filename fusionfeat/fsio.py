@@ -254,7 +254,8 @@ def is_own_csv(path: Path) -> bool:
 
 
 def kind_of(path: Path) -> str:
-    """What a non-regular path is, in words: a folder, a named pipe, a device, a socket."""
+    """What a path is, in words (a folder, a named pipe, a device, a socket, a file), following a symbolic link
+    and saying so."""
     try:
         mode = path.stat().st_mode
     except OSError:
@@ -263,7 +264,7 @@ def kind_of(path: Path) -> str:
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a file")):
         if test(mode):
-            return word
+            return word + (" behind a symbolic link" if path.is_symlink() else "")
     return "not a regular file"
 
 

@@ -20,6 +20,7 @@ from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_back
 from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
 from fusionfeat.fsio import CSV, check_output, output_target
+from fusionfeat.heads.decision_rule import bare_head
 from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
 
@@ -150,9 +151,7 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     preprocess = bundle_preprocess(bundle)
     dev = resolve_device(device)
     prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
-    estimator = bundle.estimator
-    while hasattr(estimator, "estimator_"):  # a calibration / operating-point wrapper: the head is inside
-        estimator = estimator.estimator_
+    estimator = bare_head(bundle.estimator)  # inside a calibration / operating-point wrapper
     if hasattr(estimator, "device"):
         estimator.set_params(device=str(dev))
         estimator.module_.to(dev)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import csv
 import os
 import re
-import stat
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionfeat.errors import DatasetError
-from fusionfeat.fsio import CSV, output_target
+from fusionfeat.fsio import CSV, kind_of, output_target
 
 IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LAYOUTS = ("cnmc", "allidb", "folders", "csv")
@@ -205,21 +204,10 @@ def _images_in(folder: Path) -> list[Path]:
         except OSError as exc:
             raise DatasetError(f"cannot read {p}: {exc.strerror or exc} (fix or remove it)") from None
         if not p.is_file():
-            raise DatasetError(f"{p} is named like an image but is {_kind_of(p)}, not a file; move it out of the "
+            raise DatasetError(f"{p} is named like an image but is {kind_of(p)}, not a file; move it out of the "
                                "data folder or rename it")
         found.append(p)
     return sorted(found)
-
-
-def _kind_of(path: Path) -> str:
-    """What a non-regular directory entry is, in words (for one-line errors)."""
-    mode = path.stat().st_mode
-    for test, word in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return word + (" behind a symbolic link" if path.is_symlink() else "")
-    return "not a regular file"
 
 
 def _from_folders(root: Path, positive: str) -> Manifest:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
@@ -12,8 +11,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from fusionfeat.errors import FusionfeatError
-from fusionfeat.heads.params import weighted_fit_data, whole_number
+from fusionfeat.heads.params import finite_in, weighted_fit_data, whole_number
 
 
 class XGBoostClassifier(ClassifierMixin, BaseEstimator):
@@ -48,13 +46,8 @@ class XGBoostClassifier(ClassifierMixin, BaseEstimator):
 
         whole_number("xgboost.n_estimators", self.n_estimators, minimum=1)
         whole_number("xgboost.max_depth", self.max_depth, minimum=0)
-        for name, low, high in (("learning_rate", 0.0, math.inf), ("subsample", 0.0, 1.0),
-                                ("colsample_bytree", 0.0, 1.0)):
-            value = getattr(self, name)
-            real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            ok = real and low < value <= high
-            if not ok:
-                raise FusionfeatError(f"xgboost.{name} must be a finite number in ({low:g}, {high:g}]; got {value!r}")
+        for name, high in (("learning_rate", math.inf), ("subsample", 1.0), ("colsample_bytree", 1.0)):
+            finite_in(f"xgboost.{name}", getattr(self, name), 0.0, high, low_open=True, high_open=False)
         X, y, weights = weighted_fit_data(self, X, y, (np.float32, np.float64))
         y_enc = np.unique(y, return_inverse=True)[1]
         if len(self.classes_) < 2:

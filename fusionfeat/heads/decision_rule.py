@@ -66,6 +66,13 @@ class ScoreCalibrator:
         return np.column_stack([1 - p, p])
 
 
+def bare_head(estimator: Any) -> Any:
+    """The head inside any calibration / operating-point wrappers (fitted or rebuilt)."""
+    while hasattr(estimator, "estimator_"):
+        estimator = estimator.estimator_
+    return estimator
+
+
 def split_rule(estimator: Any) -> tuple[Any, dict[str, Any]]:
     """``(bare head, rule)``: the head without its calibration / operating-point wrappers, and those as data."""
     rule: dict[str, Any] = {}

@@ -26,6 +26,18 @@ def whole_number(name: str, value: Any, minimum: int, optional: bool = False) ->
     return int(value)
 
 
+def finite_in(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> float:
+    """A head's real-valued hyper-parameter, finite and inside the interval ``low``..``high`` (each end open or
+    closed); a one-line error naming it otherwise."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    above = real and (value > low if low_open else value >= low)
+    below = real and (value < high if high_open else value <= high)
+    if not (above and below):
+        bound = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise FusionfeatError(f"{name} must be a finite number in {bound}; got {value!r}")
+    return float(value)
+
+
 def check_class_weight(class_weight: Any) -> None:
     if not (class_weight is None or class_weight == "balanced" or isinstance(class_weight, dict)):
         raise FusionfeatError(

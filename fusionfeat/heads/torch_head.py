@@ -26,7 +26,7 @@ from torch import nn
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.heads.modules import AttentionFusion, Blocks, ConcatFusion, as_blocks
-from fusionfeat.heads.params import check_class_weight, whole_number
+from fusionfeat.heads.params import check_class_weight, finite_in, whole_number
 from fusionfeat.heads.torch_training import STATS_ROWS, block_stats, eval_logits, rows_tensor, train_epochs
 from fusionfeat.protocols import inner_split
 from fusionfeat.runtime import head_precision, resolve_device
@@ -145,13 +145,9 @@ class TorchHeadClassifier(ClassifierMixin, BaseEstimator):
             raise FusionfeatError(f"val_fraction must be in [0, 1); got {self.val_fraction!r}")
         for name in ("batch_size", "max_epochs", "patience", "hidden", "attn_dim", "attn_heads"):
             whole_number(name, getattr(self, name), minimum=1)
-        for name, low, high, low_open in (("lr", 0.0, math.inf, True), ("weight_decay", 0.0, math.inf, False),
-                                          ("dropout", 0.0, 1.0, False)):
-            value = getattr(self, name)
-            real = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not real or value < low or (low_open and value == low) or value >= high:
-                bound = f"{'(' if low_open else '['}{low:g}, {high:g})"
-                raise FusionfeatError(f"{name} must be a finite number in {bound}; got {value!r}")
+        for name, high, low_open in (("lr", math.inf, True), ("weight_decay", math.inf, False),
+                                     ("dropout", 1.0, False)):
+            finite_in(name, getattr(self, name), 0.0, high, low_open=low_open, high_open=True)
 
     def _split(
         self, y: np.ndarray, groups: Any, rng: np.random.RandomState
