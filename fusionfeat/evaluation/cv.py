@@ -273,6 +273,9 @@ def cross_validate(
     check_choice("features", features, FEATURES)
     classes = [str(c) for c in store.classes]
     positive = _positive_class(classes, positive, store.positive_class, operating_point)
+    if positive is None and subject_aggregate != "mean":
+        raise FusionfeatError(f"--subject-aggregate {subject_aggregate} is binary only; with {len(classes)} classes a "
+                              "subject's class is the one with the highest mean probability: leave it out")
     specs = resolve_heads(store, heads, features, backbones)
     plan, fixed = _plan_for_store(store, protocol, folds, seed, repeats, balance, features)
     labels = np.asarray(store.labels, dtype=np.int64)
