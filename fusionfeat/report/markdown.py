@@ -504,3 +504,11 @@ def _plots_section(data: dict[str, Any]) -> str:
         if images:
             lines += ["", f"#### `{head}`", "", *images]
     return "\n".join(lines)
+
+
+def shared_parts(data: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``report.md`` that do not depend on the number of classes, for the K-class report
+    (``fusionfeat.report.multiclass_markdown``): ``warnings`` (a list) and the ``params``, ``timing``,
+    ``protocol`` and ``features`` sections."""
+    return {"warnings": _warnings(data), "params": _params_section(data), "timing": _timing_section(data),
+            "protocol": _protocol_section(data), "features": _features_section(data)}
