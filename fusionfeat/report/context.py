@@ -65,6 +65,8 @@ def decision_rule(data: dict[str, Any], head: str | None = None) -> str:
     """A head's decision rule in a table cell: ``argmax (P ≥ 0.5)`` or ``sens ≥ 0.95 at threshold 0.31 ± 0.04``
     (the operating point's per-fold threshold, mean ± sd)."""
     target = (data.get("options") or {}).get("operating_point")
+    if len(data.get("classes") or ()) > 2:
+        return "argmax (the most probable class)"
     if not target:
         return ARGMAX
     rule = " ".join(f"{k} ≥ {v}" for k, v in _target(data, head, str(target)).items())
