@@ -284,3 +284,32 @@ def test_images_without_subjects_are_resampled_as_images(tmp_path):
     assert boot["unit"] == "image" and boot["n_units"] == len(result.rows["sample"])
     assert data["subjects"] is None and not (out / "subjects.csv").exists()
     assert "## Subject level" not in (out / "report.md").read_text()
+
+
+def test_a_class_missing_from_a_training_fold_gets_probability_zero_there(tmp_path):
+    import h5py
+
+    path = write_k_store(tmp_path / "rare.h5", 5, n_subjects=40, cells=2, subjects=False)
+    with h5py.File(path, "r+") as h5:
+        labels = h5["samples/label"][:]
+        rare = np.flatnonzero(labels == 4)
+        labels[rare[3:]] = 0  # class 4 keeps 3 images ...
+        h5["samples/label"][:] = labels
+        fold = np.arange(len(labels)) % 3
+        fold[rare[:3]] = 0  # ... all in predefined fold 0, so fold 0's training rows lack it
+        h5["samples/fold"][:] = fold
+    result = cross_validate(path, "logreg", protocol="predefined", progress=False)
+    P = result.oof_proba["logreg"][0]
+    in_fold0 = result.test_fold[0] == 0
+    assert np.all(P[in_fold0, 4] == 0.0) and np.all(P[~in_fold0, 4] > 0.0)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-12)
+    by_fold = {f.fold: f.metrics for f in result.folds}
+    assert by_fold[0]["n_auc_classes"] == 5 and by_fold[1]["n_auc_classes"] == 4  # class 4 absent from fold 1's test
+    rows = result.test_fold[0] == 1
+    y = result.rows["label"][rows]
+    aucs = [skm.roc_auc_score(y == c, P[rows, c]) for c in range(4)]
+    assert by_fold[1]["roc_auc_macro"] == pytest.approx(np.mean(aucs), abs=1e-12)
+    out = write_run(result, tmp_path / "run", n_boot=50)
+    frame = _predictions(out)
+    cols = [f"p_{c}_logreg" for c in result.classes]
+    np.testing.assert_allclose(frame[cols].to_numpy(float).sum(axis=1), 1.0, atol=1e-12)
