@@ -71,6 +71,10 @@ def test_a_class_absent_from_the_fold_has_no_auc_and_is_left_out_of_the_averages
     assert got["roc_auc_weighted"] == pytest.approx(sum(aucs[c] * support[c] for c in aucs) / sum(support.values()),
                                                     abs=1e-12)
     assert math.isnan(mm.per_class(y, pred, P)["roc_auc"][2])
+    assert got["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0), abs=1e-12)
+    never_2 = np.where(pred == 2, 0, pred)  # class 2 neither true nor predicted: precision and recall undefined
+    table = mm.per_class(y, never_2, P)
+    assert math.isnan(table["recall"][2]) and math.isnan(table["precision"][2])
     assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
 
 

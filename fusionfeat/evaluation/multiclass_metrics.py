@@ -3,7 +3,8 @@
 Inputs are class indices ``y`` (0..K-1), the (n, K) probability matrix ``P`` (rows sum to 1, columns in class
 order) and the predicted class ``pred`` (the argmax of ``P``). Averages over classes:
 
-* **macro**: the plain mean over classes (each class counts the same, however rare);
+* **macro**: the plain mean over classes (each class counts the same, however rare; macro F1 over the classes that
+  occur among the rows' true or predicted labels);
 * **weighted**: weighted by each class's support (its share of the true labels, i.e. its prevalence).
 
 One-vs-rest ROC AUC of class k scores ``P[:, k]`` with class k as positive and every other class as negative; it is
@@ -61,11 +62,12 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, P: np.ndarray) -> dict[str, list[float]]:
-    """Per class (in class order): precision, recall, F1 (0 for an empty denominator), support (true count) and
-    one-vs-rest ROC AUC (NaN when the class is absent from ``y`` or the only one present)."""
+    """Per class (in class order): precision, recall, F1, support (true count) and one-vs-rest ROC AUC. Undefined
+    values are NaN: precision of a class never predicted, recall of a class absent from ``y`` (F1 when both are),
+    AUC when the class is absent from ``y`` or the only one present."""
     k = P.shape[1]
     precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y, pred, labels=np.arange(k), zero_division=0
+        y, pred, labels=np.arange(k), zero_division=np.nan
     )
     return {
         "precision": precision.astype(float).tolist(),
@@ -169,7 +171,9 @@ def fold_metrics(y: np.ndarray, pred: np.ndarray, P: np.ndarray) -> dict[str, fl
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "balanced_accuracy": balanced_accuracy(y, pred, k),
-        "f1_macro": float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        # over the classes in the rows' true or predicted labels: a class absent from the fold on both sides would
+        # otherwise count as an F1 of 0
+        "f1_macro": float(skm.f1_score(y, pred, average="macro", zero_division=0)),
         "f1_weighted": float(skm.f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
         "kappa": math.nan if one_class else float(skm.cohen_kappa_score(y, pred, labels=labels)),
         "mcc": math.nan if one_class else float(skm.matthews_corrcoef(y, pred)),
