@@ -313,3 +313,13 @@ def test_a_class_missing_from_a_training_fold_gets_probability_zero_there(tmp_pa
     frame = _predictions(out)
     cols = [f"p_{c}_logreg" for c in result.classes]
     np.testing.assert_allclose(frame[cols].to_numpy(float).sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_a_torch_head_on_three_classes_writes_its_training_curves(tmp_path):
+    store = write_k_store(tmp_path / "s.h5", 3, n_subjects=9)
+    result = cross_validate(store, ["alpha", "logreg"], folds=3, progress=False, device="cpu",
+                            head_params={"alpha": {"max_epochs": 3}})
+    np.testing.assert_allclose(result.oof_proba["alpha"].sum(axis=2), 1.0, atol=1e-12)
+    out = write_run(result, tmp_path / "run", n_boot=20)
+    assert (out / "training.png").stat().st_size > 1000
+    assert "![training curves](training.png)" in (out / "report.md").read_text()

@@ -248,6 +248,10 @@ def _plots_section(data: dict[str, Any]) -> str:
     if not plots:
         return ""
     lines = ["## Plots (`figures/`)"]
+    if "training" in plots:
+        lines += ["", "Training curves of the torch heads over every fold and repeat (mean ± sd); the validation "
+                  "curve is the early-stopping split held out of each training fold, never the test fold:", "",
+                  f"![training curves]({plots['training']})"]
     for head in data["heads"]:
         images = [f"![{head} {title}]({plots[f'{kind}_{head}']})" for kind, title in
                   (("confusion", "confusion matrix"), ("roc", "one-vs-rest ROC"), ("reliability", "reliability"),

@@ -1,6 +1,7 @@
-"""PNG figures of a K-class (K > 2) run, one set per head under ``figures/``: the K×K confusion matrix (counts and
-row-normalised), the one-vs-rest ROC curve of every class (pooled out-of-fold rows) and the top-label reliability
-diagram; with subjects known, the subject-level confusion matrix."""
+"""PNG figures of a K-class (K > 2) run: ``training.png`` (torch heads' training curves, as for binary runs) and one
+set per head under ``figures/``: the K×K confusion matrix (counts and row-normalised), the one-vs-rest ROC curve
+of every class (pooled out-of-fold rows) and the top-label reliability diagram; with subjects known, the
+subject-level confusion matrix."""
 
 from __future__ import annotations
 
@@ -11,13 +12,20 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fusionfeat.report.figures import training_figure
+
 FIGURES_DIR = "figures"
+TRAINING_PNG = "training.png"
 FONT = 8
 
 
 def write_multiclass_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
     """Draw every head's figures into ``out/figures``; returns plot key -> path relative to ``out``."""
     plots: dict[str, str] = {}
+    training = training_figure(data)  # the torch heads' training curves, as for binary runs
+    if training is not None:
+        training.savefig(out / TRAINING_PNG, dpi=150, bbox_inches="tight")
+        plots["training"] = TRAINING_PNG
     detail = out / FIGURES_DIR
     detail.mkdir(exist_ok=True)
     classes = data["classes"]
