@@ -113,13 +113,13 @@ def run_study(
     ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``; it needs the
     dihedral views (``--views dihedral8``). ``write_study`` turns the result into a study folder.
     """
-    check_dihedral(store)
     if len(store.classes) > 2:
         raise FusionfeatError(
             f"fusionfeat study is binary only (its contrasts and prevalence decomposition need a positive class); "
             f"{getattr(store, 'path', 'the store')} has {len(store.classes)} classes: merge them into two with "
             "--classes, or cross-validate each protocol with fusionfeat fit"
         )
+    check_dihedral(store)
     if repeats < 1:
         raise FusionfeatError(f"--repeats must be at least 1, got {repeats}")
     honest = default_protocol(np.asarray(store.groups).astype(str), np.asarray(store.ok, dtype=bool))

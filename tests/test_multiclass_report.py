@@ -323,3 +323,14 @@ def test_a_torch_head_on_three_classes_writes_its_training_curves(tmp_path):
     out = write_run(result, tmp_path / "run", n_boot=20)
     assert (out / "training.png").stat().st_size > 1000
     assert "![training curves](training.png)" in (out / "report.md").read_text()
+
+
+def test_study_and_info_on_a_k_class_store(tmp_path):
+    from fusionfeat.info import describe_store
+    from fusionfeat.study import run_study
+
+    store = write_k_store(tmp_path / "s.h5", 4, n_subjects=16)
+    with pytest.raises(FusionfeatError, match="study is binary only.*has 4 classes"):
+        run_study(store, progress=False)
+    text = describe_store(store)
+    assert "(typeA 16, typeB 16, typeC 16, typeD 16; 4 classes, no positive class)" in text
