@@ -235,6 +235,12 @@ def test_predictions_frame_has_one_probability_column_per_class(k_run):
     cols = [f"p_{c}" for c in result.classes]
     np.testing.assert_allclose(frame[cols].to_numpy(float).sum(axis=1), 1.0, atol=1e-12)
     assert result.oof == {}  # no P(positive) with more than two classes
+    folds = result.to_frame()
+    assert {"roc_auc_macro", "kappa", "log_loss"} <= set(folds.columns) and "specificity" not in folds.columns
+    table = result.metrics_table()
+    means = folds.groupby("head")["balanced_accuracy"].mean()
+    for head in result.heads:
+        assert table.loc[head, "balanced_accuracy_mean"] == pytest.approx(means[head])
     assert result.protocol["positive"] is None and result.positive is None
 
 
