@@ -340,3 +340,24 @@ def test_study_and_info_on_a_k_class_store(tmp_path):
         run_study(store, progress=False)
     text = describe_store(store)
     assert "(typeA 16, typeB 16, typeC 16, typeD 16; 4 classes, no positive class)" in text
+
+
+def test_three_heads_give_three_pairs_with_holm_adjusted_p(tmp_path):
+    from fusionfeat.evaluation.multiclass_evidence import comparisons
+
+    store = write_k_store(tmp_path / "s.h5", 3, n_subjects=12)
+    result = cross_validate(store, ["logreg", "xgboost", "alpha"], folds=3, progress=False, device="cpu",
+                            head_params={"alpha": {"max_epochs": 3}})
+    comp = comparisons(result, n_boot=100)
+    assert [(p["a"], p["b"]) for p in comp["pairs"]] == [("logreg", "xgboost"), ("logreg", "alpha"),
+                                                         ("xgboost", "alpha")]
+    for metric in ("roc_auc_macro", "balanced_accuracy"):
+        for test in ("per_fold", "pooled"):
+            p = np.array([pair["metrics"][metric][test]["p"] for pair in comp["pairs"]])
+            order = np.argsort(p)
+            # Holm (1979) by hand: the i-th smallest p times (m - i), made monotone, capped at 1
+            stepped = np.minimum(1.0, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+            want = np.empty_like(p)
+            want[order] = stepped
+            got = [pair["metrics"][metric][test]["p_holm"] for pair in comp["pairs"]]
+            assert got == pytest.approx(want.tolist())
