@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.evaluation.cv import cross_validate
 from fusionfeat.report import compare_runs, load_run, write_run
-from fusionfeat.report.multiclass_markdown import class_selection_line
+from fusionfeat.report.context import class_selection_line
 from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store
 
 N_BOOT = 200
@@ -361,3 +361,15 @@ def test_three_heads_give_three_pairs_with_holm_adjusted_p(tmp_path):
             want[order] = stepped
             got = [pair["metrics"][metric][test]["p_holm"] for pair in comp["pairs"]]
             assert got == pytest.approx(want.tolist())
+
+
+def test_a_binary_run_made_by_merging_classes_says_so_in_its_report(tmp_path):
+    store = write_k_store(tmp_path / "two.h5", 2, n_subjects=12)
+    result = cross_validate(store, "logreg", folds=3, progress=False)
+    result.provenance["class_selection"] = {  # as part of a --classes store view records it
+        "spec": "typeB=Blast+Myeloblast,typeA", "classes": ["typeA", "typeB"],
+        "mapping": {"Blast": "typeB", "Myeloblast": "typeB", "typeA": "typeA", "Other": None}, "left_out": 1}
+    out = write_run(result, tmp_path / "run", n_boot=20)
+    text = (out / "report.md").read_text()
+    assert ("- class selection `--classes typeB=Blast+Myeloblast,typeA`: typeA, typeB = Blast + Myeloblast; "
+            "1 image of other classes left out") in text

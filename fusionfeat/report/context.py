@@ -95,3 +95,22 @@ def calibration_text(data: dict[str, Any]) -> str:
     """``none`` or the post-hoc calibration (``sigmoid, fitted inside each training fold``)."""
     how = (data.get("options") or {}).get("calibrate")
     return f"{how}, fitted inside each training fold" if how else "none"
+
+
+def class_selection_line(data: dict[str, Any]) -> str | None:
+    """The run's ``--classes`` choice, when the store was viewed through one: which classes, and how many images
+    of other classes were left out."""
+    sel = data["provenance"].get("class_selection")
+    if not sel:
+        return None
+    mapping = sel.get("mapping") or {}
+    merged = {}
+    for old, new in mapping.items():
+        if new is not None:
+            merged.setdefault(new, []).append(old)
+    order = [c for c in sel.get("classes", []) if c in merged] + [c for c in merged if c not in sel.get("classes", [])]
+    parts = [f"{new} = {' + '.join(merged[new])}" if merged[new] != [new] else new for new in order]
+    left = int(sel.get("left_out", 0))
+    chosen = ", ".join(parts) or ", ".join(sel.get("classes", []))
+    return (f"class selection `--classes {sel.get('spec', '')}`: {chosen}; {left} image{'s' if left != 1 else ''} "
+            "of other classes left out")

@@ -10,7 +10,7 @@ import numpy as np
 
 from fusionfeat.evaluation.multiclass_metrics import LABELS, METRICS
 from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
-from fusionfeat.report.context import calibration_text
+from fusionfeat.report.context import calibration_text, class_selection_line
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.markdown import shared_parts
 
@@ -54,24 +54,6 @@ def render_multiclass_report(data: dict[str, Any]) -> str:
         _plots_section(data),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
-
-
-def class_selection_line(data: dict[str, Any]) -> str | None:
-    """The run's ``--classes`` choice, when the store was viewed through one: which classes, and how many images
-    of other classes were left out."""
-    sel = data["provenance"].get("class_selection")
-    if not sel:
-        return None
-    mapping = sel.get("mapping") or {}
-    merged = {}
-    for old, new in mapping.items():
-        if new is not None:
-            merged.setdefault(new, []).append(old)
-    parts = [f"{new} = {' + '.join(olds)}" if len(olds) > 1 or olds != [new] else new for new, olds in merged.items()]
-    left = int(sel.get("left_out", 0))
-    chosen = ", ".join(parts) or ", ".join(sel.get("classes", []))
-    return (f"class selection `--classes {sel.get('spec', '')}`: {chosen}; {left} image{'s' if left != 1 else ''} "
-            "of other classes left out")
 
 
 def _header(data: dict[str, Any]) -> str:
