@@ -113,6 +113,12 @@ def run_study(
     ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``; it needs the
     dihedral views (``--views dihedral8``). ``write_study`` turns the result into a study folder.
     """
+    if len(store.classes) > 2:
+        raise FusionfeatError(
+            f"fusionfeat study is binary only (its contrasts and prevalence decomposition need a positive class); "
+            f"{getattr(store, 'path', 'the store')} has {len(store.classes)} classes: merge them into two with "
+            "--classes, or cross-validate each protocol with fusionfeat fit"
+        )
     check_dihedral(store)
     if repeats < 1:
         raise FusionfeatError(f"--repeats must be at least 1, got {repeats}")

@@ -20,6 +20,7 @@ from sklearn.base import clone
 from fusionfeat import runtime
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.evaluation import metrics as fm
+from fusionfeat.evaluation import multiclass_metrics as mm
 from fusionfeat.evaluation.row_layout import RowLayout
 from fusionfeat.heads.calibration import (
     METHODS,
@@ -68,6 +69,7 @@ class FoldResult:
     threshold: float | None = None  # operating-point threshold on P(positive), chosen on the training fold
     inner_rates: dict[str, float] | None = None  # inner out-of-fold sensitivity/specificity at ``threshold``
     kernel: str | None = None  # the SVM's kernel as fitted: "rbf", or "rbf-nystroem(K)" past its max_exact_rows
+    per_class: dict[str, list[float]] | None = None  # K > 2: precision, recall, f1, support, roc_auc per class
 
 
 @dataclass
@@ -77,20 +79,38 @@ class CVResult:
     heads: list[str]
     head_info: dict[str, dict[str, Any]]
     classes: list[str]
-    positive: str
+    positive: str | None  # None when there are more than two classes
     protocol: dict[str, Any]
     provenance: dict[str, Any]
     features: str
     rows: dict[str, np.ndarray]  # sample, view, path, label, group of the evaluation rows
     test_fold: np.ndarray  # (repeats, n_eval)
-    oof: dict[str, np.ndarray]  # head -> (repeats, n_eval) out-of-fold P(positive)
-    oof_pred: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (repeats, n_eval) 1.0 = predicted positive
+    # two classes: head -> (repeats, n_eval) out-of-fold P(positive); more than two: empty (no class is positive;
+    # read ``oof_proba``), so no binary computation can run on it by mistake
+    oof: dict[str, np.ndarray]
+    # two classes: head -> (repeats, n_eval) 1.0 = predicted positive; more: the predicted class index (as a float);
+    # NaN where a row was not scored in that repeat
+    oof_pred: dict[str, np.ndarray] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # calibrate, operating_point, subject_aggregate, head_params
     oof_weights: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (repeats, n_eval, n_weights)
     weight_names: dict[str, list[str]] = field(default_factory=dict)
     folds: list[FoldResult] = field(default_factory=list)
     # head -> per backbone (repeats, n_eval, T_k) out-of-fold attention maps (attention-spatial heads only)
     oof_attention: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    # head -> (repeats, n_eval, K) out-of-fold probability of every class, columns in ``classes`` order (NaN where
+    # unscored); rows sum to 1. Two classes: ``[1 - p, p]`` placed by class order, ``p`` = ``oof``'s value
+    oof_proba: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the run has more than two classes (K-class metrics, no positive class)."""
+        return len(self.classes) > 2
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The per-fold metrics of this run: the binary ``metrics.METRICS`` or the K-class
+        ``multiclass_metrics.METRICS``."""
+        return mm.METRICS if self.multiclass else fm.METRICS
 
     def fold_results(self, head: str) -> list[FoldResult]:
         """The fold results of one head, in (repeat, fold) order."""
@@ -99,9 +119,10 @@ class CVResult:
     def summary(self) -> dict[str, dict[str, dict[str, float]]]:
         """head -> metric -> per-fold mean and sd over folds × repeats, counts (intervals:
         ``fusionfeat.evaluation.evidence``)."""
+        names = mm.METRICS if self.multiclass else None
         return {
             head: fm.summarize(
-                [f.metrics for f in self.fold_results(head)], [f.repeat for f in self.fold_results(head)]
+                [f.metrics for f in self.fold_results(head)], [f.repeat for f in self.fold_results(head)], names
             )
             for head in self.heads
         }
@@ -111,7 +132,7 @@ class CVResult:
         and scored, copies included), then every metric of ``fm.METRICS`` and the fit/predict times in seconds."""
         import pandas as pd
 
-        columns = ["head", "repeat", "fold", "n_train", "n_test", *fm.METRICS, *fm.TIMINGS]
+        columns = ["head", "repeat", "fold", "n_train", "n_test", *self.metric_names, *fm.TIMINGS]
         records = [
             [f.head, f.repeat, f.fold, f.n_train, f.n_test, *[f.metrics.get(m, math.nan) for m in columns[5:]]]
             for f in self.folds
@@ -127,7 +148,7 @@ class CVResult:
         records = []
         for head in self.heads:
             row: dict[str, Any] = {"head": head}
-            for m in fm.METRICS:
+            for m in self.metric_names:
                 row[f"{m}_mean"] = summary[head][m]["mean"]
                 row[f"{m}_sd"] = summary[head][m]["std"]
             row["n_fits"] = len(self.fold_results(head))
@@ -137,9 +158,12 @@ class CVResult:
     def predictions_frame(self) -> Any:
         """Out-of-fold predictions (pandas DataFrame), one row per head × repeat × evaluated row: head, repeat, fold
         (the test fold that scored the row), sample (store index), view, path, group, label (true class), proba
-        (out-of-fold P(positive class), ``self.positive``) and predicted (the class the head chose)."""
+        (out-of-fold P(positive class), ``self.positive``) and predicted (the class the head chose). With more than
+        two classes ``proba`` is replaced by one column ``p_<class>`` per class (summing to 1 on a scored row)."""
         import pandas as pd
 
+        if self.multiclass:
+            return self._multiclass_predictions_frame()
         rows = self.rows
         n_repeats, n_eval = self.test_fold.shape
         negative = next(c for c in self.classes if c != self.positive)
@@ -158,6 +182,33 @@ class CVResult:
                 "label": np.tile(labels, n_repeats),
                 "proba": self.oof[head].reshape(-1),
                 "predicted": np.where(np.isnan(pred), None, np.where(pred >= 0.5, self.positive, negative)).reshape(-1),
+            }))
+        return pd.concat(frames, ignore_index=True)
+
+    def _multiclass_predictions_frame(self) -> Any:
+        import pandas as pd
+
+        rows = self.rows
+        n_repeats, n_eval = self.test_fold.shape
+        names = np.asarray(self.classes, dtype=object)
+        frames = []
+        for head in self.heads:
+            pred = self.oof_pred[head].reshape(-1)
+            scored = ~np.isnan(pred)
+            predicted = np.full(pred.shape, None, dtype=object)
+            predicted[scored] = names[pred[scored].astype(np.int64)]
+            proba = self.oof_proba[head].reshape(-1, len(self.classes))
+            frames.append(pd.DataFrame({
+                "head": head,
+                "repeat": np.repeat(np.arange(n_repeats), n_eval),
+                "fold": self.test_fold.reshape(-1),
+                "sample": np.tile(rows["sample"], n_repeats),
+                "view": np.tile(rows["view"], n_repeats),
+                "path": np.tile(rows["path"], n_repeats),
+                "group": np.tile(rows["group"], n_repeats),
+                "label": np.tile(names[rows["label"]], n_repeats),
+                **{f"p_{c}": proba[:, k] for k, c in enumerate(self.classes)},
+                "predicted": predicted,
             }))
         return pd.concat(frames, ignore_index=True)
 
@@ -221,11 +272,10 @@ def cross_validate(
     target = parse_operating_point(operating_point) if operating_point else None
     check_choice("features", features, FEATURES)
     classes = [str(c) for c in store.classes]
-    positive = positive if positive is not None else str(store.positive_class)
-    if positive not in classes:
-        raise FusionfeatError(f"positive class {positive!r} is not in the store's classes {classes}")
-    if len(classes) != 2:
-        raise FusionfeatError(f"fusionfeat evaluates binary tasks; the store has classes {classes}")
+    positive = _positive_class(classes, positive, store.positive_class, operating_point)
+    if positive is None and subject_aggregate != "mean":
+        raise FusionfeatError(f"--subject-aggregate {subject_aggregate} is binary only; with {len(classes)} classes a "
+                              "subject's class is the one with the highest mean probability: leave it out")
     specs = resolve_heads(store, heads, features, backbones)
     plan, fixed = _plan_for_store(store, protocol, folds, seed, repeats, balance, features)
     labels = np.asarray(store.labels, dtype=np.int64)
@@ -251,7 +301,7 @@ def cross_validate(
                 spec,
                 plan,
                 labels,
-                classes.index(positive),
+                -1 if positive is None else classes.index(positive),
                 balance,
                 features,
                 device,
@@ -264,6 +314,27 @@ def cross_validate(
     finally:
         bar.close()
     return result
+
+
+def _positive_class(classes: list[str], positive: str | None, stored: str | None,
+                    operating_point: str | None) -> str | None:
+    """The positive class of a binary run (``positive`` or the store's); None for more than two classes, where
+    ``--positive`` and ``--operating-point`` have no meaning and are refused."""
+    if len(classes) > 2:
+        if positive is not None:
+            raise FusionfeatError(f"--positive is binary only; this store has {len(classes)} classes "
+                                  f"({', '.join(classes)}): leave --positive out")
+        if operating_point:
+            raise FusionfeatError(f"--operating-point is binary only; this store has {len(classes)} classes "
+                                  f"({', '.join(classes)}): leave --operating-point out (the predicted class is "
+                                  "the most probable one)")
+        return None
+    if len(classes) != 2:
+        raise FusionfeatError(f"fusionfeat needs at least two classes; the store has {classes}")
+    positive = positive if positive is not None else str(stored)
+    if positive not in classes:
+        raise FusionfeatError(f"positive class {positive!r} is not in the store's classes {classes}")
+    return positive
 
 
 def _head_list(heads: Any) -> list[str | HeadSpec]:
@@ -346,7 +417,7 @@ def _empty_result(
     specs: list[Any],
     plan: SplitPlan,
     classes: list[str],
-    positive: str,
+    positive: str | None,
     features: str,
     fixed: FoldPlan | None,
 ) -> CVResult:
@@ -373,8 +444,9 @@ def _empty_result(
             "group": np.asarray(store.groups).astype(str)[sample],
         },
         test_fold=plan.test_fold,
-        oof={s.name: np.full(plan.test_fold.shape, np.nan) for s in specs},
+        oof={} if positive is None else {s.name: np.full(plan.test_fold.shape, np.nan) for s in specs},
         oof_pred={s.name: np.full(plan.test_fold.shape, np.nan) for s in specs},
+        oof_proba={s.name: np.full(plan.test_fold.shape + (len(classes),), np.nan) for s in specs},
     )
 
 
@@ -438,9 +510,10 @@ def _head_summary(head: str, result: CVResult) -> str:
     """``resnet18 done: 5 fits, balanced acc. 0.812, ROC AUC 0.871 (fold means)``: a head's stage end."""
     folds = result.fold_results(head)
     numbers = []
-    for m in ("balanced_accuracy", "roc_auc"):
+    auc, labels = ("roc_auc_macro", mm.LABELS) if result.multiclass else ("roc_auc", fm.LABELS)
+    for m in ("balanced_accuracy", auc):
         values = [v for v in (f.metrics.get(m, math.nan) for f in folds) if not math.isnan(v)]
-        numbers.append(f"{fm.LABELS[m]} {sum(values) / len(values):.3f}" if values else f"{fm.LABELS[m]} n/a")
+        numbers.append(f"{labels[m]} {sum(values) / len(values):.3f}" if values else f"{labels[m]} n/a")
     return f"{head} done: {len(folds)} fit{'s' if len(folds) != 1 else ''}, {', '.join(numbers)} (fold means)"
 
 
@@ -481,6 +554,9 @@ def _fit_fold(
     proba = np.asarray(est.predict_proba(X_test))
     predict_time = time.perf_counter() - t0
     est_classes = list(np.asarray(est.classes_).tolist())
+    if result.multiclass:
+        return _multiclass_fold(est, spec, X_test, proba, est_classes, y, split, n_eval, result, fit_time,
+                                predict_time)
     if pos not in est_classes:
         raise FusionfeatError(f"head {spec.name!r}: fold {split.fold} trained without the positive class")
     p = proba[:, est_classes.index(pos)].astype(float)
@@ -488,6 +564,8 @@ def _fit_fold(
     y_pred = np.asarray(predict(X_test) if predict else np.asarray(est_classes)[proba.argmax(axis=1)])
     y_test = y[split.test]
     result.oof[spec.name][split.repeat, split.test] = p
+    result.oof_proba[spec.name][split.repeat, split.test, pos] = p
+    result.oof_proba[spec.name][split.repeat, split.test, 1 - pos] = 1.0 - p
     _attention_maps(est, spec, X_test, split, result)
     result.oof_pred[spec.name][split.repeat, split.test] = (y_pred == pos).astype(float)
     threshold = getattr(est, "threshold_", None)
@@ -508,6 +586,49 @@ def _fit_fold(
         threshold=None if threshold is None else float(threshold),
         inner_rates=getattr(est, "inner_rates_", None),
         kernel=fitted_kernel(est),
+    )
+
+
+def _multiclass_fold(
+    est: Any,
+    spec: Any,
+    X_test: np.ndarray,
+    proba: np.ndarray,
+    est_classes: list[int],
+    y: np.ndarray,
+    split: Split,
+    n_eval: int,
+    result: CVResult,
+    fit_time: float,
+    predict_time: float,
+) -> FoldResult:
+    """One K-class fold: the head's columns placed on all K classes (a class the training fold lacked gets
+    probability 0), rows renormalised to sum to 1, the predicted class = the most probable one."""
+    k = len(result.classes)
+    P = np.zeros((len(proba), k))
+    P[:, est_classes] = proba.astype(float)
+    P /= P.sum(axis=1, keepdims=True)
+    y_pred = P.argmax(axis=1)
+    y_test = y[split.test]
+    result.oof_proba[spec.name][split.repeat, split.test] = P
+    result.oof_pred[spec.name][split.repeat, split.test] = y_pred.astype(float)
+    _attention_maps(est, spec, X_test, split, result)
+    scores = mm.fold_metrics(y_test, y_pred, P)
+    scores.update(fit_time=fit_time, predict_time=predict_time)
+    return FoldResult(
+        head=spec.name,
+        repeat=split.repeat,
+        fold=split.fold,
+        metrics=scores,
+        confusion=mm.confusion_matrix(y_test, y_pred, k).tolist(),
+        roc={"fpr": [], "tpr": []},  # K > 2: the one-vs-rest curves are drawn from the pooled rows
+        n_train=len(split.train),
+        n_test=len(split.test),
+        history=_history(est),
+        fusion_weights=_fusion_weights(est, spec, X_test, y_test, split, result),
+        n_train_images=int(np.sum(split.train < n_eval)),
+        kernel=fitted_kernel(est),
+        per_class=mm.per_class(y_test, y_pred, P),
     )
 
 

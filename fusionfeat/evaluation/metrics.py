@@ -74,11 +74,14 @@ def roc_points(y_true: np.ndarray, p_positive: np.ndarray, positive: int = 1) ->
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
 
 
-def summarize(per_fold: list[dict[str, float]], repeat_of_fold: list[int]) -> dict[str, dict[str, float]]:
-    """Per-fold mean and sd over all folds × repeats, and counts (intervals: ``fusionfeat.evaluation.evidence``)."""
+def summarize(
+    per_fold: list[dict[str, float]], repeat_of_fold: list[int], names: tuple[str, ...] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per-fold mean and sd over all folds × repeats, and counts (intervals: ``fusionfeat.evaluation.evidence``),
+    of ``names`` (default ``METRICS``) and the timings."""
     out: dict[str, dict[str, float]] = {}
     repeats = np.asarray(repeat_of_fold)
-    for name in METRICS + TIMINGS:
+    for name in (METRICS if names is None else names) + TIMINGS:
         values = np.array([fold.get(name, math.nan) for fold in per_fold], dtype=float)
         out[name] = {
             "mean": _nanmean(values),

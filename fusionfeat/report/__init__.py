@@ -1,5 +1,6 @@
 """Run folders and reports: ``write_run`` (run.py), ``report.md`` (markdown.py), figures (figures.py, plots.py),
-runs side by side (compare.py)."""
+runs side by side (compare.py); runs of more than two classes: multiclass_run.py, multiclass_markdown.py,
+multiclass_plots.py."""
 
 from fusionfeat.report.compare import compare_runs
 from fusionfeat.report.flags import describe_weights

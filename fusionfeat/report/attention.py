@@ -3,7 +3,8 @@
 Layout: ``sample``, ``view``, ``label``, ``path`` (evaluation rows), ``test_fold`` ``(repeats, n_eval)``, and per
 attention-spatial head ``h`` and backbone ``b``: ``map/h/b`` ``(repeats, n_eval, T_b)`` float32 (the mass
 backbone b's tokens receive from the other backbones' queries, in the stored token order: row-major
-over the ``grid/b`` ``(rows, cols)`` grid) and ``p/h`` ``(repeats, n_eval)`` the out-of-fold P(positive).
+over the ``grid/b`` ``(rows, cols)`` grid) and ``p/h`` ``(repeats, n_eval)`` the out-of-fold P(positive) (with more
+than two classes ``proba/h`` ``(repeats, n_eval, K)``, every class's probability).
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def write_attention(result: CVResult, out: Path) -> str | None:
     }
     for head, maps in result.oof_attention.items():
         backbones = result.head_info[head]["backbones"]
-        arrays[f"p/{head}"] = np.asarray(result.oof[head], dtype=np.float64)
+        if result.multiclass:  # K > 2: every class's probability, (repeats, n_eval, K) in class order
+            arrays[f"proba/{head}"] = np.asarray(result.oof_proba[head], dtype=np.float64)
+        else:
+            arrays[f"p/{head}"] = np.asarray(result.oof[head], dtype=np.float64)
         for backbone, m in zip(backbones, maps, strict=True):
             arrays[f"map/{head}/{backbone}"] = np.asarray(m, dtype=np.float32)
             arrays[f"grid/{backbone}"] = np.asarray(_grid(m.shape[-1]), dtype=np.int64)

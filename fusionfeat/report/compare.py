@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fusionfeat.errors import FusionfeatError
+from fusionfeat.evaluation import multiclass_metrics as mm
 from fusionfeat.evaluation.evidence import weights_flag
 from fusionfeat.evaluation.metrics import LABELS, METRICS
 from fusionfeat.report.cells import md_row, pm
@@ -26,11 +27,23 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> str:
         raise FusionfeatError("compare_runs needs at least one run folder")
     runs = [(Path(d).name or str(d), load_run(d)) for d in run_dirs]
     try:
-        return "\n\n".join(p for p in (_runs_table(runs), _compare_table(runs), _cautions(runs)) if p) + "\n"
+        return "\n\n".join(p for p in (_runs_table(runs), _compare_table(runs, *_metrics_of(runs)), _cautions(runs))
+                           if p) + "\n"
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
         bad = next((name for name, data in runs if not looks_like_run(data)), runs[0][0])
         raise FusionfeatError(f"{bad}/{METRICS_FILE} does not have the shape fusionfeat writes ({type(exc).__name__}: "
                               f"{exc}); pass run folders written by `fusionfeat fit`") from None
+
+
+def _metrics_of(runs: list[tuple[str, Any]]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The metrics the runs share: binary runs the binary ones, runs of more than two classes the K-class ones;
+    the two kinds cannot share a table."""
+    multi = {name: len(data["classes"]) > 2 for name, data in runs}
+    if len(set(multi.values())) > 1:
+        raise FusionfeatError(f"cannot compare binary runs ({', '.join(n for n, m in multi.items() if not m)}) with "
+                              f"runs of more than two classes ({', '.join(n for n, m in multi.items() if m)}): "
+                              "compare each kind separately")
+    return (mm.METRICS, mm.LABELS) if any(multi.values()) else (METRICS, LABELS)
 
 
 def _runs_table(runs: list[tuple[str, Any]]) -> str:
@@ -42,15 +55,16 @@ def _runs_table(runs: list[tuple[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _compare_table(runs: list[tuple[str, Any]]) -> str:
-    header = ["run", "protocol", "features", "head", "decision rule", *[LABELS[m] for m in METRICS]]
-    lines = [md_row(header), md_row(["---"] * 5 + ["---:"] * len(METRICS))]
+def _compare_table(runs: list[tuple[str, Any]], metrics: tuple[str, ...] = METRICS,
+                   labels: dict[str, str] = LABELS) -> str:
+    header = ["run", "protocol", "features", "head", "decision rule", *[labels[m] for m in metrics]]
+    lines = [md_row(header), md_row(["---"] * 5 + ["---:"] * len(metrics))]
     notes = []
     for name, data in runs:
         for head, info in data["heads"].items():
             flags = warning_flags(data, head)
             s = info["summary"]
-            cells = [pm(nan_or(s[m]["mean"]), nan_or(s[m]["std"])) for m in METRICS]
+            cells = [pm(nan_or(s[m]["mean"]), nan_or(s[m]["std"])) for m in metrics]
             lines.append(
                 md_row(
                     [

@@ -65,6 +65,8 @@ def decision_rule(data: dict[str, Any], head: str | None = None) -> str:
     """A head's decision rule in a table cell: ``argmax (P ≥ 0.5)`` or ``sens ≥ 0.95 at threshold 0.31 ± 0.04``
     (the operating point's per-fold threshold, mean ± sd)."""
     target = (data.get("options") or {}).get("operating_point")
+    if len(data.get("classes") or ()) > 2:
+        return "argmax (the most probable class)"
     if not target:
         return ARGMAX
     rule = " ".join(f"{k} ≥ {v}" for k, v in _target(data, head, str(target)).items())
@@ -93,3 +95,22 @@ def calibration_text(data: dict[str, Any]) -> str:
     """``none`` or the post-hoc calibration (``sigmoid, fitted inside each training fold``)."""
     how = (data.get("options") or {}).get("calibrate")
     return f"{how}, fitted inside each training fold" if how else "none"
+
+
+def class_selection_line(data: dict[str, Any]) -> str | None:
+    """The run's ``--classes`` choice, when the store was viewed through one: which classes, and how many images
+    of other classes were left out."""
+    sel = data["provenance"].get("class_selection")
+    if not sel:
+        return None
+    mapping = sel.get("mapping") or {}
+    merged = {}
+    for old, new in mapping.items():
+        if new is not None:
+            merged.setdefault(new, []).append(old)
+    order = [c for c in sel.get("classes", []) if c in merged] + [c for c in merged if c not in sel.get("classes", [])]
+    parts = [f"{new} = {' + '.join(merged[new])}" if merged[new] != [new] else new for new in order]
+    left = int(sel.get("left_out", 0))
+    chosen = ", ".join(parts) or ", ".join(sel.get("classes", []))
+    return (f"class selection `--classes {sel.get('spec', '')}`: {chosen}; {left} image{'s' if left != 1 else ''} "
+            "of other classes left out")

@@ -9,7 +9,7 @@ from typing import Any
 from fusionfeat import paper
 from fusionfeat.evaluation.metrics import LABELS, METRICS, TIMINGS
 from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
-from fusionfeat.report.context import calibration_text, count_note, rule_summary, table1_note
+from fusionfeat.report.context import calibration_text, class_selection_line, count_note, rule_summary, table1_note
 from fusionfeat.report.flags import (
     describe_weights,
     file_backbones,
@@ -91,6 +91,7 @@ def _header(data: dict[str, Any]) -> str:
         f"- data `{prov.get('data_root') or '?'}` (layout {prov.get('layout') or '?'}); features extracted "
         f"{prov.get('created') or '?'}",
         f"- positive class **{data['positive']}**; features: {data['features']}",
+        *([f"- {class_selection_line(data)}"] if class_selection_line(data) else []),
         f"- protocol **{protocol['name']}**: {protocol.get('text', '')}",
         f"- decision rule: {rule_summary(data)}; calibration: {calibration_text(data)}",
     ]
@@ -504,3 +505,11 @@ def _plots_section(data: dict[str, Any]) -> str:
         if images:
             lines += ["", f"#### `{head}`", "", *images]
     return "\n".join(lines)
+
+
+def shared_parts(data: dict[str, Any]) -> dict[str, Any]:
+    """The parts of ``report.md`` that do not depend on the number of classes, for the K-class report
+    (``fusionfeat.report.multiclass_markdown``): ``warnings`` (a list) and the ``params``, ``timing``,
+    ``protocol`` and ``features`` sections."""
+    return {"warnings": _warnings(data), "params": _params_section(data), "timing": _timing_section(data),
+            "protocol": _protocol_section(data), "features": _features_section(data)}

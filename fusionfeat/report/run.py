@@ -25,6 +25,7 @@ from fusionfeat.fsio import RUN, dumps_json, output_target, require_file
 from fusionfeat.report.attention import write_attention
 from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
+from fusionfeat.report.multiclass_run import write_multiclass_files
 from fusionfeat.report.plots import write_plots
 from fusionfeat.report.roc_bands import run_bands
 
@@ -47,7 +48,14 @@ def write_run(result: CVResult, out_dir: str | Path, overwrite: bool = False, n_
 
 def write_run_files(result: CVResult, out: Path, n_boot: int = 2000) -> None:
     """Write metrics.json, predictions.csv, subjects.csv, report.md/.tex, tables, summary.png, training.png and
-    per-head plots (``figures/``) into ``out``."""
+    per-head plots (``figures/``) into ``out``. A run of more than two classes is written by
+    ``fusionfeat.report.multiclass_run`` (its own metrics, tables and figures)."""
+    if result.multiclass:
+        files = {"metrics": METRICS_FILE, "predictions": PREDICTIONS_FILE, "report": REPORT_FILE,
+                 "subjects": SUBJECTS_FILE}
+        write_multiclass_files(result, out, files, n_boot=n_boot)
+        write_attention(result, out)
+        return
     data = run_json(result, n_boot=n_boot)
     plots = write_plots(data, out, run_bands(result))
     data["plots"] = plots
@@ -197,5 +205,6 @@ def looks_like_run(data: Any) -> bool:
     """Whether parsed ``metrics.json`` data has the shape ``write_run`` gives it."""
     return (isinstance(data, dict) and isinstance(data.get("heads"), dict) and isinstance(data.get("protocol"), dict)
             and isinstance(data.get("provenance"), dict) and isinstance(data.get("classes"), list)
-            and len(data["classes"]) >= 2 and data.get("positive") in data["classes"]
+            and len(data["classes"]) >= 2
+            and (data.get("positive") in data["classes"] if len(data["classes"]) == 2 else data.get("positive") is None)
             and all(isinstance(h, dict) and isinstance(h.get("summary"), dict) for h in data["heads"].values()))

@@ -10,7 +10,8 @@ Conventions used throughout:
 * ``groups`` holds subject ids as strings; ``""`` means unknown, and such a row is a subject of its own.
 
 The package's modules each hold one family: ``corrected_t``, ``bootstrap``, ``delong``, ``multiplicity``,
-``pooled`` (metrics by name), ``calibration``, ``subjects``, ``thresholds``; ``results`` and ``inputs`` serve them.
+``pooled`` (metrics by name), ``calibration``, ``subjects``, ``thresholds``, ``multiclass`` (bootstrap of K-class
+macro AUC and balanced accuracy); ``results`` and ``inputs`` serve them.
 
 References are listed in ``docs/protocols.md`` (Statistics).
 """
@@ -19,6 +20,7 @@ from fusionfeat.stats.bootstrap import cluster_bootstrap, paired_cluster_bootstr
 from fusionfeat.stats.calibration import brier, expected_calibration_error, reliability_curve
 from fusionfeat.stats.corrected_t import corrected_difference_t, corrected_paired_t, corrected_resampled_t
 from fusionfeat.stats.delong import delong_auc, delong_test
+from fusionfeat.stats.multiclass import MULTICLASS_METRICS, multiclass_bootstrap, paired_multiclass_bootstrap
 from fusionfeat.stats.multiplicity import holm
 from fusionfeat.stats.pooled import PAPER_F1_NOTE, THRESHOLDED, f1_from, pooled_metric, roc_auc
 from fusionfeat.stats.results import BootstrapResult, DelongResult, Interval, Metric, PairedTest
@@ -30,6 +32,7 @@ __all__ = [
     "BootstrapResult",
     "DelongResult",
     "Interval",
+    "MULTICLASS_METRICS",
     "Metric",
     "PAPER_F1_NOTE",
     "PairedTest",
@@ -46,7 +49,9 @@ __all__ = [
     "expected_calibration_error",
     "f1_from",
     "holm",
+    "multiclass_bootstrap",
     "paired_cluster_bootstrap",
+    "paired_multiclass_bootstrap",
     "pooled_metric",
     "rates_at",
     "reliability_curve",

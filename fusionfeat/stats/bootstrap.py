@@ -168,3 +168,13 @@ def paired_cluster_bootstrap(
     pval = min(1.0, 2 * min(np.sum(ok <= 0) + 1, np.sum(ok >= 0) + 1) / (b + 1))
     return BootstrapResult(estimate, lo, hi, float(ok.std(ddof=1)), level, "paired percentile", clusters.unit,
                            len(clusters), n_boot, skipped, float(pval))
+
+
+def resampled_values(
+    n: int, groups: Any, stat: Callable[[np.ndarray], float], n_boot: int = 2000, seed: int = 0
+) -> tuple[str, int, np.ndarray]:
+    """``stat(row indices)`` on ``n_boot`` resamples of ``n`` rows, drawn as ``cluster_bootstrap`` draws them
+    (subjects when any id in ``groups`` is known, else images); returns the unit resampled (``"subject"`` or
+    ``"image"``), how many units there are, and the ``n_boot`` values (NaN where ``stat`` is undefined)."""
+    clusters, boot = _boot_stats(n, groups, stat, n_boot, seed)
+    return clusters.unit, len(clusters), boot

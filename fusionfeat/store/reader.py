@@ -112,7 +112,9 @@ class FeatureStore:
             if len(h5["samples"][name]) != n:
                 raise StoreError(f"{self.path}: /samples/{name} has {len(h5['samples'][name])} rows for {n} images; "
                                  "the store is damaged: re-extract it")
-        if len(self.classes) != 2 or self.positive_class not in self.classes:
+        binary_ok = len(self.classes) == 2 and self.positive_class in self.classes
+        multi_ok = len(self.classes) > 2 and self.positive_class is None
+        if not (binary_ok or multi_ok) or len(set(self.classes)) != len(self.classes):
             raise StoreError(f"{self.path}: its classes {self.classes} (positive {self.positive_class!r}) are not "
                              "what fusionfeat writes; the store is damaged: re-extract it")
         bad = (self.labels < 0) | (self.labels >= len(self.classes))
@@ -128,7 +130,9 @@ class FeatureStore:
     def _load_samples(self, h5: h5py.File) -> None:
         samples = h5["samples"]
         self.classes: list[str] = [str(c) for c in decode_attr(samples.attrs["classes"])]
-        self.positive_class: str = str(decode_attr(samples.attrs["positive"]))
+        positive = str(decode_attr(samples.attrs.get("positive", "")))
+        # two classes: the positive one (binary metrics); more: None (no class is "positive")
+        self.positive_class: str | None = positive if len(self.classes) == 2 or positive else None
         self.paths = samples["path"].asstr()[:]
         self.labels = samples["label"][:].astype(np.int64)
         self.groups = samples["group"].asstr()[:]

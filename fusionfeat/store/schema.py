@@ -30,7 +30,10 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 
 
 def create_store_file(tmp: Path, samples: dict[str, np.ndarray], classes: list[str], root_attrs: dict) -> h5py.File:
-    """Create a new HDF5 store with its ``/samples`` table and root attributes; returns it open for writing."""
+    """Create a new HDF5 store with its ``/samples`` table and root attributes; returns it open for writing.
+
+    ``classes`` are the K >= 2 class names in label order; with two, the second is the positive class (the
+    ``positive`` attribute), with more there is none (``positive`` is ``""``)."""
     h5 = h5py.File(tmp, "w")
     group = h5.create_group("samples")
     for name, values in samples.items():
@@ -39,7 +42,7 @@ def create_store_file(tmp: Path, samples: dict[str, np.ndarray], classes: list[s
         else:
             group.create_dataset(name, data=values)
     group.attrs["classes"] = classes
-    group.attrs["positive"] = classes[1]
+    group.attrs["positive"] = classes[1] if len(classes) == 2 else ""  # K > 2: no positive class
     for key, value in root_attrs.items():
         h5.attrs[key] = value
     h5.attrs["schema_version"] = SCHEMA_VERSION
