@@ -18,7 +18,8 @@ def describe_store(path: str | Path) -> str:
         root = store.root_attrs()
         lines = [f"store      {path}", f"created    {root.get('created', '?')} (complete)"]
         lines.append(f"data       {root.get('data_root', '?')} (layout {root.get('layout', '?')})")
-        lines.append(f"samples    {store.n_samples} ({_sample_counts(store)}; positive class {store.positive_class})")
+        which = f"positive class {store.positive_class}" if len(store.classes) == 2 else f"{len(store.classes)} classes"
+        lines.append(f"samples    {store.n_samples} ({_sample_counts(store)}; {which})")
         subjects = sorted({g for g in store.groups if g})
         lines.append(f"subjects   {len(subjects)}" + ("" if subjects else " (unknown: folds will be image-level)"))
         folds = sorted({int(f) for f in store.folds if f >= 0})

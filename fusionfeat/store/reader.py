@@ -112,7 +112,7 @@ class FeatureStore:
             if len(h5["samples"][name]) != n:
                 raise StoreError(f"{self.path}: /samples/{name} has {len(h5['samples'][name])} rows for {n} images; "
                                  "the store is damaged: re-extract it")
-        if len(self.classes) != 2 or self.positive_class not in self.classes:
+        if len(self.classes) < 2 or self.positive_class not in (self.classes if len(self.classes) == 2 else [""]):
             raise StoreError(f"{self.path}: its classes {self.classes} (positive {self.positive_class!r}) are not "
                              "what fusionfeat writes; the store is damaged: re-extract it")
         bad = (self.labels < 0) | (self.labels >= len(self.classes))
