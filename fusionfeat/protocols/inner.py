@@ -27,7 +27,9 @@ def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fracti
     y = labels[rows]
     n_splits = max(2, round(1 / fraction))
     g = np.asarray(groups).astype(str)[rows]
-    counts = np.bincount(y, minlength=2)
+    counts = np.unique(y, return_counts=True)[1]  # images per class present
+    if len(counts) < 2:
+        return none
     if np.any(g != ""):
         subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
         n_splits = min(n_splits, len(np.unique(subjects)), int(counts.min()))
@@ -43,7 +45,7 @@ def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fracti
         fit, val = next(splitter.split(rows, y, *extra))
     except ValueError:  # too few rows of a class to split this way: no validation
         return none
-    if len(np.unique(y[fit])) < 2:
+    if len(np.unique(y[fit])) < len(counts):  # every class must stay learnable
         return none
     return rows[fit], rows[val]
 

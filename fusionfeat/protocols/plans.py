@@ -8,13 +8,15 @@ training. Each non-paper split is checked: no image, and under ``grouped`` no su
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from fusionfeat.errors import FusionfeatError
+from fusionfeat.errors import FusionfeatError, FusionfeatWarning
 from fusionfeat.protocols.checks import (
     BALANCES,
     PROTOCOLS,
@@ -65,11 +67,14 @@ def plan_folds(
     n_folds: int,
     seed: int,
     mask: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Test fold of each sample (-1 where ``mask`` is False or, for ``predefined``, the dataset gives none).
 
     For ``grouped`` a sample without a subject id counts as its own subject. The ``paper`` protocol splits
-    expanded rows (originals plus copies), not samples, so it has no per-sample plan and is refused.
+    expanded rows (originals plus copies), not samples, so it has no per-sample plan and is refused. A class
+    with fewer images (``grouped``: subjects) than folds gets a ``FusionfeatWarning`` naming it (from
+    ``class_names``, else its label) and the plan goes on: some test folds hold none of it.
     """
     labels = np.asarray(labels)
     mask = np.ones(len(labels), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
@@ -100,19 +105,41 @@ def plan_folds(
                 f"--cv grouped needs at least as many subjects as folds: {n_subjects} subjects "
                 f"for {n_folds} folds; use --folds {max(n_subjects, 2)} or fewer, or --cv stratified"
             )
-        splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(idx, y, subjects)
+        per_class = {int(c): len(np.unique(subjects[y == c])) for c in np.unique(y)}
+        _warn_small_classes(per_class, n_folds, "subject", class_names)
+        splitter: Any = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+        split_args: tuple = (idx, y, subjects)
     else:
         present = np.bincount(y)
-        smallest = int(present[present > 0].min()) if present.any() else 0
-        if smallest < n_folds:
+        if present.any() and int(present.max()) < n_folds:
             raise FusionfeatError(
-                f"--cv stratified needs at least {n_folds} images of each class for {n_folds} folds; "
-                f"the smallest class has {smallest}: lower --folds"
+                f"--cv stratified needs at least {n_folds} images of a class for {n_folds} folds; "
+                f"the largest class has {int(present.max())}: lower --folds"
             )
-        splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(idx, y)
-    for k, (_, test) in enumerate(splits):
-        fold[idx[test]] = k
+        _warn_small_classes({int(c): int(n) for c, n in enumerate(present) if n}, n_folds, "image", class_names)
+        splitter = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+        split_args = (idx, y)
+    with warnings.catch_warnings():  # said above, once and by class name
+        warnings.filterwarnings("ignore", message="The least populated class in y has only")
+        for k, (_, test) in enumerate(splitter.split(*split_args)):
+            fold[idx[test]] = k
     return fold
+
+
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
+    """A class as users know it: its name when given, else ``class <label>``."""
+    return repr(str(class_names[label])) if class_names is not None and 0 <= label < len(class_names) \
+        else f"class {label}"
+
+
+def _warn_small_classes(per_class: dict[int, int], n_folds: int, unit: str,
+                        class_names: Sequence[str] | None) -> None:
+    """One ``FusionfeatWarning`` line naming the classes with fewer images (subjects) than folds."""
+    small = [(c, n) for c, n in sorted(per_class.items()) if n < n_folds]
+    if small:
+        listed = ", ".join(f"{class_name(c, class_names)} has {n} {unit}{'s' if n != 1 else ''}" for c, n in small)
+        warnings.warn(f"{listed} for {n_folds} folds: some test folds hold none of it (the pooled out-of-fold "
+                      "figures stay valid; per-fold figures for it do not exist)", FusionfeatWarning, stacklevel=3)
 
 
 def make_plan(
@@ -129,9 +156,12 @@ def make_plan(
     balance: str = "weight",
     fixed_folds: np.ndarray | None = None,
     sha256: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> SplitPlan:
     """Every split of a run. ``fixed_folds`` (a stored fine-tuning plan) replaces fold planning;
-    ``sha256`` (per sample) makes the leakage check compare image content, not only rows."""
+    ``sha256`` (per sample) makes the leakage check compare image content, not only rows; ``class_names``
+    (by label) name classes in warnings and errors. Every training side must hold every class that is
+    evaluated (else a one-line error naming the class): a head cannot score a class it never saw."""
     check_choice("cv", protocol, PROTOCOLS)
     check_choice("balance", balance, BALANCES)
     if repeats < 1:
@@ -146,12 +176,14 @@ def make_plan(
         sample_fold = None
     else:
         n_copies = 0
-        folds_r = [
-            fixed_folds
-            if fixed_folds is not None
-            else plan_folds(labels, groups, predefined, protocol, n_folds, seed + r, mask=ok)
-            for r in range(repeats)
-        ]
+        folds_r = []
+        for r in range(repeats):
+            with warnings.catch_warnings():
+                if r:  # the class-size warning is the same for every repeat: say it once
+                    warnings.simplefilter("ignore", FusionfeatWarning)
+                folds_r.append(fixed_folds if fixed_folds is not None else
+                               plan_folds(labels, groups, predefined, protocol, n_folds, seed + r, mask=ok,
+                                          class_names=class_names))
         sample_fold = np.stack(folds_r)
         kept = np.flatnonzero(sample_fold[0] >= 0)
         rows = Rows(kept, np.zeros(len(kept), dtype=np.int64))
@@ -188,6 +220,17 @@ def make_plan(
                 f"fold {split.fold}'s training side holds {only} only (protocol {protocol}): no classifier can be "
                 "trained on it; give every class images outside each test fold (check the fold column), or use "
                 "--cv stratified or grouped"
+            )
+    evaluated = np.unique(labels[rows.sample[:n_eval]])
+    for split in splits:
+        missing = np.setdiff1d(evaluated, labels[rows.sample[split.train]])
+        if missing.size:
+            c = int(missing[0])
+            n = int(np.sum(labels[rows.sample[:n_eval]] == c))
+            raise FusionfeatError(
+                f"{class_name(c, class_names)} ({n} image{'s' if n != 1 else ''}) is absent from fold "
+                f"{split.fold}'s training side (protocol {protocol}), so no head can learn it there: add images of "
+                "it, leave it out with --classes, or use fewer folds"
             )
     described = describe_protocol(
         protocol, labels, groups, ok, rows, n_eval, test_fold, n_folds, seed, repeats, balance, n_copies
