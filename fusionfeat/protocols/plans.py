@@ -171,6 +171,7 @@ def make_plan(
     ok = np.asarray(ok, dtype=bool)
     if protocol == "paper" or balance == "augment":
         need_views(n_views, "--cv paper" if protocol == "paper" else "--balance augment")
+    class_notes: list[str] = []
     if protocol == "paper":
         rows, n_copies = paper_rows(labels, ok, n_views, seed)
         sample_fold = None
@@ -178,12 +179,17 @@ def make_plan(
         n_copies = 0
         folds_r = []
         for r in range(repeats):
-            with warnings.catch_warnings():
-                if r:  # the class-size warning is the same for every repeat: say it once
-                    warnings.simplefilter("ignore", FusionfeatWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", FusionfeatWarning)
                 folds_r.append(fixed_folds if fixed_folds is not None else
                                plan_folds(labels, groups, predefined, protocol, n_folds, seed + r, mask=ok,
                                           class_names=class_names))
+            for w in caught:
+                if not issubclass(w.category, FusionfeatWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                elif r == 0:  # the class-size warning is the same for every repeat: said once, and in the report
+                    class_notes.append(str(w.message))
+                    warnings.warn(w.message, stacklevel=2)
         sample_fold = np.stack(folds_r)
         kept = np.flatnonzero(sample_fold[0] >= 0)
         rows = Rows(kept, np.zeros(len(kept), dtype=np.int64))
@@ -235,6 +241,7 @@ def make_plan(
     described = describe_protocol(
         protocol, labels, groups, ok, rows, n_eval, test_fold, n_folds, seed, repeats, balance, n_copies
     )
+    described["warnings"] = [*described["warnings"], *(note[:1].upper() + note[1:] + "." for note in class_notes)]
     return SplitPlan(rows, n_eval, test_fold, splits, described)
 
 
