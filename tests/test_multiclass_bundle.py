@@ -135,3 +135,20 @@ def test_bccd_subset_train_predict_and_a_rare_basophil(tmp_path):
     bundle, rows = _train_and_predict(store, data, tmp_path, "logreg")
     got = {r["path"]: [float(r[f"p_{c}"]) for c in bundle.classes] for r in rows}
     np.testing.assert_allclose(np.array([got[p] for p in paths]), expected, rtol=0, atol=1e-5)
+
+
+def test_explain_picks_the_most_confident_image_of_each_class_and_the_worst_errors():
+    from fusionfeat.explain import choose_per_class
+
+    p = np.array([[0.7, 0.2, 0.1],   # 0: true a, said a (0.7)
+                  [0.9, 0.05, 0.05],  # 1: true a, said a (0.9): the most confident a
+                  [0.1, 0.8, 0.1],   # 2: true b, said b
+                  [0.6, 0.3, 0.1],   # 3: true c, said a (0.6): an error
+                  [0.05, 0.9, 0.05],  # 4: true c, said b (0.9): the worst error
+                  [0.9, 0.05, 0.05]])  # 5: a copy of image 1 (same sample): shown once
+    label = np.array([0, 0, 1, 2, 2, 0])
+    sample = np.array([10, 11, 12, 13, 14, 11])
+    got = {name: [(k.row, k.p, k.shown) for k in picks]
+           for name, _, picks in choose_per_class(p, label, sample, 4, ["a", "b", "c"])}
+    assert got == {"confident_a": [(1, 0.9, "a"), (0, 0.7, "a")], "confident_b": [(2, 0.8, "b")], "confident_c": [],
+                   "worst_errors": [(4, 0.9, "b"), (3, 0.6, "a")]}
