@@ -233,7 +233,11 @@ def predict_rows(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndar
 
 def positive_proba(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """P(positive class) per image from fresh embeddings ``{backbone: (pooled, tokens)}`` (view 0), laid out
-    exactly as the head was trained (``fusionfeat.heads.inputs``)."""
+    exactly as the head was trained (``fusionfeat.heads.inputs``). Two-class bundles only (else
+    ``class_probabilities``)."""
+    if len(bundle.classes) != 2:
+        raise FusionfeatError(f"the bundle has {len(bundle.classes)} classes and no positive one; use "
+                              "class_probabilities for P of every class")
     return _positive_column(bundle, embedding_matrix(bundle.spec, embeddings))
 
 

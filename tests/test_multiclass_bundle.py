@@ -152,3 +152,18 @@ def test_explain_picks_the_most_confident_image_of_each_class_and_the_worst_erro
            for name, _, picks in choose_per_class(p, label, sample, 4, ["a", "b", "c"])}
     assert got == {"confident_a": [(1, 0.9, "a"), (0, 0.7, "a")], "confident_b": [(2, 0.8, "b")], "confident_c": [],
                    "worst_errors": [(4, 0.9, "b"), (3, 0.6, "a")]}
+
+
+def test_positive_proba_is_for_two_classes_and_class_probabilities_for_k(k3, tmp_path):
+    from fusionfeat.predict import class_probabilities, positive_proba
+
+    with FeatureStore.open(k3[1]) as fs:
+        estimator, spec, info = train_head(fs, "logreg", device="cpu", progress=False)
+        emb = {b: (fs.pooled(b)[:, None], None) for b in fs.backbones}
+        X = feature_matrix(fs, spec, np.arange(fs.n_samples))
+    from fusionfeat.bundle import save_bundle
+
+    bundle = load_bundle(save_bundle(tmp_path / "b", estimator, spec, info))
+    np.testing.assert_allclose(class_probabilities(bundle, emb), estimator.predict_proba(X), atol=1e-12)
+    with pytest.raises(FusionfeatError, match="has 3 classes and no positive one"):
+        positive_proba(bundle, emb)
