@@ -4,6 +4,7 @@ of the SVM's sigmoid, and the group (source image) of each row.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -76,7 +77,9 @@ def inner_splits(
         g = None
         splitter = StratifiedKFold(cv, shuffle=True, random_state=random_state)
     try:
-        return [(a, b) for a, b in splitter.split(np.zeros(len(y)), y, g)]
+        with warnings.catch_warnings():  # a rare class (fewer rows than folds) is said once, by the fold plan
+            warnings.filterwarnings("ignore", message="The least populated class in y has only")
+            return [(a, b) for a, b in splitter.split(np.zeros(len(y)), y, g)]
     except ValueError as err:
         raise FusionfeatError(f"inner cross-validation of a training fold with cv={cv} is impossible: {err}; "
                               "lower the inner folds") from None
