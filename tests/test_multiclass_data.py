@@ -97,3 +97,31 @@ def test_the_reader_takes_k_classes_with_no_positive_and_refuses_a_broken_class_
         assert fs.classes == ["a", "b", "c", "d"] and fs.positive_class == ""
     with pytest.raises(FusionfeatError, match="not what fusionfeat writes"):
         FeatureStore.open(_store(tmp_path / "bad.h5", ["a", "b", "c"], "b"))  # K > 2 has no positive class
+
+
+def test_finetune_trains_a_k_class_head_per_fold(tmp_path):
+    """Fine-tuning a 3-class store: each fold's network ends in 3 logits, and its features are stored."""
+    import torch
+
+    from fusionfeat.data.images import Preprocess
+    from fusionfeat.engines.extract import ExtractConfig, extract
+    from fusionfeat.engines.finetune import FinetuneConfig, finetune, work_dir
+    from fusionfeat.engines.train_loop import TrainConfig
+
+    data = synthetic.generate_multiclass_folders(tmp_path / "data", n_classes=3, n_per_class=4, size=48)
+    store = tmp_path / "s.h5"
+    extract(build_manifest(data), store, ExtractConfig(backbones=["resnet18"], weights={"resnet18": "random"},
+                                                       preprocess=Preprocess(input_size=32), device="cpu",
+                                                       workers=0, progress=False))
+    train = TrainConfig(epochs=1, batch_size=4, lr=1e-3, warmup_epochs=0, augment=())
+    finetune(build_manifest(data), store, FinetuneConfig(backbones=["resnet18"], weights={"resnet18": "random"},
+                                                         train=train, protocol="stratified", n_folds=2,
+                                                         device="cpu", precision="fp32", workers=0, progress=False))
+    with FeatureStore.open(store) as fs:
+        assert fs.finetuned_folds() == [0, 1] and fs.pooled("resnet18", fold=0).shape[0] == 12
+        for k in (0, 1):
+            ckpt = torch.load(work_dir(store) / f"fold_{k}" / "resnet18" / "best.pt", weights_only=True)
+            assert ckpt["classes"] == ["class_a", "class_b", "class_c"]
+            head = [v for k, v in ckpt["head"].items() if k.endswith("weight")]
+            assert head[-1].shape[0] == 3  # 3 logits: cross-entropy over the K classes
+            assert {fs.labels[list(fs.paths).index(p)] for p in ckpt["train_ids"] + ckpt["val_ids"]} == {0, 1, 2}
