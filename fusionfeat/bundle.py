@@ -164,15 +164,16 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
 
 
 def _check_consistent(path: Path, info: dict[str, Any], estimator: Any) -> None:
-    """The bundle's parts agree: two distinct classes with the positive among them, the model's classes, the
-    head's backbones (no repeats), and its input width from their recorded widths and token grids. The checksum
-    catches accidents; this catches a bundle re-signed after an edit that would change predictions silently."""
+    """The bundle's parts agree: two or more distinct classes (two: the positive among them; more: no positive),
+    the model's classes, the head's backbones (no repeats), and its input width from their recorded widths and
+    token grids. The checksum catches accidents; this catches a bundle re-signed after an edit that would
+    change predictions silently."""
     where = f"{path}/{MANIFEST}"
     classes, positive = info["classes"], info["positive"]
-    if not (isinstance(classes, list) and len(classes) == 2 and len(set(map(str, classes))) == 2
-            and positive in classes):
-        raise FusionfeatError(f"{where}: classes {classes!r} with positive {positive!r} are not two distinct "
-                              "classes including the positive; the bundle is damaged or edited")
+    distinct = isinstance(classes, list) and len(classes) >= 2 and len(set(map(str, classes))) == len(classes)
+    if not (distinct and (positive in classes if len(classes) == 2 else positive == "")):
+        raise FusionfeatError(f"{where}: classes {classes!r} with positive {positive!r} are not two or more distinct "
+                              "classes (with two, including the positive); the bundle is damaged or edited")
     backbones = list(info.get("head_backbones") or [])
     if len(set(backbones)) != len(backbones):
         raise FusionfeatError(f"{where}: head_backbones {backbones} repeats a backbone; the bundle is damaged or "

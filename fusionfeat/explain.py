@@ -4,7 +4,9 @@
 ``metrics.json``, re-reads each chosen image from the store's ``data_root`` with the extraction's
 pad-to-square preprocessing, and overlays each backbone's map (mass its tokens receive from the other
 backbones' queries, upsampled bilinearly from its token grid) for the most confident ALL, the most
-confident HEM and the worst errors (most confident wrong). Maps and probabilities are averaged over
+confident HEM and the worst errors (most confident wrong); with more than two classes (``p/<head>`` of shape
+(repeats, rows, K)), for the most confident image of each class and the worst errors. Maps and probabilities
+are averaged over
 repeats (each repeat scores every evaluation row once, out of fold). Each overlay uses a perceptually
 uniform colour map (``CMAP``, viridis: dark = less, bright = more) centred on uniform attention (1/T) and
 spanning ± the map's largest deviation from it (at least ``MIN_HALF_RANGE``), with a colour bar that marks
@@ -35,11 +37,13 @@ CMAP = "viridis"  # perceptually uniform and readable in grey and by colour-blin
 
 @dataclass(frozen=True)
 class Pick:
-    """One row to show: its index in the evaluation rows, why it was chosen, its mean P(positive)."""
+    """One row to show: its index in the evaluation rows, why it was chosen, its mean P(positive) (K classes: its
+    mean P of the class ``shown``)."""
 
     row: int
     group: str
     p: float
+    shown: str = ""
 
 
 def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, n: int = 4,
@@ -61,16 +65,20 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, n: int =
         raise FusionfeatError(f"{run_dir}: attention.npz lacks {missing[0]}; rerun fusionfeat fit")
     p = np.nanmean(arrays[f"p/{head}"], axis=0)
     maps = {b: np.nanmean(arrays[f"map/{head}/{b}"], axis=0) for b in backbones}
-    positive = data["classes"].index(data["positive"])
-    truth = arrays["label"] == positive
     root = Path(data_root or data["provenance"].get("data_root") or "")
     out = Path(out_dir).expanduser() if out_dir else Path(run_dir) / "explain"
     check_output(out, EXPLAIN, overwrite=overwrite)
     prep = _preprocessing(data, backbones[0])
     written = []
-    negative = next(c for c in data["classes"] if c != data["positive"])
+    if p.ndim == 2:  # K classes: P of every class per row
+        choices = choose_per_class(p, np.asarray(arrays["label"], dtype=np.int64), arrays["sample"], n,
+                                   list(data["classes"]))
+    else:
+        truth = arrays["label"] == data["classes"].index(data["positive"])
+        negative = next(c for c in data["classes"] if c != data["positive"])
+        choices = _choose(p, truth, arrays["sample"], n, data["positive"], negative)
     figures = []
-    for name, title, picks in _choose(p, truth, arrays["sample"], n, data["positive"], negative):
+    for name, title, picks in choices:
         if not picks:
             continue
         images = [_image(root, str(arrays["path"][k.row]), int(arrays["view"][k.row]), prep) for k in picks]
@@ -120,6 +128,33 @@ def _choose(p: np.ndarray, truth: np.ndarray, sample: np.ndarray, n: int, positi
     return out
 
 
+def choose_per_class(p: np.ndarray, label: np.ndarray, sample: np.ndarray, n: int,
+                     classes: list[str]) -> list[tuple[str, str, list[Pick]]]:
+    """K classes, ``p`` (rows, K): per class the most confident correct images (highest P of their class), then
+    the worst errors (wrong, highest P of the class chosen); ``Pick.p`` is the P of the class shown."""
+    finite = np.all(np.isfinite(p), axis=1)
+    chosen = np.where(finite, np.nanargmax(np.where(finite[:, None], p, 0), axis=1), -1)
+    groups = []
+    for c, name in enumerate(classes):
+        rows = np.flatnonzero(finite & (label == c) & (chosen == c))
+        groups.append((f"confident_{_slug(name)}", f"most confident {name} (true {name}, highest P({name}))", rows))
+    groups.append(("worst_errors", "worst errors (wrong, highest P of the chosen class)",
+                   np.flatnonzero(finite & (chosen != label))))
+    out = []
+    for name, title, rows in groups:
+        score = p[rows, chosen[rows]]
+        picks, seen = [], set()
+        for r in rows[np.argsort(-score, kind="stable")]:
+            if int(sample[r]) in seen:  # one row per image (the paper protocol scores rotated copies too)
+                continue
+            seen.add(int(sample[r]))
+            picks.append(Pick(int(r), name, float(p[r, chosen[r]]), classes[chosen[r]]))
+            if len(picks) == n:
+                break
+        out.append((name, title, picks))
+    return out
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -162,8 +197,9 @@ def _montage(title: str, picks: list[Pick], images: list[np.ndarray], maps: dict
         label = data["classes"][int(arrays["label"][pick.row])]
         ax = fig.add_subplot(len(picks), cols, i * cols + 1)
         ax.imshow(image)
+        shown_class = pick.shown or data["positive"]
         ax.set_title(f"{Path(str(arrays['path'][pick.row])).name} v{int(arrays['view'][pick.row])}\n"
-                     f"true {label}, P({data['positive']})={pick.p:.3f}", fontsize=7)
+                     f"true {label}, P({shown_class})={pick.p:.3f}", fontsize=7)
         ax.axis("off")
         for j, b in enumerate(backbones):
             grid = tuple(int(x) for x in arrays[f"grid/{b}"])

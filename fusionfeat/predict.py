@@ -95,18 +95,29 @@ class PredictionSummary(dict):
     """What ``predict_images`` returns: counts per predicted label (and ``"error"``), as a dict, plus the CSV it
     wrote (``path``) and its rows: ``to_frame()`` gives them as a pandas DataFrame."""
 
-    def __init__(self, counts: dict[str, int], path: Path, positive: str, records: list[tuple[str, float, str, str]]):
+    def __init__(self, counts: dict[str, int], path: Path, positive: str, records: list[tuple],
+                 columns: Sequence[str] | None = None):
         super().__init__(counts)
         self.path = path
         self.positive = positive
         self.records = records
+        self.columns = list(columns) if columns is not None else ["path", f"p_{positive}", "label", "error"]
 
     def to_frame(self) -> Any:
-        """One row per image, as in the CSV: path, ``p_<positive>`` (NaN for an unreadable image), label (the
-        predicted class, "" when unreadable), error ("" unless the image could not be read)."""
+        """One row per image, as in the CSV: path, ``p_<positive>`` (two classes) or ``p_<class>`` for every class
+        (NaN for an unreadable image), the predicted class (``label``; ``predicted`` for more than two classes; ""
+        when unreadable), error ("" unless the image could not be read)."""
         import pandas as pd
 
-        return pd.DataFrame(self.records, columns=["path", f"p_{self.positive}", "label", "error"])
+        return pd.DataFrame(self.records, columns=self.columns)
+
+
+def csv_columns(bundle: Bundle) -> list[str]:
+    """The predictions CSV's header: ``path,p_<positive>,label,error`` for two classes, else
+    ``path,p_<class>…,predicted,error`` with one probability column per class in the bundle's order."""
+    if len(bundle.classes) == 2:
+        return ["path", f"p_{bundle.positive}", "label", "error"]
+    return ["path", *(f"p_{c}" for c in bundle.classes), "predicted", "error"]
 
 
 def image_list(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
@@ -125,7 +136,8 @@ def predict_images(bundle: str | os.PathLike | Bundle, images: str | os.PathLike
                    device: str = "auto", precision: str | None = None, batch_size: int = 32,
                    workers: int | None = None, on_error: str = "fail", progress: bool = True,
                    overwrite: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> PredictionSummary:
-    """Write ``path,p_<positive>,label[,error]`` for every image; returns counts per predicted label.
+    """Write ``path,p_<positive>,label[,error]`` for every image (more than two classes: ``path,p_<class>…,
+    predicted[,error]``); returns counts per predicted label.
 
     ``bundle`` is a bundle folder's path or a loaded ``Bundle``; ``images`` an image file or folder (searched
     recursively), or a list of them. The result is a dict of counts whose ``to_frame()`` gives the rows.
@@ -142,12 +154,12 @@ def predict_images(bundle: str | os.PathLike | Bundle, images: str | os.PathLike
         models = bundle_backbones(bundle, weights)
         counts, records = _write_predictions(bundle, paths, target.path, models, device, precision, batch_size,
                                              workers, on_error, progress)
-    return PredictionSummary(counts, target.final, bundle.positive, records)
+    return PredictionSummary(counts, target.final, bundle.positive, records, csv_columns(bundle))
 
 
 def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models: list[LoadedBackbone], device: str,
                        precision: str | None, batch_size: int, workers: int | None, on_error: str,
-                       progress: bool) -> tuple[dict[str, int], list[tuple[str, float, str, str]]]:
+                       progress: bool) -> tuple[dict[str, int], list[tuple]]:
     preprocess = bundle_preprocess(bundle)
     dev = resolve_device(device)
     prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
@@ -159,12 +171,13 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     batches = [list(range(i, min(len(paths), i + batch_size))) for i in range(0, len(paths), batch_size)]
     counts = {name: 0 for name in bundle.classes}
     counts["error"] = 0
-    records: list[tuple[str, float, str, str]] = []
+    records: list[tuple] = []
+    n_probs = 1 if len(bundle.classes) == 2 else len(bundle.classes)
     bar = runtime.progress(len(paths), progress, "predict")
     try:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["path", f"p_{bundle.positive}", "label", "error"])
+            writer.writerow(csv_columns(bundle))
             for rows, arrays, _, errors in iter_embeddings(paths, batches, models, preprocess, dev, prec, workers,
                                                            keep_tokens=bundle.spec.inputs == "tokens",
                                                            token_grid=_token_grid(bundle)):
@@ -175,14 +188,14 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
                 probs, labels = iter(probs), iter(labels)
                 for row, error in zip(rows, errors, strict=True):
                     if error:
-                        writer.writerow([paths[row], "", "", error])
-                        records.append((paths[row], float("nan"), "", error))
+                        writer.writerow([paths[row], *[""] * n_probs, "", error])
+                        records.append((paths[row], *[float("nan")] * n_probs, "", error))
                         counts["error"] += 1
                         continue
-                    p, label = float(next(probs)), str(next(labels))
+                    ps, label = np.atleast_1d(np.asarray(next(probs), dtype=float)).tolist(), str(next(labels))
                     counts[label] += 1
-                    writer.writerow([paths[row], f"{p:.6f}", label, ""])
-                    records.append((paths[row], p, label, ""))
+                    writer.writerow([paths[row], *(f"{p:.6f}" for p in ps), label, ""])
+                    records.append((paths[row], *ps, label, ""))
                 bar.update(len(rows))
     finally:
         bar.close()
@@ -205,8 +218,12 @@ def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
 def predict_rows(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]
                  ) -> tuple[np.ndarray, list[str]]:
     """P(positive) and the predicted class name per image: by the rule ``train --calibrate/--operating-point``
-    stored in the bundle, else the positive class where P(positive) >= 0.5."""
+    stored in the bundle, else the positive class where P(positive) >= 0.5. More than two classes: the
+    probabilities ``(N, K)`` in the bundle's class order and the most probable class (``class_probabilities``)."""
     X = embedding_matrix(bundle.spec, embeddings)
+    if len(bundle.classes) != 2:
+        proba = _class_columns(bundle, X)
+        return proba, [bundle.classes[int(k)] for k in proba.argmax(axis=1)]
     p = _positive_column(bundle, X)
     if bundle.info.get("decision_rule"):
         return p, [bundle.classes[int(label)] for label in bundle.estimator.predict(X)]
@@ -216,14 +233,32 @@ def predict_rows(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndar
 
 def positive_proba(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
     """P(positive class) per image from fresh embeddings ``{backbone: (pooled, tokens)}`` (view 0), laid out
-    exactly as the head was trained (``fusionfeat.heads.inputs``)."""
+    exactly as the head was trained (``fusionfeat.heads.inputs``). Two-class bundles only (else
+    ``class_probabilities``)."""
+    if len(bundle.classes) != 2:
+        raise FusionfeatError(f"the bundle has {len(bundle.classes)} classes and no positive one; use "
+                              "class_probabilities for P of every class")
     return _positive_column(bundle, embedding_matrix(bundle.spec, embeddings))
+
+
+def class_probabilities(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """P(class) per image and class ``(N, K)``, columns in ``bundle.classes`` order, from fresh embeddings."""
+    return _class_columns(bundle, embedding_matrix(bundle.spec, embeddings))
+
+
+def _class_columns(bundle: Bundle, X: np.ndarray) -> np.ndarray:
+    order = [list(bundle.estimator.classes_).index(k) for k in range(len(bundle.classes))]
+    return _model_proba(bundle, X)[:, order]
 
 
 def _positive_column(bundle: Bundle, X: np.ndarray) -> np.ndarray:
     column = list(bundle.estimator.classes_).index(bundle.classes.index(bundle.positive))
+    return _model_proba(bundle, X)[:, column]
+
+
+def _model_proba(bundle: Bundle, X: np.ndarray) -> np.ndarray:
     try:
-        return bundle.estimator.predict_proba(X)[:, column]
+        return bundle.estimator.predict_proba(X)
     except (ValueError, RuntimeError) as exc:
         width = getattr(bundle.estimator, "n_features_in_", "?")
         raise FusionfeatError(f"the bundle's model expects {width} features but its backbones give {X.shape[1]} "

@@ -69,6 +69,9 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
         raise FusionfeatError(f"train fits one head, named by a string (e.g. 'logreg'); got {type(head).__name__}")
     if "," in head or head == "all":
         raise FusionfeatError("`train` fits one head; name one, e.g. --head attention")
+    if target and len(store.classes) != 2:
+        raise FusionfeatError(f"--operating-point is for two classes; this store has {len(store.classes)} "
+                              f"({', '.join(store.classes)}): leave it out (or merge to two with --classes)")
     (spec,) = resolve_heads(store, [head], backbones=backbones)
     kept = np.flatnonzero(store.ok)
     labels = store.labels
@@ -95,10 +98,10 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
     groups = protocols.image_groups(np.asarray(store.groups).astype(str)[rows.sample], rows.sample)
     with head_threads():  # 1 CPU thread unless the caller chose (train --threads)
         fit_estimator(estimator, X, y, groups)
-    counts = np.bincount(labels[kept], minlength=2)
+    counts = np.bincount(labels[kept], minlength=len(store.classes))
     info = {
         "classes": list(store.classes),
-        "positive": store.positive_class,
+        "positive": store.positive_class or "",  # "" for more than two classes (the reader gives None)
         "backbones": {b: store.attrs(b) for b in spec.backbones},
         "store": str(store.path),
         "store_created": store.root_attrs().get("created", ""),
@@ -106,4 +109,6 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
                      "per_class": {c: int(n) for c, n in zip(store.classes, counts, strict=True)}},
         "versions": software_versions(),
     }
+    if hasattr(store, "class_selection"):  # trained through --classes (fusionfeat.store.selection)
+        info["class_selection"] = store.class_selection()
     return estimator, spec, info

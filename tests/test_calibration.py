@@ -141,7 +141,7 @@ def test_bad_settings_are_user_errors():
     X, y, _ = _data(40)
     with pytest.raises(FusionfeatError, match="unknown calibration"):
         CalibratedHead(LogisticRegression(), "beta").fit(X, y)
-    with pytest.raises(FusionfeatError, match="exactly 2 classes"):
+    with pytest.raises(FusionfeatError, match="2 or more classes"):  # K > 2 classes calibrate per class
         CalibratedHead(LogisticRegression()).fit(X, np.zeros(len(y), dtype=int))
     with pytest.raises(FusionfeatError, match="lower the inner folds"):
         inner_oof_scores(LogisticRegression(), X[:6], np.array([0, 0, 0, 0, 1, 1]), cv=5)

@@ -277,8 +277,9 @@ def _resigned(bundle: Path, folder: Path, edit: Callable[[dict], None]) -> Path:
 
 
 BUNDLE_CASES = {
-    "classes flipped to three": (lambda m: m.__setitem__("classes", ["hem", "all", "other"]), "not two distinct"),
-    "positive not a class": (lambda m: m.__setitem__("positive", "blast"), "not two distinct"),
+    "classes flipped to three": (lambda m: m.__setitem__("classes", ["hem", "all", "other"]),
+                                 "not two or more distinct classes"),
+    "positive not a class": (lambda m: m.__setitem__("positive", "blast"), "not two or more distinct classes"),
     "a backbone twice": (lambda m: m.__setitem__("head_backbones", ["resnet18", "resnet18"]), "repeats a backbone"),
     "backbones reordered to another width": (lambda m: m["backbones"]["vgg16"].__setitem__("pooled_dim", 7),
                                              "the model reads"),

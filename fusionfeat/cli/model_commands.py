@@ -7,7 +7,14 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, head_params_from, overwrite_option, quiet_option, workers_option
+from fusionfeat.cli.options import (
+    classes_option,
+    device_option,
+    head_params_from,
+    overwrite_option,
+    quiet_option,
+    workers_option,
+)
 from fusionfeat.protocols import BALANCES
 from fusionfeat.runtime import PRECISIONS, head_threads
 
@@ -45,7 +52,8 @@ def _echo_table(run_dir: Path) -> None:
               help="Class weights, or stored dihedral views of minority training images (inside each fold).")
 @click.option("--features", type=click.Choice(["frozen", "finetuned"]), default="frozen", show_default=True,
               help="frozen: the extracted features; finetuned: each fold's features from `fusionfeat finetune`.")
-@click.option("--positive", default=None, help="Positive class [default: the store's, 'all'].")
+@click.option("--positive", default=None, help="Positive class of two [default: the store's, 'all'].")
+@classes_option
 @click.option("--head-param", "head_param", multiple=True, metavar="HEAD.NAME=VALUE",
               help="Set a head hyper-parameter, e.g. attention.lr=3e-4 or *.max_epochs=20 (repeatable) "
                    "[default: the head's own defaults, listed in the report].")
@@ -65,7 +73,7 @@ def _echo_table(run_dir: Path) -> None:
 @overwrite_option
 @quiet_option
 def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats, balance, features, positive,
-                head_param, head_params_file, calibrate, operating_point, subject_aggregate, device, threads,
+                classes, head_param, head_params_file, calibrate, operating_point, subject_aggregate, device, threads,
                 overwrite, quiet):
     """Cross-validate heads on cached features and write a run folder with metrics, plots and a report.
 
@@ -80,11 +88,13 @@ def fit_command(store, heads, backbones, output, protocol, folds, seed, repeats,
     from fusionfeat.heads.zoo import expand_head_names, select_backbones
     from fusionfeat.report import write_run_files
     from fusionfeat.store import FeatureStore
+    from fusionfeat.store.selection import select_classes
 
     params = head_params_from(head_param, head_params_file)
     if operating_point:
         parse_operating_point(operating_point)
-    with FeatureStore.open(store) as fs:
+    with FeatureStore.open(store) as opened:
+        fs = select_classes(opened, classes, positive)
         selected = select_backbones(fs, backbones)
         names = expand_head_names(heads, selected, fs.backbones)
         label = "-".join(names) if len(names) < 3 else "all"
@@ -133,12 +143,14 @@ def report_command(runs):
               help="Label at the threshold reaching this sensitivity or specificity on inner out-of-fold "
                    "predictions of the training images, as `fit --operating-point` validated it; predict "
                    "applies it [default: argmax].")
+@classes_option
+@click.option("--positive", default=None, help="Positive class of two [default: the store's].")
 @device_option
 @threads_option
 @overwrite_option
 @quiet_option
-def train_command(store, head, backbones, output, balance, seed, calibrate, operating_point, device, threads,
-                  overwrite, quiet):
+def train_command(store, head, backbones, output, balance, seed, calibrate, operating_point, classes, positive,
+                  device, threads, overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images.
 
     \b
@@ -151,11 +163,13 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
     from fusionfeat.heads.calibration import parse_operating_point
     from fusionfeat.heads.decision_rule import describe_rule, split_rule
     from fusionfeat.store import FeatureStore
+    from fusionfeat.store.selection import select_classes
     from fusionfeat.train import train_head
 
     target_point = parse_operating_point(operating_point) if operating_point else None  # before any work
     with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
-        with FeatureStore.open(store) as fs, head_threads(threads):
+        with FeatureStore.open(store) as opened, head_threads(threads):
+            fs = select_classes(opened, classes, positive, alone=False)
             estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
                                                progress=not quiet, backbones=backbones, calibrate=calibrate,
                                                operating_point=target_point)
@@ -166,7 +180,7 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
     weights = ", ".join(f"{b} {p.get('weights_kind', '?')}" for b, p in info["backbones"].items())
     click.echo(f"{path}: head {spec.name} trained on {training['n_images']} images ({per_class}), "
                f"balance {training['balance']}, seed {training['seed']}; weights: {weights}; decision: "
-               f"{describe_rule(split_rule(estimator)[1])}")
+               f"{describe_rule(split_rule(estimator)[1], len(info['classes']))}")
 
 
 @main.command("predict")
@@ -191,7 +205,8 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
 @quiet_option
 def predict_command(bundle, images, output, weights, device, precision, batch_size, workers, on_error, overwrite,
                     trust_pickle, quiet):
-    """Label images (files or folders) with a trained bundle: path, P(positive), label.
+    """Label images (files or folders) with a trained bundle: path, P(positive), label (more than two classes:
+    path, P(class) for every class, predicted).
 
     \b
     Example:

@@ -8,14 +8,21 @@ from typing import Any
 
 import click
 
-from fusionfeat.data.manifest import DEFAULT_POSITIVE, LAYOUTS
+from fusionfeat.data.manifest import LAYOUTS
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.runtime import PRECISIONS
 
 layout_option = click.option("--layout", type=click.Choice(LAYOUTS), default=None,
                              help="Force the dataset layout [default: detected from DATA].")
-positive_option = click.option("--positive", default=DEFAULT_POSITIVE, show_default=True,
-                               help="Name of the positive class.")
+positive_option = click.option("--positive", default=None,
+                               help="Name of the positive class of a two-class dataset [default: all]; not for more "
+                                    "classes.")
+classes_option = click.option(
+    "--classes", default=None, metavar="A,B,…|NEW=A+B,…",
+    help="Use only these classes of the store (comma list) or merge them (NEW=A+B, e.g. "
+         "granulocyte=neutrophil+eosinophil,mononuclear=lymphocyte+monocyte); names match case-insensitively; "
+         "other classes' images are left out. For two classes the second listed is the positive one unless "
+         "--positive names one [default: every class of the store].")
 root_option = click.option("--root", type=click.Path(file_okay=False), default=None,
                            help="Folder a manifest CSV's relative paths start from [default: the CSV's folder].")
 quiet_option = click.option("--quiet", is_flag=True,

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fusionfeat.cli import main
-from fusionfeat.cli.options import device_option, overwrite_option, quiet_option
+from fusionfeat.cli.options import classes_option, device_option, overwrite_option, quiet_option
 from fusionfeat.fsio import STUDY, check_output
 
 
@@ -22,9 +22,12 @@ from fusionfeat.fsio import STUDY, check_output
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed for splits and heads [default: 0].")
 @device_option
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the heads [default: 1].")
+@classes_option
+@click.option("--positive", default=None, help="With --classes making two classes: the positive one "
+                                                "[default: the second listed].")
 @overwrite_option
 @quiet_option
-def study_command(store, output, heads, repeats, folds, seed, device, threads, overwrite, quiet):
+def study_command(store, output, heads, repeats, folds, seed, device, threads, classes, positive, overwrite, quiet):
     """Run heads under the paper's protocol, leak-free augmentation and class weights; report the inflation.
 
     The store needs stored views (`fusionfeat extract --views dihedral8`).
@@ -37,11 +40,13 @@ def study_command(store, output, heads, repeats, folds, seed, device, threads, o
     from fusionfeat.heads.zoo import expand_head_names, select_backbones
     from fusionfeat.runtime import head_threads
     from fusionfeat.store import FeatureStore
+    from fusionfeat.store.selection import select_classes
     from fusionfeat.study import check_dihedral, run_study, write_study
 
     out = Path(output) if output else Path("runs") / f"{Path(store).stem}-study"
     check_output(out, STUDY, inputs=[store], overwrite=overwrite)  # before hours of fitting
-    with FeatureStore.open(store) as fs, head_threads(threads):
+    with FeatureStore.open(store) as opened, head_threads(threads):
+        fs = select_classes(opened, classes, positive, alone=False)
         check_dihedral(fs)
         names = expand_head_names(heads, select_backbones(fs, None), fs.backbones)
         results = run_study(fs, names, repeats=repeats, folds=folds, seed=seed, device=device, progress=not quiet)

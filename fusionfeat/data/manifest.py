@@ -8,6 +8,10 @@ Four layouts are understood and auto-detected (``layout=`` forces one):
 * ``allidb``: ALL-IDB, ``ImXXX_Y.tif`` (``Y=1`` blast → ALL, ``Y=0`` → HEM), subjects unknown.
 * ``folders``: one sub-folder per class, ``root/<class>/*.png``.
 * ``csv``: a file with columns ``path,label[,group][,fold]`` (``subject``/``subject_id`` also name the group).
+
+Any number (two or more) of classes. Class names are lower-cased; their order is stable: for two classes
+``[negative, positive]`` (``positive`` names the positive class, default ``all``), for more classes sorted by
+name, where ``positive`` does not apply (naming one is an error).
 """
 
 from __future__ import annotations
@@ -48,17 +52,18 @@ class Sample:
 
 @dataclass
 class Manifest:
-    """The samples of one dataset, with the class names (negative first, positive last)."""
+    """The samples of one dataset, with the class names (two: negative first, positive last; more: sorted)."""
 
     root: Path
     samples: list[Sample]
-    classes: tuple[str, str] = DEFAULT_CLASSES
+    classes: tuple[str, ...] = DEFAULT_CLASSES
     layout: str = "folders"
     notes: list[str] = field(default_factory=list)
 
     @property
     def positive_class(self) -> str:
-        return self.classes[1]
+        """The positive class of a two-class dataset; "" for more classes (no class is the positive one)."""
+        return self.classes[1] if len(self.classes) == 2 else ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -110,11 +115,12 @@ def detect_layout(source: Path) -> str:
 def build_manifest(
     source: str | os.PathLike,
     layout: str | None = None,
-    positive: str = DEFAULT_POSITIVE,
+    positive: str | None = None,
     root: str | os.PathLike | None = None,
     check_files: bool = True,
 ) -> Manifest:
-    """Build the manifest of a data folder or manifest CSV; ``positive`` names the positive class.
+    """Build the manifest of a data folder or manifest CSV; ``positive`` names the positive class of a
+    two-class dataset (default ``all``) and must be left out for more classes.
 
     ``root`` is the folder a CSV's relative paths start from (default: the CSV's own folder);
     ``check_files=False`` skips the check that every listed image exists.
@@ -131,7 +137,7 @@ def build_manifest(
     elif not src.is_dir():
         raise DatasetError(f"--layout {layout} needs a folder, got the file {src}")
     builder = {"cnmc": _from_cnmc, "allidb": _from_allidb, "folders": _from_folders, "csv": _from_csv}[layout]
-    manifest = builder(src, positive.lower())
+    manifest = builder(src, positive.lower() if positive is not None else None)
     if root is not None:
         if layout != "csv":
             raise DatasetError("--root only applies to a manifest CSV")
@@ -163,14 +169,19 @@ def _relative_to(path: Path, base: Path) -> str:
         return str(path)
 
 
-def _classes_for(names: set[str], positive: str, where: Path) -> tuple[str, str]:
+def _classes_for(names: set[str], positive: str | None, where: Path) -> tuple[str, ...]:
+    """The class names in their stable order: ``(negative, positive)`` for two, sorted for more."""
     lowered = {n.lower() for n in names}
     if len(lowered) < 2:
         raise DatasetError(
             f"{where} has a single class ({', '.join(sorted(names)) or 'none'}); fusionfeat needs two classes"
         )
     if len(lowered) > 2:
-        raise DatasetError(f"{where} has {len(lowered)} classes ({', '.join(sorted(lowered))}); fusionfeat needs two")
+        if positive is not None:
+            raise DatasetError(f"--positive {positive!r} applies to two classes only; {where} has {len(lowered)} "
+                               f"({', '.join(sorted(lowered))}): leave --positive out")
+        return tuple(sorted(lowered))
+    positive = DEFAULT_POSITIVE if positive is None else positive
     if positive not in lowered:
         raise DatasetError(
             f"the positive class {positive!r} is not among the classes {sorted(lowered)} of {where}; "
@@ -210,10 +221,16 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _from_folders(root: Path, positive: str) -> Manifest:
+def _from_folders(root: Path, positive: str | None) -> Manifest:
     class_dirs = sorted(p for p in _entries(root) if p.is_dir() and not _ignored(p))
     with_images = {d: _images_in(d) for d in class_dirs}
     with_images = {d: imgs for d, imgs in with_images.items() if imgs}
+    spelled: dict[str, Path] = {}
+    for d in with_images:
+        if d.name.lower() in spelled:
+            raise DatasetError(f"{root}: the class folders {spelled[d.name.lower()].name!r} and {d.name!r} differ "
+                               "only in case (class names are case-insensitive); merge them")
+        spelled[d.name.lower()] = d
     classes = _classes_for({d.name for d in with_images}, positive, root)
     samples = [
         Sample(path=str(img.relative_to(root)), label=classes.index(d.name.lower()))
@@ -228,7 +245,7 @@ def _cnmc_fold_dirs(root: Path) -> list[Path]:
     return sorted(p for p in base.glob("fold_*") if p.is_dir() and p.name[5:].isdigit())
 
 
-def _from_cnmc(root: Path, positive: str) -> Manifest:
+def _from_cnmc(root: Path, positive: str | None) -> Manifest:
     fold_dirs = _cnmc_fold_dirs(root)
     if not fold_dirs:
         raise DatasetError(f"{root} has no training_data/fold_k folders, so it is not the C-NMC layout")
@@ -246,7 +263,7 @@ def _from_cnmc(root: Path, positive: str) -> Manifest:
     return Manifest(root=root, samples=samples, classes=classes, layout="cnmc", notes=notes)
 
 
-def _cnmc_validation(root: Path, classes: tuple[str, str], samples: list[Sample]) -> list[str]:
+def _cnmc_validation(root: Path, classes: tuple[str, ...], samples: list[Sample]) -> list[str]:
     """Add labelled preliminary-test images; say how many were left out for want of labels."""
     val_dir = root / "validation_data" / "C-NMC_test_prelim_phase_data"
     if not val_dir.is_dir():
@@ -312,7 +329,7 @@ def _refuse_control_characters(where: str, *values: str) -> None:
             raise DatasetError(f"{where}: {value!r} holds the control character {bad!r}; remove it")
 
 
-def _from_allidb(root: Path, positive: str) -> Manifest:
+def _from_allidb(root: Path, positive: str | None) -> Manifest:
     folder = root / "img" if not _images_in(root) and (root / "img").is_dir() else root
     classes = _classes_for({"all", "hem"}, positive, root)
     samples = []
@@ -324,7 +341,7 @@ def _from_allidb(root: Path, positive: str) -> Manifest:
     return Manifest(root=root, samples=samples, classes=classes, layout="allidb")
 
 
-def _from_csv(path: Path, positive: str) -> Manifest:
+def _from_csv(path: Path, positive: str | None) -> Manifest:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -344,12 +361,13 @@ def _from_csv(path: Path, positive: str) -> Manifest:
         raise DatasetError(f"{path} is not a readable CSV ({exc})") from None
     raw_labels = {r[columns["label"]].strip().lower() for _, r in rows}
     numeric = raw_labels <= {"0", "1"}
-    names = {positive if v == "1" else "hem" for v in raw_labels} if numeric else raw_labels
+    named_positive = DEFAULT_POSITIVE if positive is None else positive
+    names = {named_positive if v == "1" else "hem" for v in raw_labels} if numeric else raw_labels
     classes = _classes_for(names, positive, path)
     samples = []
     for line, row in rows:
         value = row[columns["label"]].strip().lower()
-        name = (positive if value == "1" else classes[0]) if numeric else value
+        name = (named_positive if value == "1" else classes[0]) if numeric else value
         group = (row[group_col] or "").strip() if group_col else ""
         _refuse_control_characters(f"{path}:{line}", group)
         samples.append(Sample(row[columns["path"]].strip(), classes.index(name),
@@ -406,7 +424,7 @@ def _validate(manifest: Manifest, src: Path, check_files: bool) -> None:
     present = {s.label for s in manifest.samples}
     if len(present) < 2:
         only = manifest.classes[present.pop()]
-        raise DatasetError(f"{src} has images of a single class ({only!r}); fusionfeat needs both classes")
+        raise DatasetError(f"{src} has images of a single class ({only!r}); fusionfeat needs two or more classes")
     missing = [s.path for s in manifest.samples if check_files and not manifest.absolute(s).is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} listed image(s) do not exist, first: {manifest.root / missing[0]}")

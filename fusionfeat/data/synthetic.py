@@ -12,7 +12,8 @@ build: float32 SIMD maths may differ in the last bit between CPUs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -158,6 +159,51 @@ def generate_class_folders(
     return root
 
 
+def multiclass_morphologies(n_classes: int) -> list[_Morphology]:
+    """``n_classes`` cell appearances spread evenly from the healthy ("hem") to the blast ("all") look: every
+    size, shape, density and texture parameter interpolated, so neighbouring classes are the hardest to tell."""
+    if n_classes < 2:
+        raise FusionfeatError(f"n_classes must be 2 or more, got {n_classes}")
+    low, high = _MORPHOLOGY[0], _MORPHOLOGY[1]
+
+    def mix(a, b, t: float):
+        if isinstance(a, tuple):
+            return tuple(x + t * (y - x) for x, y in zip(a, b, strict=True))
+        return a + t * (b - a)
+
+    return [_Morphology(**{f.name: mix(getattr(low, f.name), getattr(high, f.name), k / (n_classes - 1))
+                           for f in fields(_Morphology)})
+            for k in range(n_classes)]
+
+
+def generate_multiclass_folders(
+    root: Path, n_classes: int = 3, n_per_class: int | Sequence[int] = 8, size: int = 64, seed: int = 0,
+    fmt: str = "png", names: Sequence[str] | None = None,
+) -> Path:
+    """Write a K-class class-per-folder dataset, ``root/<name>/<name>_<n>.<fmt>``, and return ``root``.
+
+    ``names`` (default ``class_a``, ``class_b``, …) are the K folder names; class k looks like the k-th of
+    ``multiclass_morphologies(K)``. ``n_per_class`` is one count for every class or one per class (a rare
+    class of 3 images, say). Every cell gets its own stain, as in ``generate_class_folders``.
+    """
+    names = [f"class_{chr(ord('a') + k)}" for k in range(n_classes)] if names is None else list(names)
+    if len(names) != n_classes or len({n.lower() for n in names}) != n_classes:
+        raise FusionfeatError(f"names must be {n_classes} distinct class names, got {names!r}")
+    counts = [n_per_class] * n_classes if isinstance(n_per_class, int) else list(n_per_class)
+    if len(counts) != n_classes:
+        raise FusionfeatError(f"n_per_class must be one count or {n_classes} counts, got {n_per_class!r}")
+    _check_positive(size=size, **{f"n_per_class[{k}]": c for k, c in enumerate(counts)})
+    ext = _check_format(fmt)
+    root = Path(root)
+    cells = []
+    for label, (name, count) in enumerate(zip(names, counts, strict=True)):
+        for index in range(count):
+            rng = np.random.default_rng([seed, label, index, 3])
+            cells.append(_Cell(root / name / f"{name}_{index:03d}.{ext}", label, _subject_look(rng), rng))
+    _render_to_files(cells, size, multiclass_morphologies(n_classes))
+    return root
+
+
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
@@ -198,18 +244,20 @@ def _subject_look(rng: np.random.Generator) -> _SubjectLook:
     return _SubjectLook(density * hue * np.stack([_NUCLEAR_STAIN, _COUNTER_STAIN]), float(scale))
 
 
-def _render_to_files(cells: list[_Cell], size: int) -> None:
+def _render_to_files(cells: list[_Cell], size: int, morphologies: Sequence[_Morphology] | None = None) -> None:
     chunk = max(1, _PIXELS_PER_CHUNK // (size * size))
     for folder in sorted({cell.path.parent for cell in cells}):
         folder.mkdir(parents=True, exist_ok=True)
     for start in range(0, len(cells), chunk):
         batch = cells[start:start + chunk]
-        for cell, image in zip(batch, _render(batch, size), strict=True):
+        for cell, image in zip(batch, _render(batch, size, morphologies), strict=True):
             Image.fromarray(image, mode="RGB").save(cell.path)
 
 
-def _render(cells: list[_Cell], size: int) -> np.ndarray:
-    """Render a batch of cells to uint8 RGB, shape (B, size, size, 3); each cell uses only its own rng."""
+def _render(cells: list[_Cell], size: int, morphologies: Sequence[_Morphology] | None = None) -> np.ndarray:
+    """Render a batch of cells to uint8 RGB, shape (B, size, size, 3); each cell uses only its own rng.
+    ``morphologies`` (indexed by label) defaults to the two C-NMC-like classes."""
+    looks = [_MORPHOLOGY[0], _MORPHOLOGY[1]] if morphologies is None else list(morphologies)
     n = len(cells)
     labels = np.array([cell.label for cell in cells])
     stains = np.stack([cell.look.stain for cell in cells]).astype(np.float32)
@@ -217,7 +265,7 @@ def _render(cells: list[_Cell], size: int) -> np.ndarray:
 
     def by_class(field: str) -> np.ndarray:
         """A class-specific parameter for every cell, shaped to broadcast against (B, S, S)."""
-        table = np.array([getattr(_MORPHOLOGY[label], field) for label in (0, 1)], dtype=np.float32)
+        table = np.array([getattr(look, field) for look in looks], dtype=np.float32)
         values = table[labels]
         return values.reshape(values.shape + (1, 1))
 

@@ -444,6 +444,7 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
     tmp = folder / out.name
     h5 = create_store_file(tmp, samples, list(manifest.classes), root_attrs)
     try:
+        h5["samples"].attrs["positive"] = manifest.positive_class  # "" for more than two classes
         h5["samples"].create_dataset("sha256", shape=(n,), dtype=STR_DTYPE)
         h5["samples"].create_dataset("ok", shape=(n,), dtype=bool)
         h5["samples"].create_dataset("error", shape=(n,), dtype=STR_DTYPE)

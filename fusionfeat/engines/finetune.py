@@ -329,7 +329,7 @@ def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> FoldPlan:
     protocol = config.protocol or default_protocol(fs.groups, fs.ok)
     n_folds = DEFAULT_FOLDS if config.n_folds is None else int(config.n_folds)
     seed = DEFAULT_SEED if config.seed is None else int(config.seed)
-    fold = plan_folds(fs.labels, fs.groups, fs.folds, protocol, n_folds, seed, mask=fs.ok)
+    fold = plan_folds(fs.labels, fs.groups, fs.folds, protocol, n_folds, seed, mask=fs.ok, class_names=fs.classes)
     if protocol == "predefined":
         n_folds = int(len(np.unique(fold[fold >= 0])))
     return FoldPlan(protocol, n_folds, seed, fold)

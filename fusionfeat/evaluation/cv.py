@@ -382,6 +382,7 @@ def _plan_for_store(
         balance=balance,
         fixed_folds=None if fixed is None else np.where(ok, fixed.fold, -1),
         sha256=getattr(store, "sha256", None),
+        class_names=[str(c) for c in store.classes],
     )
     plan.protocol["defaulted"] = defaulted
     return plan, fixed

@@ -45,19 +45,20 @@ def inner_oof_scores(
 ) -> np.ndarray:
     """Out-of-fold scores of each training row from clones of ``estimator`` fitted on inner folds.
 
-    ``method`` is ``"predict_proba"`` (returns P(``classes[1]``)) or ``"decision_function"``. Every inner
-    fit sees only the rows given here, so the result is safe to tune thresholds or calibrators on.
+    ``method`` is ``"predict_proba"`` (returns P(``classes[1]``); more than two classes: every column) or
+    ``"decision_function"``. Every inner fit sees only the rows given here, so the result is safe to tune
+    thresholds or calibrators on.
     """
     y = np.asarray(y)
     splits = inner_splits(y, groups, cv, random_state)
     params = group_params(estimator, groups) or None
     out = cross_val_predict(clone(estimator), X, y, cv=splits, method=method, params=params)
-    return out[:, 1] if out.ndim == 2 else out
+    return out[:, 1] if out.ndim == 2 and out.shape[1] == 2 else out
 
 
 class ScoreColumn(ClassifierMixin, BaseEstimator):
-    """A "classifier" whose decision value is its single input column: lets scikit-learn's calibrators be
-    fitted on precomputed out-of-fold scores."""
+    """A "classifier" whose decision value is its single input column (K > 2 classes: its K columns): lets
+    scikit-learn's calibrators be fitted on precomputed out-of-fold scores."""
 
     def fit(self, X: Any, y: Any) -> ScoreColumn:
         """Remember the classes; there is nothing to learn."""
@@ -65,21 +66,26 @@ class ScoreColumn(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """The first column of ``X``."""
+        """The first column of ``X`` (all of ``X`` for more than two classes)."""
         check_is_fitted(self)
-        return np.asarray(X, dtype=float)[:, 0]
+        X = np.asarray(X, dtype=float)
+        return X[:, 0] if len(self.classes_) == 2 else X
 
     def predict(self, X: Any) -> np.ndarray:
-        """``classes_[1]`` where the score is positive."""
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        """``classes_[1]`` where the score is positive (more classes: the highest score)."""
+        scores = self.decision_function(X)
+        return self.classes_[(scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)]
 
 
 def fit_calibrator(scores: np.ndarray, y: np.ndarray, method: str = "sigmoid") -> CalibratedClassifierCV:
-    """A fitted scikit-learn calibrator mapping a score column ``scores[:, None]`` to probabilities."""
+    """A fitted scikit-learn calibrator mapping a score column ``scores[:, None]`` to probabilities; for more than
+    two classes ``scores`` is ``(N, K)`` and scikit-learn fits one calibrator per class, one-vs-rest, and
+    divides by their sum."""
     if method not in METHODS:
         raise FusionfeatError(f"unknown calibration {method!r}; choose one of {', '.join(METHODS)}")
     frozen = FrozenEstimator(ScoreColumn().fit(None, y))
-    return CalibratedClassifierCV(frozen, method=method).fit(np.asarray(scores, dtype=float)[:, None], y)
+    scores = np.asarray(scores, dtype=float)
+    return CalibratedClassifierCV(frozen, method=method).fit(scores[:, None] if scores.ndim == 1 else scores, y)
 
 
 def _has_fusion_weights(self: Any) -> bool:
@@ -113,34 +119,42 @@ class CalibratedHead(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             raise FusionfeatError(f"unknown calibration {self.method!r}; choose one of {', '.join(METHODS)}")
         y = np.asarray(y)
         self.classes_ = np.unique(y)
-        if len(self.classes_) != 2:
-            raise FusionfeatError(f"calibration needs exactly 2 classes in the training rows; got {len(self.classes_)}")
+        if len(self.classes_) < 2:
+            raise FusionfeatError(f"calibration needs 2 or more classes in the training rows; got {len(self.classes_)}")
         response = _response(self.estimator)
         scores = inner_oof_scores(self.estimator, X, y, groups, self.cv, self.random_state, method=response)
-        y01 = (y == self.classes_[1]).astype(int)
-        self.calibrator_ = fit_calibrator(scores, y01, self.method)
         self.inner_scores_ = np.asarray(scores, dtype=float)
-        self.inner_oof_ = self.calibrator_.predict_proba(scores[:, None])[:, 1]
+        if len(self.classes_) == 2:
+            y01 = (y == self.classes_[1]).astype(int)
+            self.calibrator_ = fit_calibrator(scores, y01, self.method)
+            self.inner_oof_ = self.calibrator_.predict_proba(scores[:, None])[:, 1]
+        else:  # one-vs-rest per class on the head's K scores, then renormalised (scikit-learn's multi-class rule)
+            codes = np.searchsorted(self.classes_, y)
+            self.calibrator_ = fit_calibrator(self.inner_scores_, codes, self.method)
+            self.inner_oof_ = self.calibrator_.predict_proba(self.inner_scores_)
         self.estimator_ = fit_estimator(clone(self.estimator), X, y, groups)
         if hasattr(self.estimator_, "history_"):
             self.history_ = self.estimator_.history_
         return self
 
     def raw_scores(self, X: Any) -> np.ndarray:
-        """The refitted head's uncalibrated scores for ``classes_[1]`` (the scale of ``inner_scores_``)."""
+        """The refitted head's uncalibrated scores for ``classes_[1]`` (the scale of ``inner_scores_``; more than
+        two classes: ``(N, K)``)."""
         check_is_fitted(self)
         out = np.asarray(getattr(self.estimator_, _response(self.estimator_))(X), dtype=float)
-        return out[:, 1] if out.ndim == 2 else out
+        return out[:, 1] if out.ndim == 2 and len(self.classes_) == 2 else out
 
     def calibrate(self, scores: Any) -> np.ndarray:
-        """Calibrated P(``classes_[1]``) of uncalibrated scores."""
+        """Calibrated P(``classes_[1]``) of uncalibrated scores (more than two classes: ``(N, K)`` of ``(N, K)``)."""
         check_is_fitted(self)
+        if len(self.classes_) > 2:
+            return self.calibrator_.predict_proba(np.asarray(scores, dtype=float))
         return self.calibrator_.predict_proba(np.asarray(scores, dtype=float).reshape(-1, 1))[:, 1]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Calibrated class probabilities (N, 2), columns in ``classes_`` order."""
+        """Calibrated class probabilities (N, K), columns in ``classes_`` order."""
         p = self.calibrate(self.raw_scores(X))
-        return np.column_stack([1 - p, p])
+        return p if p.ndim == 2 else np.column_stack([1 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
         """The more probable class after calibration."""

@@ -66,6 +66,49 @@ class ScoreCalibrator:
         return np.column_stack([1 - p, p])
 
 
+class ClassScoreCalibrator:
+    """The fitted map from a head's K scores to K probabilities (more than two classes): one ``ScoreCalibrator``
+    per class, one-vs-rest, then divided by their sum (uniform where every class gets 0), as scikit-learn's
+    ``CalibratedClassifierCV`` computes it."""
+
+    def __init__(self, method: str, per_class: list[dict[str, Any]]):
+        if not isinstance(per_class, list) or len(per_class) < 3:
+            raise FusionfeatError("the bundle's per-class calibration maps are not ones fusionfeat writes; the bundle "
+                                  "is damaged or edited")
+        self.method = method
+        self.maps = [ScoreCalibrator(method, params) for params in per_class]
+
+    @classmethod
+    def from_fitted(cls, calibrator: Any) -> ClassScoreCalibrator:
+        """From a ``CalibratedClassifierCV`` fitted on K score columns (``calibration.fit_calibrator``)."""
+        (fitted,) = calibrator.calibrated_classifiers_
+        maps = [ScoreCalibrator.from_fitted(_OneMap(inner)) for inner in fitted.calibrators]
+        return cls(maps[0].method, [m.params for m in maps])
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"per_class": [m.params for m in self.maps]}
+
+    def predict_proba(self, scores: Any) -> np.ndarray:
+        """``(N, K)`` probabilities of ``(N, K)`` raw scores."""
+        s = np.asarray(scores, dtype=float)
+        if s.ndim != 2 or s.shape[1] != len(self.maps):
+            raise FusionfeatError(f"the head gives {s.shape[-1]} scores per image but the bundle's calibration has "
+                                  f"{len(self.maps)} classes; the bundle is damaged or edited")
+        proba = np.column_stack([m.probability(s[:, k]) for k, m in enumerate(self.maps)])
+        total = proba.sum(axis=1, keepdims=True)
+        proba = np.divide(proba, total, out=np.full_like(proba, 1 / len(self.maps)), where=total != 0)
+        proba[(proba > 1.0) & (proba <= 1.0 + 1e-5)] = 1.0
+        return proba
+
+
+class _OneMap:
+    """One per-class calibrator dressed as the one-calibrator ``CalibratedClassifierCV`` ``from_fitted`` reads."""
+
+    def __init__(self, inner: Any):
+        self.calibrated_classifiers_ = [type("Fitted", (), {"calibrators": [inner]})()]
+
+
 def bare_head(estimator: Any) -> Any:
     """The head inside any calibration / operating-point wrappers (fitted or rebuilt)."""
     while hasattr(estimator, "estimator_"):
@@ -88,7 +131,8 @@ def split_rule(estimator: Any) -> tuple[Any, dict[str, Any]]:
         }
         estimator = estimator.estimator_
     if isinstance(estimator, CalibratedHead):
-        calibrator = ScoreCalibrator.from_fitted(estimator.calibrator_)
+        many = len(estimator.classes_) > 2
+        calibrator = (ClassScoreCalibrator if many else ScoreCalibrator).from_fitted(estimator.calibrator_)
         rule["calibration"] = {"method": calibrator.method, "classes": [_plain(c) for c in estimator.classes_],
                                **calibrator.params}
         estimator = estimator.estimator_
@@ -106,7 +150,8 @@ def rebuild_rule(head: Any, rule: dict[str, Any] | None) -> Any:
             params = {k: v for k, v in record.items() if k not in ("method", "classes")}
             calibrated = CalibratedHead(head, method=record["method"])
             calibrated.estimator_ = head
-            calibrated.calibrator_ = ScoreCalibrator(record["method"], params)
+            calibrated.calibrator_ = (ClassScoreCalibrator(record["method"], params["per_class"])
+                                      if "per_class" in params else ScoreCalibrator(record["method"], params))
             calibrated.classes_ = np.asarray(record["classes"])
             estimator = calibrated
         if "operating_point" in rule:
@@ -125,10 +170,11 @@ def rebuild_rule(head: Any, rule: dict[str, Any] | None) -> Any:
     return estimator
 
 
-def describe_rule(rule: dict[str, Any] | None) -> str:
+def describe_rule(rule: dict[str, Any] | None, n_classes: int = 2) -> str:
     """One phrase: ``argmax``, ``sigmoid-calibrated``, ``operating point sens=0.95 (threshold 0.31)``, …"""
+    argmax = "argmax (P >= 0.5)" if n_classes == 2 else "argmax (the most probable class)"
     if not rule:
-        return "argmax (P >= 0.5), uncalibrated"
+        return f"{argmax}, uncalibrated"
     parts = []
     if "calibration" in rule:
         parts.append(f"{rule['calibration']['method']}-calibrated")
@@ -137,7 +183,7 @@ def describe_rule(rule: dict[str, Any] | None) -> str:
         (key, value), = point["target"].items()
         parts.append(f"operating point {key}={value:g} (P >= {point['threshold']:.4f})")
     else:
-        parts.append("argmax (P >= 0.5)")
+        parts.append(argmax)
     return ", ".join(parts)
 
 

@@ -107,7 +107,7 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
 
     def _grouped_splits(self, y: np.ndarray, groups: Any, fallback: int) -> Any:
         """Grouped inner folds for the sigmoid: at most as many as the rarer class has groups, and every
-        training part holding both classes; else (too few groups) scikit-learn's ``cv`` as without groups."""
+        training part holding every class; else (too few groups) scikit-learn's ``cv`` as without groups."""
         g = np.asarray(groups).astype(str).reshape(-1)
         if len(g) != len(y):
             raise FusionfeatError(f"groups has {len(g)} entries for {len(y)} training rows")
@@ -121,7 +121,7 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
             splits = inner_splits(y, g, n_splits, seed)
         except FusionfeatError:
             return fallback
-        if any(len(np.unique(y[train])) < 2 for train, _ in splits):
+        if any(len(np.unique(y[train])) < len(per_class) for train, _ in splits):
             return fallback
         return splits
 
@@ -131,7 +131,8 @@ class WeightedPlattSVC(ClassifierMixin, BaseEstimator):
         return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(features)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Weighted-Platt class probabilities (N, 2), columns in ``classes_`` order."""
+        """Weighted-Platt class probabilities (N, K), columns in ``classes_`` order (K > 2: one-vs-rest sigmoids
+        of the decision values, renormalised to sum to 1)."""
         features = self._features(X)  # checks it is fitted first
         return self.calibrated_.predict_proba(features)
 

@@ -4,6 +4,7 @@ of the SVM's sigmoid, and the group (source image) of each row.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,9 @@ def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fracti
     y = labels[rows]
     n_splits = max(2, round(1 / fraction))
     g = np.asarray(groups).astype(str)[rows]
-    counts = np.bincount(y, minlength=2)
+    counts = np.unique(y, return_counts=True)[1]  # images per class present
+    if len(counts) < 2:
+        return none
     if np.any(g != ""):
         subjects = np.where(g == "", np.char.add("\0row-", rows.astype(str)), g)
         n_splits = min(n_splits, len(np.unique(subjects)), int(counts.min()))
@@ -43,7 +46,7 @@ def inner_split(rows: np.ndarray, labels: np.ndarray, groups: np.ndarray, fracti
         fit, val = next(splitter.split(rows, y, *extra))
     except ValueError:  # too few rows of a class to split this way: no validation
         return none
-    if len(np.unique(y[fit])) < 2:
+    if len(np.unique(y[fit])) < len(counts):  # every class must stay learnable
         return none
     return rows[fit], rows[val]
 
@@ -74,7 +77,9 @@ def inner_splits(
         g = None
         splitter = StratifiedKFold(cv, shuffle=True, random_state=random_state)
     try:
-        return [(a, b) for a, b in splitter.split(np.zeros(len(y)), y, g)]
+        with warnings.catch_warnings():  # a rare class (fewer rows than folds) is said once, by the fold plan
+            warnings.filterwarnings("ignore", message="The least populated class in y has only")
+            return [(a, b) for a, b in splitter.split(np.zeros(len(y)), y, g)]
     except ValueError as err:
         raise FusionfeatError(f"inner cross-validation of a training fold with cv={cv} is impossible: {err}; "
                               "lower the inner folds") from None
