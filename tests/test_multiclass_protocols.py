@@ -49,7 +49,7 @@ def test_stratified_k_classes_warns_once_by_name_and_every_training_side_holds_e
 
 def test_a_class_of_one_image_cannot_be_learned_in_its_own_fold_which_is_warned_and_reported():
     labels = _labels([1, 20, 20])
-    with pytest.warns(FusionfeatWarning, match=r"'basophil' \(1 image\) is absent from the training side of fold \d+"), \
+    with pytest.warns(FusionfeatWarning, match=r"'basophil' \(1 image\) is absent from the training side"), \
             pytest.warns(FusionfeatWarning, match="'basophil' has 1 image for 5 folds"):
         plan = _plan(labels, protocol="stratified")
     assert any("absent from the training side" in w for w in plan.protocol["warnings"])
