@@ -305,7 +305,9 @@ def comparisons(
 
 
 def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any] | None:
-    """Subject-level diagnosis (None when no subject is known): per head, each subject's aggregated score
+    """Subject-level diagnosis (None when no subject is known; ``{"left_out": why}`` when the folds are not
+    subject-disjoint, ``{"skipped": why}`` when a subject has cells of both classes): per head, each subject's
+    aggregated score
     per repeat, the metrics on those scores (per repeat, averaged, with a bootstrap over subjects), the
     confusion matrix at 0.5 (summed over repeats) and ROC points per repeat.
 
@@ -315,6 +317,13 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
         return None
     how = result.options.get("subject_aggregate", "mean")
     if not subject_disjoint(result):
+        originals = np.asarray(result.rows["view"]) == 0
+        try:  # a data problem (a subject with cells of both classes) is said first
+            stats.aggregate_by_subject(result.oof[result.heads[0]][0][originals],
+                                       np.asarray(result.rows["group"]).astype(str)[originals],
+                                       positives(result)[originals], how)
+        except FusionfeatError as err:
+            return {"aggregate": how, "skipped": str(err)}
         return {"aggregate": how, "left_out": IMAGE_LEVEL_SUBJECTS}
     return subject_scores(result, how, n_boot, seed)
 
