@@ -278,7 +278,9 @@ def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     folds, repeats = data["protocol"].get("n_folds", "?"), data["protocol"].get("repeats", 1)
     unit = f"{folds} folds" + (f" x {repeats} repeats" if repeats and repeats > 1 else "")
     header = ["head", *[LABELS[m] for m in METRICS]]
-    rows = [[head_cell(data, h), *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]]
+    rows = [[head_cell(data, h), *[Tex(_edge(tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]),
+                                             ((i.get("uncertainty") or {}).get(m) or {}).get("corrected_t", {})
+                                             .get("exact"))) for m in METRICS]]
             for h, i in heads.items()]
     caption = _caption(data, f"Results, per-fold mean and standard deviation over {unit}; protocol "
                        f"{data['protocol'].get('name', '')}; decision rule {rule_summary(data, quote='')}; calibration "

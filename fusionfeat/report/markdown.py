@@ -125,7 +125,8 @@ def _results_section(data: dict[str, Any]) -> str:
     for head, info in data["heads"].items():
         s = info["summary"]
         lines.append(
-            md_row([f"`{head}`", "ours", flags_text(info), *[pm(s[m]["mean"], s[m]["std"]) for m in METRICS]])
+            md_row([f"`{head}`", "ours", flags_text(info),
+                    *[edge_value(pm(s[m]["mean"], s[m]["std"]), _fold_exact(info, m)) for m in METRICS]])
         )
         key = paper_key(head, info.get("backbones"))
         if key and key not in shown_paper:
@@ -146,6 +147,12 @@ def _results_section(data: dict[str, Any]) -> str:
         f"Note on the paper's F1: {data['paper'].get('f1_note', PAPER_F1_NOTE)}",
     ]
     return "\n".join(lines)
+
+
+def _fold_exact(info: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """The exact interval that replaced a head's degenerate per-fold interval, if any (its ``edge`` flags the
+    per-fold mean at the ceiling or floor)."""
+    return (((info.get("uncertainty") or {}).get(metric) or {}).get("corrected_t") or {}).get("exact")
 
 
 def paper_key(head: str, backbones: list[str] | None = None) -> str | None:
