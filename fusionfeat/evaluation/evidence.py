@@ -3,8 +3,11 @@
 Per head and metric: the per-fold mean ± sd, the Nadeau–Bengio corrected resampled t interval over
 folds × repeats, and the pooled out-of-fold value (per repeat, then averaged) with a subject (or image)
 bootstrap interval. Between heads: corrected paired t on per-fold values and a paired bootstrap (or DeLong)
-on pooled AUC, and the "does fusion help?" table with Holm-adjusted p. When subjects are known: the
-subject-level diagnosis. Always: calibration (Brier, ECE, reliability curve) and the heads' weights flags.
+on pooled AUC, and the "does fusion help?" table with Holm-adjusted p (per column, and over the whole table).
+At the edges (a value at 0 or 1, a zero-width interval, a tiny n) an exact interval beside the degenerate one,
+and comparisons that cannot be measured flagged. When subjects are known and the folds keep them apart: the
+subject-level diagnosis. Always: calibration (Brier, ECE with its interval and the ECE of a perfectly calibrated
+model, calibration slope and intercept, reliability curve) and the heads' weights flags.
 Every statistic comes from ``fusionfeat.stats``; see ``docs/protocols.md``.
 """
 
