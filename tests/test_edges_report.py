@@ -97,12 +97,21 @@ def test_subject_level_results_only_under_subject_disjoint_folds(tmp_path):
 
 
 def test_unknown_subjects_state_the_independence_assumption(tmp_path):
-    result = cross_validate(fake_store(subjects_known=False), ["logreg", "concat"], folds=3, progress=False,
-                            backbones=PAIR)
-    md = (write_run(result, tmp_path / "u", n_boot=N_BOOT) / "report.md").read_text()
+    result = cross_validate(fake_store(subjects_known=False, signal=0.6), ["logreg", "concat"], folds=3,
+                            progress=False, backbones=PAIR)
+    out = write_run(result, tmp_path / "u", n_boot=N_BOOT)
+    md = (out / "report.md").read_text()
     fusion = md[md.index("## Does fusion help?"):md.index("## Paired comparisons")]
     assert "images are treated as independent" in fusion
     assert "Primary test: the corrected resampled paired t" in fusion and "conditional on the fitted models" in fusion
+    # the table's Holm column is the family-wise one: both tests of the one row, adjusted together, by hand
+    row = json.loads((out / "metrics.json").read_text())["comparisons"]["fusion_table"][0]
+    assert row["per_fold"]["edge"] is None and row["pooled"]["edge"] is None
+    low, high = sorted([row["per_fold"]["p"], row["pooled"]["p"]])
+    expected = {low: min(1.0, 2 * low), high: max(min(1.0, 2 * low), high)}
+    assert row["per_fold"]["p_holm_family"] == pytest.approx(expected[row["per_fold"]["p"]])
+    assert row["pooled"]["p_holm_family"] == pytest.approx(expected[row["pooled"]["p"]])
+    assert "2 p-values: all rows × both tests" in fusion
 
 
 def test_calibration_extras_in_metrics_json_match_independent_fits(tmp_path):

@@ -277,9 +277,12 @@ def _tests_note(data: dict[str, Any], rows: list[dict[str, Any]], holm: bool = T
         "images. Its p is usually much smaller than the primary test's and answers a narrower question: with "
         "these fitted models, is the difference more than the test images' noise?",
     ]
-    if holm and n_p:
+    family = any("p_holm_family" in r[key] for r in rows for key in ("per_fold", "pooled"))
+    if holm and n_p and family:
         lines.append(f"- **p (Holm)**: Holm's step-down adjustment over every p this table shows ({n_p} p-values: "
                      "all rows × both tests) as one family, not per column.")
+    elif holm and n_p:  # a run written before the family-wise adjustment
+        lines.append("- **p (Holm)**: Holm's step-down adjustment over the rows, separately for each test.")
     if not (data.get("protocol") or {}).get("subjects_known"):
         lines.append("- **Subjects unknown: images are treated as independent.** DeLong and the image bootstrap "
                      "assume independent images; cells of one patient are not, so the pooled p is optimistic.")
