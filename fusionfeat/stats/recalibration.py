@@ -144,7 +144,7 @@ def recalibration_bootstrap(
     rows = score_rows(p, len(y))
     fits = [recalibration(y, row) for row in rows]
     z = float(st.norm.ppf((1 + level) / 2))
-    out: dict[str, Any] = {"level": level, "note": fits[0].note}
+    out: dict[str, Any] = {"level": level, "note": next((f.note for f in fits if f.note), "")}
     clusters = Clusters(len(y), groups)
     rng = np.random.default_rng(seed)
     k = len(clusters)
