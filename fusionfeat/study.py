@@ -37,14 +37,16 @@ import numpy as np
 from fusionfeat import runtime, stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluation.cv import CVResult, cross_validate
-from fusionfeat.evaluation.evidence import weights_flags
+from fusionfeat.evaluation.evidence import bootstrap_groups, edge_interval, positives, weights_flags
 from fusionfeat.evaluation.metrics import LABELS, METRICS
 from fusionfeat.fsio import RUN, STUDY, dumps_json, marker_name, output_target, to_jsonable
 from fusionfeat.heads.zoo import HeadSpec
 from fusionfeat.protocols import default_protocol
+from fusionfeat.report.cells import EXACT_NOTE
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.latex import Tex, latex_table, write_csv
 from fusionfeat.report.run import write_run_files
+from fusionfeat.stats import EDGE_TEXT
 from fusionfeat.store import FeatureStore
 from fusionfeat.store.reader import accepts_store
 
@@ -163,17 +165,31 @@ def compare(results: dict[str, CVResult], n_boot: int = N_BOOT, seed: int = 0) -
         for name, res in results.items():
             per_metric = {}
             for m in METRICS:
-                ci = stats.corrected_resampled_t(*fold_values(res, head, m))
-                per_metric[m] = ci.to_dict()
+                ci = stats.corrected_resampled_t(*fold_values(res, head, m)).to_dict()
+                exact = edge_interval(m, positives(res), res.oof_pred[head], bootstrap_groups(res)[0], ci["lo"],
+                                      ci["hi"], ci["mean"], tiny=False)
+                if exact:
+                    ci["exact"] = exact
+                per_metric[m] = ci
             arms_out[name] = {"metrics": per_metric, "pooled_auc_originals": _pooled_auc(res, head, n_boot, seed)}
         contrasts = {}
         for cname, a, b, meaning in CONTRASTS:
-            per_metric = {m: _contrast(results[a], results[b], head, m) for m in METRICS}
+            per_metric = {}
+            for m in METRICS:
+                d = _contrast(results[a], results[b], head, m)
+                d["edge"] = stats.unmeasurable(arms_out[a]["metrics"][m]["mean"], arms_out[b]["metrics"][m]["mean"],
+                                               d, m)
+                per_metric[m] = d
+            paired = _paired_auc(results[a], results[b], head, n_boot, seed)
+            if paired.get("estimate") is not None:
+                paired["edge"] = stats.unmeasurable(arms_out[a]["pooled_auc_originals"].get("estimate"),
+                                                    arms_out[b]["pooled_auc_originals"].get("estimate"), paired,
+                                                    "roc_auc")
             contrasts[cname] = {
                 "of": [a, b],
                 "meaning": meaning,
                 "metrics": per_metric,
-                "pooled_auc_originals": _paired_auc(results[a], results[b], head, n_boot, seed),
+                "pooled_auc_originals": paired,
             }
         out[head] = {"arms": arms_out, "contrasts": contrasts}
     return out
@@ -217,9 +233,14 @@ def _pooled_auc(res: CVResult, head: str, n_boot: int, seed: int) -> dict[str, A
     y = (res.rows["label"][rows] == res.classes.index(res.positive)).astype(int)
     if len(np.unique(y)) < 2:
         return {"estimate": None, "note": "one class among the original images"}
-    boot = stats.cluster_bootstrap(y, res.oof[head][:, rows], _groups_of(res, rows), "roc_auc",
-                                   n_boot=n_boot, seed=seed)
-    return {**boot.to_dict(), "n_images": len(rows)}
+    groups = _groups_of(res, rows)
+    boot = stats.cluster_bootstrap(y, res.oof[head][:, rows], groups, "roc_auc", n_boot=n_boot, seed=seed)
+    out = {**boot.to_dict(), "n_images": len(rows)}
+    exact = edge_interval("roc_auc", y, res.oof_pred[head][:, rows], groups, boot.lo, boot.hi, boot.estimate,
+                          tiny=False)
+    if exact:
+        out["exact"] = exact
+    return out
 
 
 def _paired_auc(res_a: CVResult, res_b: CVResult, head: str, n_boot: int, seed: int) -> dict[str, Any]:
@@ -273,7 +294,7 @@ def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_B
     data = to_jsonable(data)
     (out / STUDY_JSON).write_text(dumps_json(data))
     write_csv(out / STUDY_CSV, ["head", "metric", "quantity", "estimate", "lo", "hi", "p", "method",
-                                "prevalence_dependent"], _csv_rows(data))
+                                "prevalence_dependent", "edge", "exact_lo", "exact_hi"], _csv_rows(data))
     (out / STUDY_TEX).write_text(_tex(data))
     (out / STUDY_MD).write_text(render_study(data))
 
@@ -285,18 +306,22 @@ def _csv_rows(data: dict[str, Any]) -> list[list[Any]]:
             dep = m not in PREVALENCE_FREE
             for arm, a in h["arms"].items():
                 ci = a["metrics"][m]
-                rows.append([head, m, arm, ci["mean"], ci["lo"], ci["hi"], None, ci["method"], dep])
+                e = ci.get("exact") or {}
+                rows.append([head, m, arm, ci["mean"], ci["lo"], ci["hi"], None, ci["method"], dep, e.get("edge"),
+                             e.get("lo"), e.get("hi")])
             for cname, c in h["contrasts"].items():
                 d = c["metrics"][m]
-                rows.append([head, m, cname, d["diff"], d["lo"], d["hi"], d["p"], d["method"], dep])
+                rows.append([head, m, cname, d["diff"], d["lo"], d["hi"], d["p"], d["method"], dep, d.get("edge"),
+                             None, None])
         for arm, a in h["arms"].items():
             b = a["pooled_auc_originals"]
+            e = b.get("exact") or {}
             rows.append([head, "pooled_auc_originals", arm, b.get("estimate"), b.get("lo"), b.get("hi"), None,
-                         b.get("method"), False])
+                         b.get("method"), False, e.get("edge"), e.get("lo"), e.get("hi")])
         for cname, c in h["contrasts"].items():
             b = c["pooled_auc_originals"]
             rows.append([head, "pooled_auc_originals", cname, b.get("estimate"), b.get("lo"), b.get("hi"),
-                         b.get("p"), b.get("method"), False])
+                         b.get("p"), b.get("method"), False, b.get("edge"), None, None])
     return rows
 
 
@@ -307,6 +332,13 @@ def _num(x: Any, digits: int = 3, sign: bool = False) -> str:
 
 
 def _ci(d: dict[str, Any], key: str = "mean", sign: bool = False, bounds: tuple[float, float] | None = None) -> str:
+    if d.get("edge") in EDGE_TEXT:  # a difference that cannot be measured
+        return EDGE_TEXT[d["edge"]]
+    exact = d.get("exact")
+    if exact:  # the corrected t interval degenerated: the exact interval, marked
+        edge = f" (at the {exact['edge']})" if exact.get("edge") else ""
+        counts = f" {exact['k']}/{exact['n']}" if exact.get("k", -1) >= 0 else ""
+        return f"{_num(d.get(key))}{edge} [{_num(exact['lo'])}, {_num(exact['hi'])}]‡{counts}"
     lo, hi = d.get("lo"), d.get("hi")
     if bounds is not None and lo is not None and hi is not None:  # shown clipped to the metric's range
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
@@ -406,10 +438,17 @@ def render_study(data: dict[str, Any]) -> str:
         cells = [_ci(h["arms"][a]["pooled_auc_originals"], "estimate") for a in ("paper", "augment", "weight")]
         for cname in ("inflation", "leak", "augmentation"):
             b = h["contrasts"][cname]["pooled_auc_originals"]
-            cells += [_ci(b, "estimate", sign=True), _p(b.get("p"))]
+            cells += [_ci(b, "estimate", sign=True), "—" if b.get("edge") else _p(b.get("p"))]
         lines.append(_md_row([head_tag(data, head), *cells]))
     unit = next((b.get("unit") for h in res.values() for b in [h["contrasts"]["inflation"]["pooled_auc_originals"]]
                  if b.get("unit")), "image")
+    if _any_edge(data):
+        lines += ["", "**At the ceiling (or floor)**: where both arms score perfectly (or agree on every fold), the "
+                  "difference cannot be measured; that is not \"no inflation\": there is no room left to see one. "
+                  "Such cells say so instead of a zero difference with a zero-width interval and p = 1."]
+    if any(a["metrics"][m].get("exact") or a["pooled_auc_originals"].get("exact")
+           for h in res.values() for a in h["arms"].values() for m in METRICS):
+        lines += ["", f"{EXACT_NOTE}."]
     lines += [
         "",
         f"Bootstrap unit: {unit}. Files: `{STUDY_JSON}` (every number), `{STUDY_CSV}`, `{STUDY_TEX}`; each "
@@ -417,6 +456,12 @@ def render_study(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _any_edge(data: dict[str, Any]) -> bool:
+    """Whether any contrast of the study could not be measured (both arms at the ceiling, say)."""
+    return any(c["metrics"][m].get("edge") or c["pooled_auc_originals"].get("edge")
+               for h in data["heads_results"].values() for c in h["contrasts"].values() for m in METRICS)
 
 
 LEAKY_TEXT = ("copies balanced before the split, so test folds hold copies of training images; its numbers "
@@ -448,7 +493,7 @@ def _contrast_table(data: dict[str, Any], metrics: Sequence[str]) -> list[str]:
             cells = []
             for cname in ("inflation", "leak", "augmentation"):
                 d = h["contrasts"][cname]["metrics"][m]
-                cells += [_ci(d, "diff", sign=True), _p(d["p"])]
+                cells += [_ci(d, "diff", sign=True), "—" if d.get("edge") else _p(d["p"])]
             lines.append(_md_row([head_tag(data, head), _label(m), *cells]))
     return lines
 
@@ -495,4 +540,6 @@ def _tex(data: dict[str, Any]) -> str:
 
 
 def _tex_ci(d: dict[str, Any]) -> str:
+    if d.get("edge") in EDGE_TEXT:
+        return EDGE_TEXT[d["edge"]]
     return f"{_num(d['diff'], sign=True)} [{_num(d['lo'], sign=True)}, {_num(d['hi'], sign=True)}]"

@@ -485,13 +485,14 @@ def test_latex_and_csv_tables_carry_intervals_fusion_calibration_and_flags(group
 
 
 def test_subject_level_under_paper_aggregates_original_images_only():
-    from fusionfeat.evaluation.evidence import subject_level
+    from fusionfeat.evaluation.evidence import subject_level, subject_scores
 
     store = fake_store(cells=6)
     result = cross_validate(store, ["logreg"], protocol="paper", progress=False, backbones=PAIR)
     view = np.asarray(result.rows["view"])
     assert np.any(view != 0)  # the paper protocol scored copies
-    out = subject_level(result, n_boot=50)
+    assert "image-level folds" in subject_level(result, n_boot=50)["left_out"]  # not subject-disjoint: left out
+    out = subject_scores(result, "mean", n_boot=50)  # the aggregation itself, had the folds allowed it
     assert out["n_cells"] == [6] * 12  # each subject's 6 cells, not its copies
     originals = view == 0
     groups = np.asarray(result.rows["group"])[originals]

@@ -3,8 +3,11 @@
 Per head and metric: the per-fold mean ± sd, the Nadeau–Bengio corrected resampled t interval over
 folds × repeats, and the pooled out-of-fold value (per repeat, then averaged) with a subject (or image)
 bootstrap interval. Between heads: corrected paired t on per-fold values and a paired bootstrap (or DeLong)
-on pooled AUC, and the "does fusion help?" table with Holm-adjusted p. When subjects are known: the
-subject-level diagnosis. Always: calibration (Brier, ECE, reliability curve) and the heads' weights flags.
+on pooled AUC, and the "does fusion help?" table with Holm-adjusted p (per column, and over the whole table).
+At the edges (a value at 0 or 1, a zero-width interval, a tiny n) an exact interval beside the degenerate one,
+and comparisons that cannot be measured flagged. When subjects are known and the folds keep them apart: the
+subject-level diagnosis. Always: calibration (Brier, ECE with its interval and the ECE of a perfectly calibrated
+model, calibration slope and intercept, reliability curve) and the heads' weights flags.
 Every statistic comes from ``fusionfeat.stats``; see ``docs/protocols.md``.
 """
 
@@ -31,7 +34,7 @@ def analyse(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, 
         head: {
             "weights": weights_flags(result, head),
             "uncertainty": uncertainty(result, head, n_boot, seed),
-            "calibration": calibration(result, head),
+            "calibration": calibration(result, head, n_boot=n_boot, seed=seed),
             "operating_point": operating_point(result, head),
         }
         for head in result.heads
@@ -107,30 +110,74 @@ def uncertainty(result: CVResult, head: str, n_boot: int = N_BOOT, seed: int = 0
         values = np.asarray([f.metrics.get(name, math.nan) for f in folds], dtype=float)
         per_repeat = [pooled_value(name, y, p[r], hard[r]) for r in range(p.shape[0])]
         boot = stats.cluster_bootstrap(y, p if name == "roc_auc" else hard, groups, name, n_boot=n_boot, seed=seed)
+        per_fold = _per_fold(values)
+        corrected = stats.corrected_resampled_t(values, n_train, n_test).to_dict()
+        pooled_mean = float(np.mean(per_repeat))
+        exact = edge_interval(name, y, hard, groups, corrected["lo"], corrected["hi"], per_fold["mean"], tiny=False)
+        if exact:
+            corrected["exact"] = exact
         out[name] = {
-            "per_fold": _per_fold(values),
-            "corrected_t": stats.corrected_resampled_t(values, n_train, n_test).to_dict(),
+            "per_fold": per_fold,
+            "corrected_t": corrected,
             "pooled": {
                 "per_repeat": per_repeat,
-                "mean": float(np.mean(per_repeat)),
+                "mean": pooled_mean,
                 "bootstrap": {**boot.to_dict(), "resampled": unit},
             },
         }
+        exact = edge_interval(name, y, hard, groups, boot.lo, boot.hi, pooled_mean, tiny=groups is None)
+        if exact:
+            out[name]["pooled"]["exact"] = exact
     return out
 
 
-def calibration(result: CVResult, head: str, n_bins: int = ECE_BINS) -> dict[str, Any]:
+def edge_interval(
+    name: str, y: np.ndarray, hard: np.ndarray, groups: np.ndarray | None, lo: float | None, hi: float | None,
+    estimate: float, tiny: bool = True,
+) -> dict[str, Any] | None:
+    """The exact interval that replaces ``[lo, hi]`` at the edges (None when it is not needed or not defined):
+    when the estimate sits at the metric's ceiling or floor, when the interval is missing or of zero width, or
+    (``tiny``: rows are the units) when a proportion's denominator holds fewer than ``stats.TINY`` units.
+
+    Counts come from the hard predictions ``hard`` (``(repeats, n)``, averaged over repeats and rounded); with
+    ``groups`` each subject counts once per confusion cell (``stats.counts_of``). ``edge`` names the ceiling or
+    floor, if any."""
+    if name not in stats.EXACT_METRICS or not math.isfinite(estimate):
+        return None
+    per_repeat = [stats.counts_of(y, row, groups) for row in np.atleast_2d(hard)]
+    counts = stats.Counts(*(int(round(np.mean([getattr(c, f) for c in per_repeat]))) for f in ("tp", "tn", "fp", "fn")))
+    edge = stats.at_edge(estimate, name)
+    exact = stats.exact_interval(name, counts, estimate)
+    if exact is None:
+        return None
+    small = tiny and min(n for _, n in exact.parts) < stats.TINY
+    if not (edge or stats.degenerate(lo, hi) or small):
+        return None
+    return {**exact.to_dict(), "edge": edge}
+
+
+def calibration(
+    result: CVResult, head: str, n_bins: int = ECE_BINS, n_boot: int = N_BOOT, seed: int = 0
+) -> dict[str, Any]:
     """Brier score and ECE of the pooled out-of-fold probabilities (per repeat, averaged), and the
-    reliability curve of all repeats' rows together."""
+    reliability curve of all repeats' rows together; the ECE's bootstrap interval (resampling the units of the
+    other intervals), the ECE a perfectly calibrated model scores on the same predictions
+    (``stats.ece_if_calibrated``), and the calibration intercept and slope with bootstrap intervals."""
     y = positives(result)
     p = result.oof[head]
+    groups, unit = bootstrap_groups(result)
     curve = stats.reliability_curve(np.tile(y, p.shape[0]), p.reshape(-1), n_bins)
+    ece_boot = stats.cluster_bootstrap(y, p, groups, lambda yy, pp: stats.expected_calibration_error(yy, pp, n_bins),
+                                       n_boot=n_boot, seed=seed)
     return {
         "brier": float(np.mean([stats.brier(y, row) for row in p])),
         "ece": float(np.mean([stats.expected_calibration_error(y, row, n_bins) for row in p])),
         "n_bins": n_bins,
         "reliability": {k: v.tolist() for k, v in curve.items()},
         "calibrated": result.options.get("calibrate"),
+        "ece_bootstrap": {**ece_boot.to_dict(), "resampled": unit},
+        "ece_if_calibrated": stats.ece_if_calibrated(p, n_bins, seed=seed),
+        "recalibration": {**stats.recalibration_bootstrap(y, p, groups, n_boot=n_boot, seed=seed), "resampled": unit},
     }
 
 
@@ -194,13 +241,36 @@ def compare(result: CVResult, a: str, b: str, n_boot: int = N_BOOT, seed: int = 
         boot = stats.paired_cluster_bootstrap(y, pa, pb, groups, "roc_auc", n_boot=n_boot, seed=seed)
         pooled = {"method": f"paired bootstrap over {unit}", "diff": boot.estimate, "lo": boot.lo, "hi": boot.hi,
                   "p": boot.p, "se": boot.se, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped}
+    per_fold = stats.corrected_paired_t(diffs, n_train, n_test).to_dict()
+    mean_a = float(np.nanmean([fa[k].metrics["roc_auc"] for k in keys])) if keys else math.nan
+    mean_b = float(np.nanmean([fb[k].metrics["roc_auc"] for k in keys])) if keys else math.nan
+    per_fold["edge"] = stats.unmeasurable(mean_a, mean_b, per_fold, "roc_auc")
+    pooled["edge"] = stats.unmeasurable(_pooled_auc(y, pa), _pooled_auc(y, pb), pooled, "roc_auc")
     return {
         "a": a,
         "b": b,
         "metric": "roc_auc",
-        "per_fold": stats.corrected_paired_t(diffs, n_train, n_test).to_dict(),
+        "per_fold": per_fold,
         "pooled": pooled,
     }
+
+
+def _pooled_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Pooled out-of-fold ROC AUC averaged over repeats (NaN with one class)."""
+    return float(np.mean([pooled_value("roc_auc", y, row, row) for row in p]))
+
+
+TESTS = ("per_fold", "pooled")
+
+
+def holm_family(rows: list[dict[str, Any]]) -> None:
+    """Holm-adjust every p-value a comparison table shows (all rows × both tests) as one family, in place:
+    ``p_holm_family`` beside each ``p``. A test whose difference cannot be measured (``edge``) shows no p and is
+    left out of the family."""
+    ps = [r[key]["p"] if not r[key].get("edge") else math.nan for r in rows for key in TESTS]
+    adjusted = stats.holm(ps) if ps else []
+    for i, q in enumerate(adjusted):
+        rows[i // len(TESTS)][TESTS[i % len(TESTS)]]["p_holm_family"] = float(q)
 
 
 def is_fusion(result: CVResult, head: str) -> bool:
@@ -225,10 +295,12 @@ def comparisons(
             if ref is None or ref == head or ref not in heads:
                 continue
             rows.append({"head": head, "against": ref, "role": role, **compare(result, head, ref, n_boot, seed)})
-    for key in ("per_fold", "pooled"):
+    for key in TESTS:  # per column (kept for older readers); the report shows the family-wise p_holm_family
         adjusted = stats.holm([r[key]["p"] for r in rows]) if rows else []
         for r, q in zip(rows, adjusted, strict=True):
             r[key]["p_holm"] = float(q)
+    holm_family(rows)
+    holm_family(pairs)
     return {"pairs": pairs, "best_single": best, "fusion_table": rows}
 
 
@@ -236,7 +308,9 @@ def comparisons(
 
 
 def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any] | None:
-    """Subject-level diagnosis (None when no subject is known): per head, each subject's aggregated score
+    """Subject-level diagnosis (None when no subject is known; ``{"left_out": why}`` when the folds are not
+    subject-disjoint, ``{"skipped": why}`` when a subject has cells of both classes): per head, each subject's
+    aggregated score
     per repeat, the metrics on those scores (per repeat, averaged, with a bootstrap over subjects), the
     confusion matrix at 0.5 (summed over repeats) and ROC points per repeat.
 
@@ -245,6 +319,36 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
     if not subjects_known(result):
         return None
     how = result.options.get("subject_aggregate", "mean")
+    if not subject_disjoint(result):
+        originals = np.asarray(result.rows["view"]) == 0
+        try:  # a data problem (a subject with cells of both classes) is said first
+            stats.aggregate_by_subject(result.oof[result.heads[0]][0][originals],
+                                       np.asarray(result.rows["group"]).astype(str)[originals],
+                                       positives(result)[originals], how)
+        except FusionfeatError as err:
+            return {"aggregate": how, "skipped": str(err)}
+        return {"aggregate": how, "left_out": IMAGE_LEVEL_SUBJECTS}
+    return subject_scores(result, how, n_boot, seed)
+
+
+IMAGE_LEVEL_SUBJECTS = ("the folds are not subject-disjoint: under image-level folds a subject's other cells sit "
+                        "in training, so a subject-level result would score subjects the model has partly seen")
+
+
+def subject_disjoint(result: CVResult) -> bool:
+    """Whether, in every repeat, each subject's evaluated rows all lie in one test fold (grouped folds, or
+    predefined folds that keep subjects apart): only then is a subject scored by models that never saw it."""
+    groups = np.asarray(result.rows["group"]).astype(str)
+    known = groups != ""
+    for folds in np.atleast_2d(result.test_fold):
+        pairs = np.unique(np.stack([groups[known], folds[known].astype(str)]), axis=1)
+        if len(np.unique(pairs[0])) < pairs.shape[1]:
+            return False
+    return True
+
+
+def subject_scores(result: CVResult, how: str, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """The subject-level diagnosis itself (``subject_level`` checks first that the folds allow it)."""
     originals = np.asarray(result.rows["view"]) == 0
     y = positives(result)[originals]
     groups = np.asarray(result.rows["group"]).astype(str)[originals]
@@ -266,6 +370,9 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
             # one row per subject here, so resampling rows is resampling subjects
             metrics[name] = {"per_repeat": values, "mean": float(np.mean(values)),
                              "bootstrap": {**boot.to_dict(), "unit": "subject", "resampled": "subjects"}}
+            exact = edge_interval(name, label, hard, None, boot.lo, boot.hi, metrics[name]["mean"])
+            if exact:
+                metrics[name]["exact"] = exact
         confusion = np.zeros((2, 2), dtype=np.int64)
         roc = []
         for r in range(len(scores)):

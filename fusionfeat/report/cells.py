@@ -78,3 +78,43 @@ def interval(low: Any, high: Any, metric: str, difference: bool = False, mark: s
         return "n/a"
     fmt = signed if difference else num
     return "[" + ", ".join(fmt(v, digits) + (mark if clipped else "") for v, clipped in bounds) + "]"
+
+
+EXACT_MARK = "‡"
+EXACT_NOTE = (
+    "‡ marks an exact interval, shown where the t or bootstrap interval degenerates (a value at 0 or 1, a "
+    "zero-width interval) or a proportion has fewer than 10 units: the Clopper–Pearson interval of k/n (k/n "
+    "shown; with subjects known, k and n count subjects), and for balanced accuracy, F1, MCC and ROC AUC the bound "
+    "from the Clopper–Pearson intervals of the proportions they are built from (docs/protocols.md, \"Intervals "
+    "at the edges\")"
+)
+EDGE_WORDS = {"ceiling": "at the ceiling", "floor": "at the floor"}
+
+
+def edge_value(text: str, exact: dict[str, Any] | None) -> str:
+    """A value cell, followed by "(at the ceiling)"/"(at the floor)" when its exact interval says so."""
+    edge = (exact or {}).get("edge")
+    return f"{text} ({EDGE_WORDS[edge]})" if edge in EDGE_WORDS else text
+
+
+def ci_cell(bounds: dict[str, Any], metric: str, exact: dict[str, Any] | None = None,
+            mark: str = EXACT_MARK) -> str:
+    """An interval cell: the exact interval when there is one (marked ``‡``, with ``k/n`` for a single
+    proportion), else ``bounds``' ``lo``/``hi`` as ``interval`` shows them."""
+    if exact:
+        k, n = exact.get("k", -1), exact.get("n", -1)
+        counts = f" {k}/{n}" if k is not None and k >= 0 else ""
+        return interval(exact.get("lo"), exact.get("hi"), metric) + mark + counts
+    return interval(bounds.get("lo"), bounds.get("hi"), metric)
+
+
+def any_exact(data: dict[str, Any]) -> bool:
+    """Whether a run's data holds any exact interval (so the report needs the ‡ legend)."""
+    for info in data["heads"].values():
+        for u in (info.get("uncertainty") or {}).values():
+            if u.get("corrected_t", {}).get("exact") or u.get("pooled", {}).get("exact"):
+                return True
+    for h in ((data.get("subjects") or {}).get("heads") or {}).values():
+        if any(m.get("exact") for m in h["metrics"].values()):
+            return True
+    return False

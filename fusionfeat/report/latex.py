@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from fusionfeat.evaluation.metrics import LABELS, METRICS
-from fusionfeat.report.cells import CLIP_NOTE, interval
+from fusionfeat.report.cells import CLIP_NOTE, EXACT_NOTE, any_exact, interval
 from fusionfeat.report.context import calibration_text, rule_summary
 from fusionfeat.report.flags import file_heads, random_heads, tag
+from fusionfeat.stats import EDGE_TEXT
 
 TEX_FILE = "report.tex"
 RESULTS_CSV = "table_results.csv"
@@ -137,9 +138,28 @@ def tex_interval(lo: Any, hi: Any, metric: str, difference: bool = False) -> Tex
     return Tex("[--, --]" if text == "n/a" else text)
 
 
-def _with_clip_note(caption: str) -> Tex:
-    """An escaped caption followed by the legend of the clip mark."""
-    return Tex(latex_escape(caption) + TEX_CLIP_NOTE)
+def _with_clip_note(caption: str, exact: bool = False) -> Tex:
+    """An escaped caption followed by the legend of the clip mark (and, with ``exact``, of the exact mark)."""
+    note = TEX_EXACT_NOTE if exact else ""
+    return Tex(latex_escape(caption) + TEX_CLIP_NOTE + note)
+
+
+TEX_EXACT_MARK = r"$^\ddagger$"
+TEX_EXACT_NOTE = Tex(r" $^\ddagger$: " + latex_escape(EXACT_NOTE.removeprefix("‡ marks ")) + ".")
+
+
+def tex_ci(bounds: dict[str, Any], metric: str, exact: dict[str, Any] | None) -> Tex:
+    r"""An interval cell as ``tex_interval``, or the exact interval marked ``$^\ddagger$`` (with k/n)."""
+    if not exact:
+        return tex_interval(bounds.get("lo"), bounds.get("hi"), metric)
+    k, n = exact.get("k", -1), exact.get("n", -1)
+    counts = f" {k}/{n}" if k is not None and k >= 0 else ""
+    return Tex(tex_interval(exact.get("lo"), exact.get("hi"), metric) + TEX_EXACT_MARK + counts)
+
+
+def _edge(text: str, exact: dict[str, Any] | None) -> str:
+    edge = (exact or {}).get("edge")
+    return f"{text} (at the {edge})" if edge in ("ceiling", "floor") else text
 
 
 def _pval(p: Any) -> str:
@@ -158,16 +178,26 @@ def _uncertainty_table(data: dict[str, Any]) -> str:
             u = info["uncertainty"][m]
             ci, pooled = u["corrected_t"], u["pooled"]
             unit = pooled["bootstrap"].get("resampled", unit)
-            rows.append([head_cell(data, head), LABELS[m], tex_pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
-                         tex_interval(ci.get("lo"), ci.get("hi"), m), _num(pooled.get("mean")),
-                         tex_interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"), m)])
+            rows.append([head_cell(data, head), LABELS[m],
+                         Tex(_edge(tex_pm(u["per_fold"]["mean"], u["per_fold"]["sd"]), ci.get("exact"))),
+                         tex_ci(ci, m, ci.get("exact")), _edge(_num(pooled.get("mean")), pooled.get("exact")),
+                         tex_ci(pooled["bootstrap"], m, pooled.get("exact"))])
     caption = _caption(data, "Uncertainty. Per-fold mean and sd over folds x repeats; corrected t: Nadeau-Bengio "
                        "corrected resampled t interval; pooled OOF: the metric on all out-of-fold predictions of a "
                        f"repeat, averaged over repeats; bootstrap: percentile interval resampling {unit}, holding "
                        "the fitted models fixed (it excludes training variability, so it is usually narrower "
                        "than the corrected t)")
     header[2] = Tex("per-fold mean $\\pm$ sd")
-    return latex_table(header, rows, _with_clip_note(caption), "tab:uncertainty")
+    return latex_table(header, rows, _with_clip_note(caption, any_exact(data)), "tab:uncertainty")
+
+
+def _tex_test(test: dict[str, Any]) -> list[Any]:
+    """A comparison's difference [CI], p and family-wise Holm p, or the words when it cannot be measured."""
+    if test.get("edge"):
+        return [EDGE_TEXT.get(test["edge"], test["edge"]), "--", "--"]
+    diff = test.get("diff", test.get("estimate"))
+    return [Tex(f"{_num(diff, sign=True)} {tex_interval(test.get('lo'), test.get('hi'), 'roc_auc', difference=True)}"),
+            _pval(test.get("p")), _pval(test.get("p_holm_family", test.get("p_holm")))]
 
 
 def _fusion_table(data: dict[str, Any]) -> str:
@@ -175,21 +205,21 @@ def _fusion_table(data: dict[str, Any]) -> str:
     rows_in = comp.get("fusion_table") or []
     if not rows_in:
         return ""
-    header = ["fusion head", "against", "d AUC per-fold [95% CI]", "p", "p (Holm)", "d AUC pooled [95% CI]", "p",
-              "p (Holm)", "pooled test"]
+    header = ["fusion head", "against", "d AUC per-fold [95% CI]", "p (corrected t, primary)", "p (Holm)",
+              "d AUC pooled [95% CI], conditional", "p (conditional)", "p (Holm)", "pooled test"]
     rows = []
     for r in rows_in:
         t, b = r["per_fold"], r["pooled"]
         rows.append([head_cell(data, r["head"]), f"{head_cell(data, r['against'])} ({r['role']})",
-                     Tex(f"{_num(t.get('diff'), sign=True)} "
-                         f"{tex_interval(t.get('lo'), t.get('hi'), 'roc_auc', difference=True)}"),
-                     _pval(t.get("p")), _pval(t.get("p_holm")),
-                     Tex(f"{_num(b.get('diff', b.get('estimate')), sign=True)} "
-                         f"{tex_interval(b.get('lo'), b.get('hi'), 'roc_auc', difference=True)}"),
-                     _pval(b.get("p")), _pval(b.get("p_holm")), b.get("method", "")])
-    caption = _caption(data, "Does fusion help? Difference in ROC AUC (fusion - reference) on the same splits: "
-                       "per-fold with the corrected resampled paired t-test; pooled OOF with the paired test named; "
-                       f"Holm-adjusted over the rows. Best single-backbone head: {comp.get('best_single')}")
+                     *_tex_test(t), *_tex_test(b), b.get("method", "")])
+    independent = "" if data["protocol"].get("subjects_known") else (
+        " Subjects unknown: DeLong and the image bootstrap treat images as independent.")
+    caption = _caption(data, "Does fusion help? Difference in ROC AUC (fusion - reference) on the same splits. "
+                       "Primary test: the corrected resampled paired t over folds x repeats (Nadeau-Bengio; it "
+                       "includes training variability). Pooled OOF columns: the paired test named, conditional on "
+                       "the fitted models (test-image uncertainty only). Holm-adjusted over every p of the table "
+                       "(all rows x both tests) as one family; differences at the ceiling cannot be measured and "
+                       f"are left out. Best single-backbone head: {comp.get('best_single')}.{independent}")
     return latex_table(header, rows, _with_clip_note(caption), "tab:fusion")
 
 
@@ -199,16 +229,35 @@ def _calibration_table(data: dict[str, Any]) -> str:
         return ""
     first = next(iter(heads.values()))
     how = first.get("calibrated")
-    rows = [[head_cell(data, h), _num(c.get("brier")), _num(c.get("ece"))] for h, c in heads.items()]
+    extended = "ece_if_calibrated" in first
+    header = ["head", "Brier", "ECE"]
+    rows = []
+    for h, c in heads.items():
+        row = [head_cell(data, h), _num(c.get("brier")), _num(c.get("ece"))]
+        if extended:
+            boot, ref = c.get("ece_bootstrap") or {}, c["ece_if_calibrated"]
+            row += [Tex(f"[{_num(boot.get('lo'))}, {_num(boot.get('hi'))}]"), _num(ref.get("mean")),
+                    *[_recal(c["recalibration"].get(k) or {}) for k in ("slope", "intercept")]]
+        rows.append(row)
+    if extended:
+        header += ["ECE 95% CI", "ECE if calibrated", "slope [95% CI]", "intercept [95% CI]"]
     caption = _caption(data, f"Calibration of the pooled out-of-fold P({data['positive']}): Brier score and ECE "
                        f"({first.get('n_bins', 10)} equal-width bins), averaged over repeats; "
                        + (f"calibrated post hoc ({how}) inside each training fold" if how else "no post-hoc "
-                          "calibration"))
-    return latex_table(["head", "Brier", "ECE"], rows, caption, "tab:calibration")
+                          "calibration")
+                       + ("; ECE bootstrap interval; the mean ECE of labels drawn from the predictions themselves "
+                          "(a perfectly calibrated model); logistic recalibration slope and intercept with bootstrap "
+                          "intervals (-- when the classes are separated)" if extended else ""))
+    return latex_table(header, rows, caption, "tab:calibration")
+
+
+def _recal(entry: dict[str, Any]) -> Tex:
+    return Tex(f"{_num(entry.get('estimate'), 3)} [{_num(entry.get('lo'), 3)}, {_num(entry.get('hi'), 3)}]")
 
 
 RESULTS_COLUMNS = ["mean", "std", "corrected_t_ci95_low", "corrected_t_ci95_high", "pooled_oof",
-                   "bootstrap_ci95_low", "bootstrap_ci95_high", "bootstrap_unit", "n_folds", "n_repeats"]
+                   "bootstrap_ci95_low", "bootstrap_ci95_high", "bootstrap_unit", "n_folds", "n_repeats",
+                   "exact_ci95_low", "exact_ci95_high", "exact_method", "edge"]
 
 
 def _results_csv_row(info: dict[str, Any], metric: str) -> list[Any]:
@@ -217,8 +266,10 @@ def _results_csv_row(info: dict[str, Any], metric: str) -> list[Any]:
     ci = u.get("corrected_t") or {}
     pooled = u.get("pooled") or {}
     boot = pooled.get("bootstrap") or {}
+    exact = pooled.get("exact") or ci.get("exact") or {}
     return [summary.get("mean"), summary.get("std"), ci.get("lo"), ci.get("hi"), pooled.get("mean"), boot.get("lo"),
-            boot.get("hi"), boot.get("resampled", boot.get("unit")), summary.get("n_folds"), summary.get("n_repeats")]
+            boot.get("hi"), boot.get("resampled", boot.get("unit")), summary.get("n_folds"), summary.get("n_repeats"),
+            exact.get("lo"), exact.get("hi"), exact.get("method"), exact.get("edge")]
 
 
 def write_tables(data: dict[str, Any], out: Path) -> list[str]:
@@ -227,7 +278,9 @@ def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     folds, repeats = data["protocol"].get("n_folds", "?"), data["protocol"].get("repeats", 1)
     unit = f"{folds} folds" + (f" x {repeats} repeats" if repeats and repeats > 1 else "")
     header = ["head", *[LABELS[m] for m in METRICS]]
-    rows = [[head_cell(data, h), *[tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]) for m in METRICS]]
+    rows = [[head_cell(data, h), *[Tex(_edge(tex_pm(i["summary"][m]["mean"], i["summary"][m]["std"]),
+                                             ((i.get("uncertainty") or {}).get(m) or {}).get("corrected_t", {})
+                                             .get("exact"))) for m in METRICS]]
             for h, i in heads.items()]
     caption = _caption(data, f"Results, per-fold mean and standard deviation over {unit}; protocol "
                        f"{data['protocol'].get('name', '')}; decision rule {rule_summary(data, quote='')}; calibration "

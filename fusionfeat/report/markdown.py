@@ -8,8 +8,26 @@ from typing import Any
 
 from fusionfeat import paper
 from fusionfeat.evaluation.metrics import LABELS, METRICS, TIMINGS
-from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
-from fusionfeat.report.context import calibration_text, class_selection_line, count_note, rule_summary, table1_note
+from fusionfeat.report.cells import (
+    CLIP_NOTE,
+    EXACT_NOTE,
+    any_exact,
+    ci_cell,
+    diff_ci,
+    edge_value,
+    interval,
+    md_row,
+    num,
+    pm,
+    pval,
+)
+from fusionfeat.report.context import (
+    calibration_text,
+    class_selection_line,
+    count_note,
+    rule_summary,
+    table1_note,
+)
 from fusionfeat.report.flags import (
     describe_weights,
     file_backbones,
@@ -19,7 +37,7 @@ from fusionfeat.report.flags import (
     random_heads,
     tag,
 )
-from fusionfeat.stats import PAPER_F1_NOTE
+from fusionfeat.stats import EDGE_TEXT, PAPER_F1_NOTE
 
 
 def render_report(data: dict[str, Any]) -> str:
@@ -114,7 +132,8 @@ def _results_section(data: dict[str, Any]) -> str:
     for head, info in data["heads"].items():
         s = info["summary"]
         lines.append(
-            md_row([f"`{head}`", "ours", flags_text(info), *[pm(s[m]["mean"], s[m]["std"]) for m in METRICS]])
+            md_row([f"`{head}`", "ours", flags_text(info),
+                    *[edge_value(pm(s[m]["mean"], s[m]["std"]), _fold_exact(info, m)) for m in METRICS]])
         )
         key = paper_key(head, info.get("backbones"))
         if key and key not in shown_paper:
@@ -135,6 +154,12 @@ def _results_section(data: dict[str, Any]) -> str:
         f"Note on the paper's F1: {data['paper'].get('f1_note', PAPER_F1_NOTE)}",
     ]
     return "\n".join(lines)
+
+
+def _fold_exact(info: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """The exact interval that replaced a head's degenerate per-fold interval, if any (its ``edge`` flags the
+    per-fold mean at the ceiling or floor)."""
+    return (((info.get("uncertainty") or {}).get(metric) or {}).get("corrected_t") or {}).get("exact")
 
 
 def paper_key(head: str, backbones: list[str] | None = None) -> str | None:
@@ -173,7 +198,8 @@ def _intervals_section(data: dict[str, Any]) -> str:
         "- ROC AUC: the per-fold value ranks images within a fold only; the pooled value also ranks images of "
         "different folds (different models) against each other, so the two can differ.",
         "",
-        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.",
+        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}."
+        + (f" {EXACT_NOTE}." if any_exact(data) else ""),
     ]
     for head, info in heads.items():
         lines += [
@@ -190,10 +216,10 @@ def _intervals_section(data: dict[str, Any]) -> str:
                 md_row(
                     [
                         LABELS[m],
-                        pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
-                        interval(ci.get("lo"), ci.get("hi"), m),
-                        num(pooled["mean"]),
-                        interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"), m),
+                        edge_value(pm(u["per_fold"]["mean"], u["per_fold"]["sd"]), ci.get("exact")),
+                        ci_cell(ci, m, ci.get("exact")),
+                        edge_value(num(pooled["mean"]), pooled.get("exact")),
+                        ci_cell(pooled["bootstrap"], m, pooled.get("exact")),
                     ]
                 )
             )
@@ -218,59 +244,80 @@ def _fusion_help_section(data: dict[str, Any]) -> str:
         "",
         "Each fusion head (reading two or more backbones) against `concat` and against the best "
         f"single-backbone head (by pooled OOF ROC AUC: `{comp.get('best_single')}`), on the same splits. "
-        "Difference in ROC AUC (fusion − reference): per-fold, with the corrected resampled paired t-test over "
-        "folds × repeats; pooled OOF, with the paired test named in the table. p (Holm) is adjusted over the "
-        "rows of this table, separately for each test.",
+        "Difference in ROC AUC (fusion − reference).",
         "",
-        md_row(["fusion head", "against", "Δ AUC per-fold [95% CI]", "p (corrected t)", "p (Holm)",
-                "Δ AUC pooled [95% CI]", "p", "p (Holm)", "pooled test"]),
+        *_tests_note(data, rows),
+        "",
+        md_row(["fusion head", "against", "Δ AUC per-fold [95% CI]", "p (corrected t, primary)", "p (Holm)",
+                "Δ AUC pooled [95% CI], conditional on the fitted models", "p (conditional)", "p (Holm)",
+                "pooled test"]),
         md_row(["---"] * 2 + ["---:"] * 6 + ["---"]),
     ]
     for r in rows:
-        t, b = r["per_fold"], r["pooled"]
-        lines.append(
-            md_row(
-                [
-                    tag(data, r["head"]),
-                    f"{tag(data, r['against'])} ({r['role']})",
-                    diff_ci(t),
-                    pval(t.get("p")),
-                    pval(t.get("p_holm")),
-                    diff_ci(b),
-                    pval(b.get("p")),
-                    pval(b.get("p_holm")),
-                    b["method"],
-                ]
-            )
-        )
+        lines.append(md_row([tag(data, r["head"]), f"{tag(data, r['against'])} ({r['role']})",
+                             *_test_cells(r["per_fold"], holm=True), *_test_cells(r["pooled"], holm=True),
+                             r["pooled"]["method"]]))
     return "\n".join(lines)
+
+
+def _test_cells(test: dict[str, Any], holm: bool) -> list[str]:
+    """A comparison's difference [CI], p and (``holm``) its family-wise Holm p; when the difference cannot be
+    measured (both at the ceiling, say) the words instead, and no p."""
+    edge = test.get("edge")
+    if edge:
+        return [EDGE_TEXT.get(edge, edge), "—", *(["—"] if holm else [])]
+    cells = [diff_ci(test), pval(test.get("p"))]
+    if holm:
+        cells.append(pval(test.get("p_holm_family", test.get("p_holm"))))
+    return cells
+
+
+def _tests_note(data: dict[str, Any], rows: list[dict[str, Any]], holm: bool = True) -> list[str]:
+    """What each test of a comparison table answers, the Holm family, and the independence assumption."""
+    n_p = sum(1 for r in rows for key in ("per_fold", "pooled") if not r[key].get("edge"))
+    lines = [
+        "- **Primary test: the corrected resampled paired t** (Nadeau & Bengio 2003) on per-fold differences over "
+        "folds × repeats. It includes the variability of training, so it answers: would a new training run, on "
+        "new data from the same population, differ?",
+        "- **Pooled columns, conditional on the fitted models**: the paired bootstrap (or DeLong) on the pooled "
+        "out-of-fold predictions holds the fitted models fixed and measures only the uncertainty from the test "
+        "images. Its p is usually much smaller than the primary test's and answers a narrower question: with "
+        "these fitted models, is the difference more than the test images' noise?",
+    ]
+    family = any("p_holm_family" in r[key] for r in rows for key in ("per_fold", "pooled"))
+    if holm and n_p and family:
+        lines.append(f"- **p (Holm)**: Holm's step-down adjustment over every p this table shows ({n_p} p-values: "
+                     "all rows × both tests) as one family, not per column.")
+    elif holm and n_p:  # a run written before the family-wise adjustment
+        lines.append("- **p (Holm)**: Holm's step-down adjustment over the rows, separately for each test.")
+    if not (data.get("protocol") or {}).get("subjects_known"):
+        lines.append("- **Subjects unknown: images are treated as independent.** DeLong and the image bootstrap "
+                     "assume independent images; cells of one patient are not, so the pooled p is optimistic.")
+    if any(r[key].get("edge") for r in rows for key in ("per_fold", "pooled")):
+        lines.append("- Where both heads sit at the ceiling (or floor), or agree on every fold, the difference "
+                     "cannot be measured: no interval or p is shown, and those tests are left out of the Holm "
+                     "family.")
+    return lines
 
 
 def _pairs_section(data: dict[str, Any]) -> str:
     pairs = (data.get("comparisons") or {}).get("pairs") or []
     if not pairs:
         return ""
+    holm = any("p_holm_family" in r["per_fold"] for r in pairs)
     lines = [
-        "## Paired comparisons of every two heads (ROC AUC, a − b, unadjusted p)",
+        "## Paired comparisons of every two heads (ROC AUC, a − b)",
         "",
-        md_row(["a", "b", "Δ per-fold [95% CI]", "p (corrected t)", "Δ pooled [95% CI]", "p", "pooled test"]),
-        md_row(["---"] * 2 + ["---:"] * 4 + ["---"]),
+        *_tests_note(data, pairs, holm),
+        "",
+        md_row(["a", "b", "Δ per-fold [95% CI]", "p (corrected t, primary)", *(["p (Holm)"] if holm else []),
+                "Δ pooled [95% CI], conditional on the fitted models", "p (conditional)",
+                *(["p (Holm)"] if holm else []), "pooled test"]),
+        md_row(["---"] * 2 + ["---:"] * (6 if holm else 4) + ["---"]),
     ]
     for r in pairs:
-        t, b = r["per_fold"], r["pooled"]
-        lines.append(
-            md_row(
-                [
-                    tag(data, r["a"]),
-                    tag(data, r["b"]),
-                    diff_ci(t),
-                    pval(t.get("p")),
-                    diff_ci(b),
-                    pval(b.get("p")),
-                    b["method"],
-                ]
-            )
-        )
+        lines.append(md_row([tag(data, r["a"]), tag(data, r["b"]), *_test_cells(r["per_fold"], holm),
+                             *_test_cells(r["pooled"], holm), r["pooled"]["method"]]))
     return "\n".join(lines)
 
 
@@ -280,25 +327,57 @@ def _calibration_section(data: dict[str, Any]) -> str:
         return ""
     first = next(iter(heads.values()))
     how = first.get("calibrated")
+    bins = first.get("n_bins", 10)
+    extended = "ece_if_calibrated" in first
     lines = [
         "## Calibration",
         "",
         "Brier score and expected calibration error (ECE, "
-        f"{first.get('n_bins', 10)} equal-width bins) of the pooled out-of-fold P({data['positive']}), per repeat "
+        f"{bins} equal-width bins) of the pooled out-of-fold P({data['positive']}), per repeat "
         "and averaged; the reliability diagrams pool every repeat's rows. "
         + (f"Probabilities were calibrated post hoc ({how}), fitted inside each training fold only."
            if how else "No post-hoc calibration (`fit --calibrate sigmoid|isotonic` adds it)."),
-        "",
-        md_row(["head", "weights", "Brier", "ECE"]),
-        md_row(["---", "---", "---:", "---:"]),
     ]
+    if extended:
+        unit = (first.get("ece_bootstrap") or {}).get("resampled", "images")
+        lines += [
+            "",
+            f"ECE depends on the bin count ({bins} here) and is biased upward at small n: **ECE if perfectly "
+            "calibrated** is the mean ECE of labels drawn from the predictions themselves (y* ~ Bernoulli(p), "
+            f"{first['ece_if_calibrated'].get('n_sim')} seeded draws; 95th percentile in brackets), the ECE chance "
+            "alone gives on these predictions. An ECE near it is no evidence of miscalibration. The ECE's 95% "
+            f"interval is a percentile bootstrap resampling {unit}. **Slope and intercept**: logistic recalibration "
+            "logit P(y=1) = intercept + slope · logit(p) (perfect: slope 1, intercept 0; slope < 1: predictions "
+            f"too extreme), with 95% bootstrap intervals resampling {unit}; n/a when the classes are separated "
+            "by p (the slope is then infinite).",
+        ]
+    header = ["head", "weights", "Brier", f"ECE ({bins} bins)"]
+    if extended:
+        header += ["ECE 95% CI", "ECE if perfectly calibrated", "slope [95% CI]", "intercept [95% CI]"]
+    lines += ["", md_row(header), md_row(["---", "---"] + ["---:"] * (len(header) - 2))]
     for head, c in heads.items():
-        lines.append(md_row([f"`{head}`", flags_text(data["heads"][head]), num(c["brier"]), num(c["ece"])]))
+        cells = [f"`{head}`", flags_text(data["heads"][head]), num(c["brier"]), num(c["ece"])]
+        if extended:
+            ref = c["ece_if_calibrated"]
+            cells += [interval(c["ece_bootstrap"].get("lo"), c["ece_bootstrap"].get("hi"), "ece"),
+                      f"{num(ref.get('mean'))} [{num(ref.get('q95'))}]",
+                      *[_recal_cell(c["recalibration"], k) for k in ("slope", "intercept")]]
+        lines.append(md_row(cells))
     plots = data.get("plots", {})
     for head in heads:
         if f"reliability_{head}" in plots:
             lines += ["", f"![{head} reliability diagram]({plots[f'reliability_{head}']})"]
     return "\n".join(lines)
+
+
+def _recal_cell(recal: dict[str, Any], key: str) -> str:
+    """``1.02 [0.80, 1.31]`` for the calibration slope or intercept, n/a when not estimable."""
+    entry = recal.get(key) or {}
+    est, lo, hi = entry.get("estimate"), entry.get("lo"), entry.get("hi")
+    if est is None or (isinstance(est, float) and est != est):
+        return "n/a (separated)" if "separated" in recal.get("note", "") else "n/a"
+    bounds = "n/a" if lo is None or hi is None or lo != lo or hi != hi else f"[{lo:.3f}, {hi:.3f}]"
+    return f"{est:.3f} {bounds}"
 
 
 def _operating_section(data: dict[str, Any]) -> str:
@@ -334,6 +413,9 @@ def _subjects_section(data: dict[str, Any]) -> str:
         return ""
     if sub.get("skipped"):
         return f"## SUBJECT-LEVEL diagnosis\n\nNot computed: {sub['skipped']}."
+    if sub.get("left_out"):
+        return (f"## SUBJECT-LEVEL diagnosis\n\nLeft out: {sub['left_out']}. Subject-grouped folds "
+                "(`--cv grouped`) give subject-level results.")
     n = len(sub.get("subject", []))
     how = sub.get("aggregate", "mean")
     rule = {"mean": "mean of its cells' probabilities", "median": "median of its cells' probabilities",
@@ -343,7 +425,8 @@ def _subjects_section(data: dict[str, Any]) -> str:
         "",
         f"Each of the {n} subjects is scored by the {rule} (`--subject-aggregate {how}`) over its out-of-fold "
         f"cells and called {data['positive']} at score ≥ 0.5. Metrics are computed on subjects, per repeat, "
-        "then averaged; the 95% interval is a bootstrap over subjects. Scores per subject: `subjects.csv`."
+        "then averaged; the 95% interval is a bootstrap over subjects (‡: exact, see the legend). Scores per "
+        "subject: `subjects.csv`."
         + (f" {sub['n_unassigned']} cells without a subject id were left out." if sub.get("n_unassigned") else ""),
         "",
         md_row(["head", *[LABELS[m] for m in METRICS]]),
@@ -351,8 +434,8 @@ def _subjects_section(data: dict[str, Any]) -> str:
     ]
     for head, h in sub["heads"].items():
         cells = [
-            f"{num(h['metrics'][m]['mean'])} "
-            f"{interval(h['metrics'][m]['bootstrap'].get('lo'), h['metrics'][m]['bootstrap'].get('hi'), m)}"
+            f"{edge_value(num(h['metrics'][m]['mean']), h['metrics'][m].get('exact'))} "
+            f"{ci_cell(h['metrics'][m]['bootstrap'], m, h['metrics'][m].get('exact'))}"
             for m in METRICS
         ]
         lines.append(md_row([tag(data, head), *cells]))

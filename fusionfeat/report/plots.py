@@ -55,9 +55,16 @@ def _reliability_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -
     curve = cal["reliability"]
     fig = Figure(figsize=(4.5, 5.2))
     ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8, label="perfectly calibrated")
+    ref = cal.get("ece_if_calibrated")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8,
+            label="perfectly calibrated" + (f" (its ECE here ≈ {ref['mean']:.3f})" if ref else ""))
+    boot = cal.get("ece_bootstrap") or {}
+    ece_ci = f" [{boot['lo']:.3f}, {boot['hi']:.3f}]" if boot.get("lo") is not None and boot.get("hi") is not None \
+        and np.isfinite(boot["lo"]) and np.isfinite(boot["hi"]) else ""
+    slope = ((cal.get("recalibration") or {}).get("slope") or {}).get("estimate")
+    slope_text = f", slope {slope:.2f}" if slope is not None and np.isfinite(slope) else ""
     ax.plot(curve["prob_pred"], curve["prob_true"], marker="o", lw=1.5,
-            label=f"Brier {pm(cal['brier'], None, 3)}, ECE {pm(cal['ece'], None, 3)}")
+            label=f"Brier {pm(cal['brier'], None, 3)}, ECE {pm(cal['ece'], None, 3)}{ece_ci}{slope_text}")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_ylabel(f"observed fraction {data['positive']}")

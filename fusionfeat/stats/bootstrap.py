@@ -55,6 +55,9 @@ class _Clusters:
         return self.rows(np.flatnonzero(keep))
 
 
+Clusters = _Clusters  # the public name, for resampling statistics in other modules (``recalibration``)
+
+
 def _quantiles(boot: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
