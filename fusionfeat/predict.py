@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,15 +16,17 @@ import torch
 
 from fusionfeat import runtime
 from fusionfeat.bundle import Bundle, as_bundle, trunk_fingerprint
+from fusionfeat.data.geometry import geometry_note, geometry_summary
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.engines.extract import iter_embeddings
-from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
+from fusionfeat.errors import FusionfeatError, FusionfeatWarning, ImageDecodeError, WeightsError
 from fusionfeat.fsio import CSV, check_output, output_target
 from fusionfeat.heads.decision_rule import bare_head
 from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
+from fusionfeat.stats.shift import shift_share, shift_warning
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -95,18 +99,26 @@ class PredictionSummary(dict):
     """What ``predict_images`` returns: counts per predicted label (and ``"error"``), as a dict, plus the CSV it
     wrote (``path``) and its rows: ``to_frame()`` gives them as a pandas DataFrame."""
 
-    def __init__(self, counts: dict[str, int], path: Path, positive: str, records: list[tuple[str, float, str, str]]):
+    def __init__(self, counts: dict[str, int], path: Path, positive: str, records: list[tuple[str, float, str, str]],
+                 shift_scores: list[float] | None = None, shift: dict[str, Any] | None = None):
         super().__init__(counts)
         self.path = path
         self.positive = positive
         self.records = records
+        self.shift_scores = shift_scores if shift_scores is not None else [math.nan] * len(records)
+        self.shift = shift  # shift_share's summary (None: the bundle keeps no reference)
 
     def to_frame(self) -> Any:
         """One row per image, as in the CSV: path, ``p_<positive>`` (NaN for an unreadable image), label (the
-        predicted class, "" when unreadable), error ("" unless the image could not be read)."""
+        predicted class, "" when unreadable), error ("" unless the image could not be read), ``shift_score``
+        (distance from the training features, NaN without a reference) and ``beyond_p99``."""
         import pandas as pd
 
-        return pd.DataFrame(self.records, columns=["path", f"p_{self.positive}", "label", "error"])
+        frame = pd.DataFrame(self.records, columns=["path", f"p_{self.positive}", "label", "error"])
+        frame["shift_score"] = self.shift_scores
+        threshold = (self.shift or {}).get("threshold", math.nan)
+        frame["beyond_p99"] = [bool(s > threshold) for s in self.shift_scores]
+        return frame
 
 
 def image_list(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str | os.PathLike]:
@@ -140,17 +152,47 @@ def predict_images(bundle: str | os.PathLike | Bundle, images: str | os.PathLike
     bundle = as_bundle(bundle)
     with output_target(out, CSV, inputs=[*inputs, *items], overwrite=overwrite) as target:
         models = bundle_backbones(bundle, weights)
-        counts, records = _write_predictions(bundle, paths, target.path, models, device, precision, batch_size,
-                                             workers, on_error, progress)
-    return PredictionSummary(counts, target.final, bundle.positive, records)
+        counts, records, scores = _write_predictions(bundle, paths, target.path, models, device, precision,
+                                                     batch_size, workers, on_error, progress)
+    shift = warn_shift(bundle, scores, paths)
+    return PredictionSummary(counts, target.final, bundle.positive, records, scores, shift)
+
+
+def warn_shift(bundle: Bundle, scores: Sequence[float], images: Sequence[str | os.PathLike]) -> dict[str, Any] | None:
+    """Warn (``FusionfeatWarning``, one line each) when many images lie beyond the training features' 99th
+    percentile, and when the images' geometry differs from the training images'; returns the shift summary
+    with the geometry note (None when the bundle keeps no reference)."""
+    note = geometry_note(bundle.info.get("input_geometry"), geometry_summary(list(images)))
+    if note:
+        warnings.warn(note, FusionfeatWarning, stacklevel=3)
+    if bundle.shift is None:
+        return None
+    summary = shift_share(np.asarray(scores, dtype=float), bundle.shift.threshold)
+    message = shift_warning(summary)
+    if message:
+        warnings.warn(message, FusionfeatWarning, stacklevel=3)
+    return {**summary, "geometry_note": note}
+
+
+def pooled_vectors(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """The pooled vectors (view 0) of the head's backbones, concatenated: what the shift reference scores."""
+    return np.hstack([np.asarray(embeddings[b][0])[:, 0] for b in bundle.spec.backbones])
+
+
+def shift_scores(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """Each image's distance from the training features (NaN for all when the bundle keeps no reference)."""
+    n = len(next(iter(embeddings.values()))[0]) if embeddings else 0
+    if bundle.shift is None:
+        return np.full(n, np.nan)
+    return bundle.shift.score(pooled_vectors(bundle, embeddings))
 
 
 def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models: list[LoadedBackbone], device: str,
                        precision: str | None, batch_size: int, workers: int | None, on_error: str,
-                       progress: bool) -> tuple[dict[str, int], list[tuple[str, float, str, str]]]:
+                       progress: bool) -> tuple[dict[str, int], list[tuple[str, float, str, str]], list[float]]:
     preprocess = bundle_preprocess(bundle)
     dev = resolve_device(device)
-    prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
+    prec = resolve_precision(precision or recorded_precision(bundle, dev), dev)
     estimator = bare_head(bundle.estimator)  # inside a calibration / operating-point wrapper
     if hasattr(estimator, "device"):
         estimator.set_params(device=str(dev))
@@ -160,36 +202,42 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     counts = {name: 0 for name in bundle.classes}
     counts["error"] = 0
     records: list[tuple[str, float, str, str]] = []
+    scores: list[float] = []
+    threshold = bundle.shift.threshold if bundle.shift is not None else math.nan
     bar = runtime.progress(len(paths), progress, "predict")
     try:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["path", f"p_{bundle.positive}", "label", "error"])
+            writer.writerow(["path", f"p_{bundle.positive}", "label", "error", "shift_score", "beyond_p99"])
             for rows, arrays, _, errors in iter_embeddings(paths, batches, models, preprocess, dev, prec, workers,
                                                            keep_tokens=bundle.spec.inputs == "tokens",
-                                                           token_grid=_token_grid(bundle)):
+                                                           token_grid=token_grid_of(bundle)):
                 bad = [i for i, e in enumerate(errors) if e]
                 if bad and on_error == "fail":
                     raise ImageDecodeError(paths[rows[bad[0]]], f"{errors[bad[0]]} (use --on-error skip)")
                 probs, labels = predict_rows(bundle, arrays) if arrays else ([], [])
+                distances = iter(shift_scores(bundle, arrays) if arrays else [])
                 probs, labels = iter(probs), iter(labels)
                 for row, error in zip(rows, errors, strict=True):
                     if error:
-                        writer.writerow([paths[row], "", "", error])
+                        writer.writerow([paths[row], "", "", error, "", ""])
                         records.append((paths[row], float("nan"), "", error))
+                        scores.append(math.nan)
                         counts["error"] += 1
                         continue
-                    p, label = float(next(probs)), str(next(labels))
+                    p, label, d = float(next(probs)), str(next(labels)), float(next(distances))
                     counts[label] += 1
-                    writer.writerow([paths[row], f"{p:.6f}", label, ""])
+                    shift = ["", ""] if math.isnan(d) else [f"{d:.4f}", str(d > threshold).lower()]
+                    writer.writerow([paths[row], f"{p:.6f}", label, "", *shift])
                     records.append((paths[row], p, label, ""))
+                    scores.append(d)
                 bar.update(len(rows))
     finally:
         bar.close()
-    return counts, records
+    return counts, records, scores
 
 
-def _token_grid(bundle: Bundle) -> int | None:
+def token_grid_of(bundle: Bundle) -> int | None:
     """The grid the bundle's store pooled token maps down to (``extract --token-grid``), or None. One store has one
     such grid; backbones whose own grid was that size or smaller were stored unchanged, and stay so."""
     pooled = [int(bundle.backbone_provenance(b)["token_grid"]) for b in bundle.spec.backbones
@@ -197,7 +245,7 @@ def _token_grid(bundle: Bundle) -> int | None:
     return min(pooled) if pooled else None
 
 
-def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
+def recorded_precision(bundle: Bundle, device: torch.device) -> str:
     recorded = bundle.backbone_provenance(bundle.spec.backbones[0]).get("precision", "auto")
     return "auto" if recorded == "fp16" and device.type == "cpu" else recorded
 
@@ -206,7 +254,11 @@ def predict_rows(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndar
                  ) -> tuple[np.ndarray, list[str]]:
     """P(positive) and the predicted class name per image: by the rule ``train --calibrate/--operating-point``
     stored in the bundle, else the positive class where P(positive) >= 0.5."""
-    X = embedding_matrix(bundle.spec, embeddings)
+    return predict_matrix(bundle, embedding_matrix(bundle.spec, embeddings))
+
+
+def predict_matrix(bundle: Bundle, X: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``predict_rows`` for the head's input matrix ``X`` (laid out as ``fusionfeat.heads.inputs`` does)."""
     p = _positive_column(bundle, X)
     if bundle.info.get("decision_rule"):
         return p, [bundle.classes[int(label)] for label in bundle.estimator.predict(X)]

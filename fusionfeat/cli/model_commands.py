@@ -133,12 +133,16 @@ def report_command(runs):
               help="Label at the threshold reaching this sensitivity or specificity on inner out-of-fold "
                    "predictions of the training images, as `fit --operating-point` validated it; predict "
                    "applies it [default: argmax].")
+@click.option("--cv-run", type=click.Path(), default=None, metavar="RUN",
+              help="A `fusionfeat fit` run folder of this head on this store, with the same options: the bundle "
+                   "keeps its cross-validated estimate, which `evaluate` shows beside external results "
+                   "[default: none].")
 @device_option
 @threads_option
 @overwrite_option
 @quiet_option
-def train_command(store, head, backbones, output, balance, seed, calibrate, operating_point, device, threads,
-                  overwrite, quiet):
+def train_command(store, head, backbones, output, balance, seed, calibrate, operating_point, cv_run, device,
+                  threads, overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images.
 
     \b
@@ -154,11 +158,12 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
     from fusionfeat.train import train_head
 
     target_point = parse_operating_point(operating_point) if operating_point else None  # before any work
-    with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
+    with output_target(output, BUNDLE, inputs=[store, *([cv_run] if cv_run else [])],
+                       overwrite=overwrite) as target:
         with FeatureStore.open(store) as fs, head_threads(threads):
             estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
                                                progress=not quiet, backbones=backbones, calibrate=calibrate,
-                                               operating_point=target_point)
+                                               operating_point=target_point, cv_run=cv_run)
         write_bundle_files(target.path, estimator, spec, info)
     path = target.final
     training = info["training"]
