@@ -29,7 +29,7 @@ from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import DatasetError, FusionfeatError, FusionfeatWarning, ImageDecodeError
 from fusionfeat.evaluation.external import compare_to_cv, external_result
 from fusionfeat.fsio import RUN, check_output, dumps_json, output_target
-from fusionfeat.heads.decision_rule import bare_head
+from fusionfeat.heads.decision_rule import bare_head, describe_rule
 from fusionfeat.heads.inputs import rows_matrix
 from fusionfeat.predict import (
     bundle_backbones,
@@ -199,6 +199,7 @@ def write_evaluation(bundle: Bundle, scored: Scored, out: Path, n_boot: int = 20
                              np.asarray([c == positive for c in scored.predicted], dtype=float),
                              int(training.get("n_images", 0)))
     data = run_json(result, n_boot=n_boot)
+    data["decision_rule"] = f"the bundle's: {describe_rule(bundle.info.get('decision_rule'))}"
     data["external"] = external_record(bundle, scored, data["heads"][head]["uncertainty"])
     data["plots"] = write_plots(data, out, run_bands(result, n_boot=n_boot))
     (out / METRICS_FILE).write_text(dumps_json(data))

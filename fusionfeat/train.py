@@ -25,7 +25,7 @@ from fusionfeat.heads.calibration import (
 from fusionfeat.heads.inputs import head_blocks, rows_matrix
 from fusionfeat.heads.zoo import HeadSpec, resolve_heads
 from fusionfeat.runtime import head_threads
-from fusionfeat.stats.shift import fit_reference
+from fusionfeat.stats.shift import MIN_IMAGES, ShiftReference, fit_reference
 from fusionfeat.store import FeatureStore
 from fusionfeat.store.reader import accepts_store
 
@@ -59,8 +59,9 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
 
     ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``. A fusion head or
     baseline reads ``backbones`` (default: every stored backbone, in store order). Returns the fitted
-    estimator, its spec and the bundle info (classes, provenance, training summary): ``save_bundle`` writes
-    them (``train_bundle`` does both). ``calibrate`` (``"sigmoid"``/``"isotonic"``) and ``operating_point``
+    estimator, its spec and the bundle info (classes, provenance, training summary, the ``shift`` reference as a
+    ``ShiftReference``, ``input_geometry``, and with ``cv_run`` the ``cv_estimate``): ``save_bundle`` writes them
+    (``train_bundle`` does both). ``calibrate`` (``"sigmoid"``/``"isotonic"``) and ``operating_point``
     (``"sens=0.95"`` or ``{"spec": 0.9}``) wrap the head exactly as ``fit`` does, fitted on inner folds of these
     rows; the bundle keeps the rule and ``predict`` applies it.
     """
@@ -118,9 +119,12 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
     return estimator, spec, info
 
 
-def shift_reference(store: FeatureStore, spec: HeadSpec, kept: np.ndarray, seed: int = 0) -> Any:
+def shift_reference(store: FeatureStore, spec: HeadSpec, kept: np.ndarray, seed: int = 0) -> ShiftReference | None:
     """The training images' feature reference for shift warnings (``fusionfeat.stats.shift``): their pooled
-    vectors (view 0) of the head's backbones, concatenated; folds by subject when subjects are known."""
+    vectors (view 0) of the head's backbones, concatenated; folds by subject when subjects are known. None for
+    fewer than ``MIN_IMAGES`` images, too few to place a 99th percentile."""
+    if len(kept) < MIN_IMAGES:
+        return None
     X = np.hstack([np.asarray(store.pooled(b, view=0, index=kept), dtype=np.float64) for b in spec.backbones])
     return fit_reference(X, np.asarray(store.groups).astype(str)[kept], seed=seed)
 

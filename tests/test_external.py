@@ -167,6 +167,13 @@ def test_evaluate_on_a_set_from_the_same_generator_reports_fit_statistics_and_no
                  "Subject-level results"):
         assert text in report
     assert (out / "summary.png").is_file() and (out / "figures" / "roc_logreg.png").is_file()
+    # extract recorded the images' geometry and train kept it in the bundle
+    from fusionfeat.store import FeatureStore
+
+    with FeatureStore.open(world["store"]) as fs:
+        recorded = fs.root_attrs()["input_geometry"]
+    assert recorded["width"] == 48 and recorded["n_sampled"] == 60
+    assert json.loads((world["bundle"] / "bundle.json").read_text())["input_geometry"] == recorded
     # scoring the store of the same images extracted with the bundle's settings gives the same numbers
     again = tmp_path / "ev-store"
     assert run("evaluate", world["bundle"], world["root"] / "same.h5", "-o", again, "--quiet").exit_code == 0
@@ -195,6 +202,25 @@ def test_evaluate_on_a_shifted_set_warns_and_predict_marks_the_images(world, tmp
     assert result.exit_code == 0 and "lie beyond" not in result.output
     beyond = np.mean([r["beyond_p99"] == "true" for r in _rows(tmp_path / "t.csv")])
     assert beyond < 0.2
+
+
+def test_evaluate_applies_the_bundles_decision_rule_as_predict_does(world, tmp_path):
+    options = ["--head", "logreg", "--calibrate", "sigmoid", "--operating-point", "sens=0.9"]
+    assert run("fit", world["store"], *options, "-o", tmp_path / "cv", "--quiet").exit_code == 0
+    result = run("train", world["store"], *options, "--cv-run", tmp_path / "cv", "-o", tmp_path / "b", "--quiet")
+    assert result.exit_code == 0 and "CV estimate kept" in result.output, result.output
+    # a run with other options is not this model's estimate
+    result = run("train", world["store"], "--head", "logreg", "--cv-run", tmp_path / "cv", "-o", tmp_path / "c")
+    assert result.exit_code == 2 and "calibrate" in result.output
+    assert run("evaluate", tmp_path / "b", world["same"], "-o", tmp_path / "ev", "--quiet", "--workers",
+               "0").exit_code == 0
+    assert run("predict", tmp_path / "b", world["same"], "-o", tmp_path / "p.csv", "--quiet", "--workers",
+               "0").exit_code == 0
+    predicted = {r["path"]: r["label"] for r in _rows(tmp_path / "p.csv")}
+    evaluated = {str(world["same"] / r["path"]): r["predicted"] for r in _rows(tmp_path / "ev" / "predictions.csv")}
+    assert evaluated == predicted
+    data = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert "sens" in data["decision_rule"] and "sigmoid" in data["decision_rule"]
 
 
 def test_evaluate_without_a_cv_estimate_says_how_to_get_one(world, tmp_path):

@@ -171,7 +171,8 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
     weights = ", ".join(f"{b} {p.get('weights_kind', '?')}" for b, p in info["backbones"].items())
     click.echo(f"{path}: head {spec.name} trained on {training['n_images']} images ({per_class}), "
                f"balance {training['balance']}, seed {training['seed']}; weights: {weights}; decision: "
-               f"{describe_rule(split_rule(estimator)[1])}")
+               f"{describe_rule(split_rule(estimator)[1])}"
+               + (f"; CV estimate kept from {cv_run}" if "cv_estimate" in info else ""))
 
 
 @main.command("predict")

@@ -43,7 +43,7 @@ def external_result(head: str, head_info: dict[str, Any], classes: list[str], po
                       n_train_images=int(n_train))
     counts = np.bincount(labels, minlength=len(classes)).tolist()
     protocol = {
-        "name": PROTOCOL, "text": "a model trained on the whole training store, scored once on an external set",
+        "name": PROTOCOL, "text": "a model trained on the whole training store, scored once on an external set.",
         "n_folds": 1, "repeats": 1, "seed": 0, "balance": "n/a", "subjects_known": subjects,
         "n_subjects": int(len(np.unique(groups[groups != ""]))) if subjects else 0,
         "n_samples": n, "n_skipped": 0, "n_evaluated": n, "n_eval_rows": n, "class_counts": counts,

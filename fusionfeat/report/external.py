@@ -81,9 +81,7 @@ def _header(data: dict[str, Any]) -> str:
         f"seed {training.get('seed', '?')})",
         f"- external data: {where} (layout {source.get('layout') or '?'}); {protocol.get('n_samples')} images "
         f"({counts}); {subjects}",
-        f"- positive class **{data['positive']}**; decision rule: "
-        + ("the bundle's calibration / operating point (`train --calibrate/--operating-point`)"
-           if ext.get("decision_rule") else "argmax (P ≥ 0.5)"),
+        f"- positive class **{data['positive']}**; decision rule: {data.get('decision_rule', '?')}",
         "- every external image is scored once by the model trained on the whole training store: no fold, so "
         "the spread below is over resampled external images, not over training runs",
     ])
@@ -198,7 +196,7 @@ def _shift_section(ext: dict[str, Any]) -> str:
     shift = ext.get("shift")
     if not shift:
         return ("## Distribution shift\n\nThe bundle keeps no reference of its training features (it was trained "
-                "by an older fusionfeat): retrain it to get shift scores.")
+                "on fewer than 20 images, or by an older fusionfeat), so the images have no shift scores.")
     lines = [
         "## Distribution shift",
         "",

@@ -26,6 +26,7 @@ MAX_COMPONENTS = 64
 PERCENTILE = 99.0
 WARN_SHARE = 0.20
 N_FOLDS = 5
+MIN_IMAGES = 20  # fewer training images cannot place a 99th percentile
 METHOD = "Mahalanobis distance (Ledoit-Wolf covariance) on the pooled features"
 
 
