@@ -45,6 +45,7 @@ _EXPORTS = {
     "save_bundle": "fusionfeat.bundle",
     "load_bundle": "fusionfeat.bundle",
     "predict_images": "fusionfeat.predict",
+    "evaluate_bundle": "fusionfeat.evaluate",
     "PredictionSummary": "fusionfeat.predict",
     "generate_cnmc_like": "fusionfeat.data.synthetic",
     "FusionfeatError": "fusionfeat.errors",

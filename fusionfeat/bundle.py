@@ -10,7 +10,10 @@ A bundle is a folder of data only, never code:
   operating point, as data (``fusionfeat.heads.decision_rule``), applied by ``predict``;
 * the model: ``model.pt`` (torch heads: a plain state dict, loaded with ``weights_only=True``),
   ``model.xgb.json`` (XGBoost's own JSON format), or ``model.sklearn.json`` + ``model.sklearn.npz``
-  (scikit-learn pipelines as their parameters and learned arrays, see ``fusionfeat.heads.state``).
+  (scikit-learn pipelines as their parameters and learned arrays, see ``fusionfeat.heads.state``);
+* ``shift.npz`` and ``shift`` in ``bundle.json``: the training features' reference for shift warnings
+  (``fusionfeat.stats.shift``); ``input_geometry``: the training images' size, mode and padding;
+  ``cv_estimate`` (``train --cv-run``): the head's cross-validated metrics on the training store.
 
 Every file a bundle names must lie inside its folder. A legacy ``model.joblib`` (a pickle) loads only when
 the caller passes ``trust_pickle=True`` (``predict --trust-pickle``).
@@ -37,6 +40,7 @@ from fusionfeat.heads.decision_rule import bare_head, rebuild_rule, split_rule
 from fusionfeat.heads.state import StateError, dump_estimator, load_estimator
 from fusionfeat.heads.torch_head import TorchHeadClassifier
 from fusionfeat.heads.zoo import HeadSpec, head_from_record
+from fusionfeat.stats.shift import ShiftReference
 from fusionfeat.store import now_iso
 
 FORMAT = "fusionfeat-bundle"
@@ -45,6 +49,9 @@ MANIFEST = "bundle.json"
 REQUIRED = ("head", "classes", "positive", "backbones", "model_file", "model_kind")
 SELF_CHECKSUM = "manifest_sha256"
 WEIGHTS_KINDS = ("imagenet", "random", "file")
+SHIFT_FILE = "shift.npz"
+
+
 @dataclass
 class Bundle:
     """A fitted estimator, the head it implements and the provenance its features must match."""
@@ -52,6 +59,7 @@ class Bundle:
     estimator: Any
     spec: HeadSpec
     info: dict[str, Any]
+    shift: ShiftReference | None = None  # the training features' reference (bundles from before it: None)
 
     @property
     def classes(self) -> list[str]:
@@ -105,6 +113,11 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
             prov["trunk_fingerprint"] = random_fingerprint(name, int(prov.get("seed", 0)))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "created": now_iso(), "head": spec.name,
             "head_backbones": list(spec.backbones), "head_inputs": spec.inputs, **info, "backbones": backbones}
+    shift = meta.pop("shift", None)
+    if isinstance(shift, ShiftReference):
+        with open(folder / SHIFT_FILE, "wb") as fh:
+            np.savez(fh, **shift.arrays())
+        meta["shift"] = {**shift.summary(), "file": SHIFT_FILE}
     estimator, rule = split_rule(estimator)
     if rule:
         meta["decision_rule"] = rule
@@ -124,7 +137,8 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
             np.savez(fh, **arrays)
         meta.update(model_file="model.sklearn.json", model_kind="sklearn", model_arrays="model.sklearn.npz",
                     n_features_in=int(estimator.n_features_in_))
-    names = [meta["model_file"], *([meta["model_arrays"]] if "model_arrays" in meta else [])]
+    names = [meta["model_file"], *([meta["model_arrays"]] if "model_arrays" in meta else []),
+             *([SHIFT_FILE] if "shift" in meta else [])]
     meta["files"] = {name: sha256_file(folder / name) for name in names}
     meta[SELF_CHECKSUM] = manifest_digest(meta)
     (folder / MANIFEST).write_text(dumps_json(meta))
@@ -160,7 +174,24 @@ def load_bundle(path: str | os.PathLike, trust_pickle: bool = False,
     rule = info.get("decision_rule")
     if rule is not None and not isinstance(rule, dict):
         raise FusionfeatError(f"{path}/{MANIFEST}: decision_rule is not a record; the bundle is damaged or edited")
-    return Bundle(rebuild_rule(estimator, rule), head_spec(info), info)
+    return Bundle(rebuild_rule(estimator, rule), head_spec(info), info, _load_shift(path, info))
+
+
+def _load_shift(path: Path, info: dict[str, Any]) -> ShiftReference | None:
+    """The shift reference a bundle keeps (its SHA-256 was checked with the other files), or None."""
+    record = info.get("shift")
+    if record is None:
+        return None
+    name = record.get("file") if isinstance(record, dict) else None
+    file = bundle_file(path, name, "shift.file")
+    if name not in (info.get("files") or {}):
+        raise FusionfeatError(f"{path}/{MANIFEST}: {name!r} has no recorded SHA-256; refusing")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            return ShiftReference.from_arrays({k: data[k] for k in data.files})
+    except (OSError, KeyError, ValueError) as exc:
+        raise FusionfeatError(f"{file}: cannot read the shift reference ({type(exc).__name__}); the bundle is "
+                              "damaged, retrain it") from None
 
 
 def _check_consistent(path: Path, info: dict[str, Any], estimator: Any) -> None:

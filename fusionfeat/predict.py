@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -14,15 +16,17 @@ import torch
 
 from fusionfeat import runtime
 from fusionfeat.bundle import Bundle, as_bundle, trunk_fingerprint
+from fusionfeat.data.geometry import geometry_note, geometry_summary
 from fusionfeat.data.images import Preprocess
 from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.engines.extract import iter_embeddings
-from fusionfeat.errors import FusionfeatError, ImageDecodeError, WeightsError
+from fusionfeat.errors import FusionfeatError, FusionfeatWarning, ImageDecodeError, WeightsError
 from fusionfeat.fsio import CSV, check_output, output_target
 from fusionfeat.heads.decision_rule import bare_head
 from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
+from fusionfeat.stats.shift import shift_share, shift_warning
 
 
 def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -96,25 +100,33 @@ class PredictionSummary(dict):
     wrote (``path``) and its rows: ``to_frame()`` gives them as a pandas DataFrame."""
 
     def __init__(self, counts: dict[str, int], path: Path, positive: str, records: list[tuple],
-                 columns: Sequence[str] | None = None):
+                 columns: Sequence[str] | None = None, shift_scores: list[float] | None = None,
+                 shift: dict[str, Any] | None = None):
         super().__init__(counts)
         self.path = path
         self.positive = positive
         self.records = records
         self.columns = list(columns) if columns is not None else ["path", f"p_{positive}", "label", "error"]
+        self.shift_scores = shift_scores if shift_scores is not None else [math.nan] * len(records)
+        self.shift = shift  # shift_share's summary (None: the bundle keeps no reference)
 
     def to_frame(self) -> Any:
         """One row per image, as in the CSV: path, ``p_<positive>`` (two classes) or ``p_<class>`` for every class
         (NaN for an unreadable image), the predicted class (``label``; ``predicted`` for more than two classes; ""
-        when unreadable), error ("" unless the image could not be read)."""
+        when unreadable), error ("" unless the image could not be read), ``shift_score`` (distance from the
+        training features, NaN without a reference) and ``beyond_p99``."""
         import pandas as pd
 
-        return pd.DataFrame(self.records, columns=self.columns)
+        frame = pd.DataFrame(self.records, columns=self.columns)
+        frame["shift_score"] = self.shift_scores
+        threshold = (self.shift or {}).get("threshold", math.nan)
+        frame["beyond_p99"] = [bool(s > threshold) for s in self.shift_scores]
+        return frame
 
 
 def csv_columns(bundle: Bundle) -> list[str]:
-    """The predictions CSV's header: ``path,p_<positive>,label,error`` for two classes, else
-    ``path,p_<class>…,predicted,error`` with one probability column per class in the bundle's order."""
+    """The predictions' columns before the shift columns: ``path,p_<positive>,label,error`` for two classes,
+    else ``path,p_<class>…,predicted,error`` with one probability column per class in the bundle's order."""
     if len(bundle.classes) == 2:
         return ["path", f"p_{bundle.positive}", "label", "error"]
     return ["path", *(f"p_{c}" for c in bundle.classes), "predicted", "error"]
@@ -152,17 +164,47 @@ def predict_images(bundle: str | os.PathLike | Bundle, images: str | os.PathLike
     bundle = as_bundle(bundle)
     with output_target(out, CSV, inputs=[*inputs, *items], overwrite=overwrite) as target:
         models = bundle_backbones(bundle, weights)
-        counts, records = _write_predictions(bundle, paths, target.path, models, device, precision, batch_size,
-                                             workers, on_error, progress)
-    return PredictionSummary(counts, target.final, bundle.positive, records, csv_columns(bundle))
+        counts, records, scores = _write_predictions(bundle, paths, target.path, models, device, precision,
+                                                     batch_size, workers, on_error, progress)
+    shift = warn_shift(bundle, scores, paths)
+    return PredictionSummary(counts, target.final, bundle.positive, records, csv_columns(bundle), scores, shift)
+
+
+def warn_shift(bundle: Bundle, scores: Sequence[float], images: Sequence[str | os.PathLike]) -> dict[str, Any] | None:
+    """Warn (``FusionfeatWarning``, one line each) when many images lie beyond the training features' 99th
+    percentile, and when the images' geometry differs from the training images'; returns the shift summary
+    with the geometry note (None when the bundle keeps no reference)."""
+    note = geometry_note(bundle.info.get("input_geometry"), geometry_summary(list(images)))
+    if note:
+        warnings.warn(note, FusionfeatWarning, stacklevel=3)
+    if bundle.shift is None:
+        return None
+    summary = shift_share(np.asarray(scores, dtype=float), bundle.shift.threshold)
+    message = shift_warning(summary)
+    if message:
+        warnings.warn(message, FusionfeatWarning, stacklevel=3)
+    return {**summary, "geometry_note": note}
+
+
+def pooled_vectors(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """The pooled vectors (view 0) of the head's backbones, concatenated: what the shift reference scores."""
+    return np.hstack([np.asarray(embeddings[b][0])[:, 0] for b in bundle.spec.backbones])
+
+
+def shift_scores(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> np.ndarray:
+    """Each image's distance from the training features (NaN for all when the bundle keeps no reference)."""
+    n = len(next(iter(embeddings.values()))[0]) if embeddings else 0
+    if bundle.shift is None:
+        return np.full(n, np.nan)
+    return bundle.shift.score(pooled_vectors(bundle, embeddings))
 
 
 def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models: list[LoadedBackbone], device: str,
                        precision: str | None, batch_size: int, workers: int | None, on_error: str,
-                       progress: bool) -> tuple[dict[str, int], list[tuple]]:
+                       progress: bool) -> tuple[dict[str, int], list[tuple], list[float]]:
     preprocess = bundle_preprocess(bundle)
     dev = resolve_device(device)
-    prec = resolve_precision(precision or _recorded_precision(bundle, dev), dev)
+    prec = resolve_precision(precision or recorded_precision(bundle, dev), dev)
     estimator = bare_head(bundle.estimator)  # inside a calibration / operating-point wrapper
     if hasattr(estimator, "device"):
         estimator.set_params(device=str(dev))
@@ -172,37 +214,44 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     counts = {name: 0 for name in bundle.classes}
     counts["error"] = 0
     records: list[tuple] = []
+    scores: list[float] = []
     n_probs = 1 if len(bundle.classes) == 2 else len(bundle.classes)
+    threshold = bundle.shift.threshold if bundle.shift is not None else math.nan
     bar = runtime.progress(len(paths), progress, "predict")
     try:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(csv_columns(bundle))
+            writer.writerow([*csv_columns(bundle), "shift_score", "beyond_p99"])
             for rows, arrays, _, errors in iter_embeddings(paths, batches, models, preprocess, dev, prec, workers,
                                                            keep_tokens=bundle.spec.inputs == "tokens",
-                                                           token_grid=_token_grid(bundle)):
+                                                           token_grid=token_grid_of(bundle)):
                 bad = [i for i, e in enumerate(errors) if e]
                 if bad and on_error == "fail":
                     raise ImageDecodeError(paths[rows[bad[0]]], f"{errors[bad[0]]} (use --on-error skip)")
                 probs, labels = predict_rows(bundle, arrays) if arrays else ([], [])
+                distances = iter(shift_scores(bundle, arrays) if arrays else [])
                 probs, labels = iter(probs), iter(labels)
                 for row, error in zip(rows, errors, strict=True):
                     if error:
-                        writer.writerow([paths[row], *[""] * n_probs, "", error])
+                        writer.writerow([paths[row], *[""] * n_probs, "", error, "", ""])
                         records.append((paths[row], *[float("nan")] * n_probs, "", error))
+                        scores.append(math.nan)
                         counts["error"] += 1
                         continue
                     ps, label = np.atleast_1d(np.asarray(next(probs), dtype=float)).tolist(), str(next(labels))
+                    d = float(next(distances))
                     counts[label] += 1
-                    writer.writerow([paths[row], *(f"{p:.6f}" for p in ps), label, ""])
+                    shift = ["", ""] if math.isnan(d) else [f"{d:.4f}", str(d > threshold).lower()]
+                    writer.writerow([paths[row], *(f"{p:.6f}" for p in ps), label, "", *shift])
                     records.append((paths[row], *ps, label, ""))
+                    scores.append(d)
                 bar.update(len(rows))
     finally:
         bar.close()
-    return counts, records
+    return counts, records, scores
 
 
-def _token_grid(bundle: Bundle) -> int | None:
+def token_grid_of(bundle: Bundle) -> int | None:
     """The grid the bundle's store pooled token maps down to (``extract --token-grid``), or None. One store has one
     such grid; backbones whose own grid was that size or smaller were stored unchanged, and stay so."""
     pooled = [int(bundle.backbone_provenance(b)["token_grid"]) for b in bundle.spec.backbones
@@ -210,7 +259,7 @@ def _token_grid(bundle: Bundle) -> int | None:
     return min(pooled) if pooled else None
 
 
-def _recorded_precision(bundle: Bundle, device: torch.device) -> str:
+def recorded_precision(bundle: Bundle, device: torch.device) -> str:
     recorded = bundle.backbone_provenance(bundle.spec.backbones[0]).get("precision", "auto")
     return "auto" if recorded == "fp16" and device.type == "cpu" else recorded
 
@@ -220,7 +269,11 @@ def predict_rows(bundle: Bundle, embeddings: dict[str, tuple[np.ndarray, np.ndar
     """P(positive) and the predicted class name per image: by the rule ``train --calibrate/--operating-point``
     stored in the bundle, else the positive class where P(positive) >= 0.5. More than two classes: the
     probabilities ``(N, K)`` in the bundle's class order and the most probable class (``class_probabilities``)."""
-    X = embedding_matrix(bundle.spec, embeddings)
+    return predict_matrix(bundle, embedding_matrix(bundle.spec, embeddings))
+
+
+def predict_matrix(bundle: Bundle, X: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """``predict_rows`` for the head's input matrix ``X`` (laid out as ``fusionfeat.heads.inputs`` does)."""
     if len(bundle.classes) != 2:
         proba = _class_columns(bundle, X)
         return proba, [bundle.classes[int(k)] for k in proba.argmax(axis=1)]

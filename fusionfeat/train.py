@@ -11,6 +11,7 @@ import numpy as np
 
 from fusionfeat import protocols
 from fusionfeat.bundle import write_bundle_files
+from fusionfeat.data.geometry import geometry_summary
 from fusionfeat.engines.extract import software_versions
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.fsio import BUNDLE, output_target
@@ -24,6 +25,7 @@ from fusionfeat.heads.calibration import (
 from fusionfeat.heads.inputs import head_blocks, rows_matrix
 from fusionfeat.heads.zoo import HeadSpec, resolve_heads
 from fusionfeat.runtime import head_threads
+from fusionfeat.stats.shift import MIN_IMAGES, ShiftReference, fit_reference
 from fusionfeat.store import FeatureStore
 from fusionfeat.store.reader import accepts_store
 
@@ -31,17 +33,19 @@ from fusionfeat.store.reader import accepts_store
 def train_bundle(store: str | os.PathLike | FeatureStore, head: str, out: str | os.PathLike,
                  balance: str = "weight", seed: int = 0, device: str = "auto", progress: bool = True,
                  backbones: str | Sequence[str] | None = None, overwrite: bool = False,
-                 calibrate: str | None = None, operating_point: str | dict[str, float] | None = None) -> Path:
+                 calibrate: str | None = None, operating_point: str | dict[str, float] | None = None,
+                 cv_run: str | os.PathLike | None = None) -> Path:
     """``fusionfeat train`` in Python: fit ``head`` on every usable sample and save it as a bundle at ``out``.
 
     ``out`` follows the output rule (checked before any fitting; an existing bundle is replaced only with
-    ``overwrite``). Returns the bundle's folder, which ``load_bundle`` and ``predict_images`` take.
+    ``overwrite``). Returns the bundle's folder, which ``load_bundle`` and ``predict_images`` take. ``cv_run``:
+    a run folder of ``fit`` on the same store and head, whose cross-validated estimate the bundle keeps.
     """
     source = store if isinstance(store, (str, os.PathLike)) else getattr(store, "path", None)
     with output_target(out, BUNDLE, inputs=[source] if source is not None else [], overwrite=overwrite) as target:
         estimator, spec, info = train_head(store, head, balance=balance, seed=seed, device=device,
                                            progress=progress, backbones=backbones, calibrate=calibrate,
-                                           operating_point=operating_point)
+                                           operating_point=operating_point, cv_run=cv_run)
         write_bundle_files(target.path, estimator, spec, info)
     return target.final
 
@@ -50,13 +54,14 @@ def train_bundle(store: str | os.PathLike | FeatureStore, head: str, out: str | 
 def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str = "weight", seed: int = 0,
                device: str = "auto", progress: bool = True, backbones: str | Sequence[str] | None = None,
                calibrate: str | None = None, operating_point: str | dict[str, float] | None = None,
-               ) -> tuple[Any, HeadSpec, dict[str, Any]]:
+               cv_run: str | os.PathLike | None = None) -> tuple[Any, HeadSpec, dict[str, Any]]:
     """Fit ``head`` on all kept samples (view 0; ``balance="augment"`` adds minority-class stored views).
 
     ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``. A fusion head or
     baseline reads ``backbones`` (default: every stored backbone, in store order). Returns the fitted
-    estimator, its spec and the bundle info (classes, provenance, training summary): ``save_bundle`` writes
-    them (``train_bundle`` does both). ``calibrate`` (``"sigmoid"``/``"isotonic"``) and ``operating_point``
+    estimator, its spec and the bundle info (classes, provenance, training summary, the ``shift`` reference as a
+    ``ShiftReference``, ``input_geometry``, and with ``cv_run`` the ``cv_estimate``): ``save_bundle`` writes them
+    (``train_bundle`` does both). ``calibrate`` (``"sigmoid"``/``"isotonic"``) and ``operating_point``
     (``"sens=0.95"`` or ``{"spec": 0.9}``) wrap the head exactly as ``fit`` does, fitted on inner folds of these
     rows; the bundle keeps the rule and ``predict`` applies it.
     """
@@ -73,6 +78,7 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
         raise FusionfeatError(f"--operating-point is for two classes; this store has {len(store.classes)} "
                               f"({', '.join(store.classes)}): leave it out (or merge to two with --classes)")
     (spec,) = resolve_heads(store, [head], backbones=backbones)
+    cv_estimate = None if cv_run is None else run_estimate(cv_run, store, spec.name, balance, calibrate, target)
     kept = np.flatnonzero(store.ok)
     labels = store.labels
     if len(np.unique(labels[kept])) < 2:
@@ -108,7 +114,70 @@ def train_head(store: str | os.PathLike | FeatureStore, head: str, balance: str 
         "training": {"n_images": int(len(kept)), "n_rows": int(len(rows)), "balance": balance, "seed": seed,
                      "per_class": {c: int(n) for c, n in zip(store.classes, counts, strict=True)}},
         "versions": software_versions(),
+        "shift": shift_reference(store, spec, kept, seed),
+        "input_geometry": store_geometry(store, kept),
     }
     if hasattr(store, "class_selection"):  # trained through --classes (fusionfeat.store.selection)
         info["class_selection"] = store.class_selection()
+    if cv_estimate is not None:
+        info["cv_estimate"] = cv_estimate
     return estimator, spec, info
+
+
+def shift_reference(store: FeatureStore, spec: HeadSpec, kept: np.ndarray, seed: int = 0) -> ShiftReference | None:
+    """The training images' feature reference for shift warnings (``fusionfeat.stats.shift``): their pooled
+    vectors (view 0) of the head's backbones, concatenated; folds by subject when subjects are known. None for
+    fewer than ``MIN_IMAGES`` images, too few to place a 99th percentile."""
+    if len(kept) < MIN_IMAGES:
+        return None
+    X = np.hstack([np.asarray(store.pooled(b, view=0, index=kept), dtype=np.float64) for b in spec.backbones])
+    return fit_reference(X, np.asarray(store.groups).astype(str)[kept], seed=seed)
+
+
+def store_geometry(store: FeatureStore, kept: np.ndarray) -> dict[str, Any] | None:
+    """The training images' size, mode and padding: recorded by ``extract``, else read from a sample of the
+    store's images where they still are (None when they are gone)."""
+    recorded = store.root_attrs().get("input_geometry")
+    if isinstance(recorded, dict):
+        return recorded
+    root = Path(store.data_root)
+    paths = [root / str(p) for p in np.asarray(store.paths).astype(str)[kept]]
+    return geometry_summary(paths)
+
+
+def run_estimate(run: str | os.PathLike, store: FeatureStore, head: str, balance: str, calibrate: str | None,
+                 target: dict[str, float] | None) -> dict[str, Any]:
+    """The cross-validated estimate of ``head`` from a ``fit`` run folder, refused in one line unless the run
+    fitted the same head, the same way, on this store."""
+    from fusionfeat.evaluation.external import cv_estimate
+    from fusionfeat.report.run import load_run
+
+    data = load_run(run)
+    where = f"--cv-run {run}"
+    if head not in data["heads"]:
+        raise FusionfeatError(f"{where} did not fit head {head!r} (it has {', '.join(data['heads'])}); pass a run "
+                              f"of `fusionfeat fit {store.path} --head {head}`")
+    prov = data["provenance"]
+    if str(prov.get("created", "")) != str(store.root_attrs().get("created", "")) \
+            or prov.get("n_samples") != store.n_samples:
+        raise FusionfeatError(f"{where} was fitted on the store {prov.get('store') or '?'} (extracted "
+                              f"{prov.get('created') or '?'}), not on {store.path}; fit the head on this store")
+    options = data.get("options") or {}
+    wanted = {"balance": (data["protocol"].get("balance"), balance),
+              "calibrate": (options.get("calibrate"), calibrate),
+              "operating point": (_target_of(options.get("operating_point")), target or None)}
+    for name, (theirs, ours) in wanted.items():
+        if theirs != ours:
+            raise FusionfeatError(f"{where} used {name} {theirs!r}, this training {ours!r}: its estimate is not of "
+                                  "this model; fit the head with the same options")
+    params = options.get("head_params") or {}
+    if params.get(head) or params.get("*"):
+        raise FusionfeatError(f"{where} set head parameters ({params}), which `train` does not; its estimate is "
+                              "not of this model")
+    if data.get("features", "frozen") != "frozen":
+        raise FusionfeatError(f"{where} scored fine-tuned features; a bundle reads the frozen ones")
+    return {"run": str(Path(run).resolve()), **cv_estimate(data, head)}
+
+
+def _target_of(text: Any) -> dict[str, float] | None:
+    return parse_operating_point(str(text)) if text else None

@@ -65,7 +65,8 @@ def test_predict_gives_the_stores_k_probabilities(k3, tmp_path, head, extra):
     data, store = k3
     bundle, rows = _train_and_predict(store, data, tmp_path, head, extra)
     assert bundle.classes == ["class_a", "class_b", "class_c"] and bundle.positive == ""
-    assert list(rows[0]) == ["path", "p_class_a", "p_class_b", "p_class_c", "predicted", "error"]
+    assert list(rows[0]) == ["path", "p_class_a", "p_class_b", "p_class_c", "predicted", "error",
+                            "shift_score", "beyond_p99"]
     with FeatureStore.open(store) as fs:
         X = feature_matrix(fs, bundle.spec, np.arange(fs.n_samples))
         expected = bundle.estimator.predict_proba(X)
@@ -86,7 +87,7 @@ def test_the_bundle_is_the_fitted_head_and_refuses_an_edited_class_list(k3, tmp_
     assert info["classes"] == ["ab", "class_c"] and info["positive"] == "class_c"
     assert info["class_selection"]["mapping"] == {"class_a": "ab", "class_b": "ab", "class_c": "class_c"}
     rows = _read_csv(tmp_path / "p.csv")
-    assert list(rows[0]) == ["path", "p_class_c", "label", "error"]  # two classes: the binary layout, unchanged
+    assert list(rows[0]) == ["path", "p_class_c", "label", "error", "shift_score", "beyond_p99"]  # the binary layout
     for edit in ({"classes": ["ab", "class_c", "extra"], "positive": ""},  # more classes than the model has
                  {"classes": ["ab", "class_c", "ab"], "positive": ""},      # a class twice
                  {"classes": ["ab", "class_c"], "positive": ""}):           # two classes without a positive

@@ -145,12 +145,16 @@ def report_command(runs):
                    "applies it [default: argmax].")
 @classes_option
 @click.option("--positive", default=None, help="Positive class of two [default: the store's].")
+@click.option("--cv-run", type=click.Path(), default=None, metavar="RUN",
+              help="A `fusionfeat fit` run folder of this head on this store, with the same options: the bundle "
+                   "keeps its cross-validated estimate, which `evaluate` shows beside external results "
+                   "[default: none].")
 @device_option
 @threads_option
 @overwrite_option
 @quiet_option
 def train_command(store, head, backbones, output, balance, seed, calibrate, operating_point, classes, positive,
-                  device, threads, overwrite, quiet):
+                  cv_run, device, threads, overwrite, quiet):
     """Fit one head on all samples of a store and save it as a bundle that can label new images.
 
     \b
@@ -167,12 +171,13 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
     from fusionfeat.train import train_head
 
     target_point = parse_operating_point(operating_point) if operating_point else None  # before any work
-    with output_target(output, BUNDLE, inputs=[store], overwrite=overwrite) as target:
+    with output_target(output, BUNDLE, inputs=[store, *([cv_run] if cv_run else [])],
+                       overwrite=overwrite) as target:
         with FeatureStore.open(store) as opened, head_threads(threads):
             fs = select_classes(opened, classes, positive, alone=False)
             estimator, spec, info = train_head(fs, head, balance=balance, seed=seed, device=device,
                                                progress=not quiet, backbones=backbones, calibrate=calibrate,
-                                               operating_point=target_point)
+                                               operating_point=target_point, cv_run=cv_run)
         write_bundle_files(target.path, estimator, spec, info)
     path = target.final
     training = info["training"]
@@ -180,7 +185,8 @@ def train_command(store, head, backbones, output, balance, seed, calibrate, oper
     weights = ", ".join(f"{b} {p.get('weights_kind', '?')}" for b, p in info["backbones"].items())
     click.echo(f"{path}: head {spec.name} trained on {training['n_images']} images ({per_class}), "
                f"balance {training['balance']}, seed {training['seed']}; weights: {weights}; decision: "
-               f"{describe_rule(split_rule(estimator)[1], len(info['classes']))}")
+               f"{describe_rule(split_rule(estimator)[1], len(info['classes']))}"
+               + (f"; CV estimate kept from {cv_run}" if "cv_estimate" in info else ""))
 
 
 @main.command("predict")

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 import fusionfeat
 from fusionfeat.data.content import find_duplicates, hash_files
+from fusionfeat.data.geometry import geometry_summary
 from fusionfeat.data.images import Preprocess, normalize_batch
 from fusionfeat.data.loader import ImageDataset, collate_images
 from fusionfeat.data.manifest import Manifest
@@ -440,6 +441,9 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         "device": describe_device(device),
         "command": " ".join(sys.argv),
     }
+    geometry = geometry_summary([manifest.absolute(s) for s in manifest.samples])
+    if geometry is not None:  # the images' size, mode and padding, for predict/evaluate's geometry note
+        root_attrs["input_geometry"] = json.dumps(geometry)
     folder = temp_folder(out, "assemble")  # marked: a kill leaves a folder clean_stale can prove is ours
     tmp = folder / out.name
     h5 = create_store_file(tmp, samples, list(manifest.classes), root_attrs)
