@@ -234,3 +234,22 @@ def test_compile_on_is_recorded_padded_and_refused_on_an_eager_rerun(tiny_folder
     assert "(compiled: inductor, frozen weights; pooled within 0 of eager)" in info.output
     again = run("extract", tiny_folders, "-o", compiled_store, "--backbones", "resnet18", *FAST, "--compile", "off")
     assert again.exit_code == 2 and "other settings" in again.output
+
+
+@pytest.mark.slow
+def test_compiled_weights_are_frozen_constants():
+    """Freezing took effect: the compiled graph holds its own (folded, prepacked) copy of the weights, so changing
+    the module's parameters afterwards does not reach it (an unfrozen graph reads them at every call)."""
+    torch._dynamo.reset()
+    models = [fake_model("tiny", tiny_trunk(2))]
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    with one_torch_thread():
+        runners = real_compile_or_skip(models, "fp32", 4, 16)
+        with torch.inference_mode():
+            before = runners.trunks[0](x).clone()
+            models[0].trunk.conv1.weight.mul_(-1.0)
+            after = runners.trunks[0](x)
+            changed = models[0].trunk(x)
+    torch.testing.assert_close(after, before)
+    assert not torch.allclose(changed, before, atol=1e-3)
