@@ -253,3 +253,15 @@ def test_compiled_weights_are_frozen_constants():
             changed = models[0].trunk(x)
     torch.testing.assert_close(after, before)
     assert not torch.allclose(changed, before, atol=1e-3)
+
+
+def test_the_report_says_compiled_only_for_compiled_trunks():
+    from fusionfeat.report.markdown import _features_section
+
+    attrs = {"weights_kind": "random", "input_size": 224, "normalization": "imagenet", "views": 1,
+             "precision": "bf16", "device": "cpu (2 threads)"}
+    data = {"provenance": {"backbones": {"a": {**attrs, "compile": COMPILED, "compile_check": 0.002},
+                                         "b": {**attrs, "compile": "eager"}, "c": attrs}}, "features": "pooled"}
+    rows = {line.split("|")[1].strip(): line for line in _features_section(data).splitlines() if line.startswith("| `")}
+    assert "| bf16 (compiled) |" in rows["`a`"]
+    assert "| bf16 |" in rows["`b`"] and "| bf16 |" in rows["`c`"]  # eager, and stores made before the option
