@@ -265,3 +265,17 @@ def test_the_report_says_compiled_only_for_compiled_trunks():
     rows = {line.split("|")[1].strip(): line for line in _features_section(data).splitlines() if line.startswith("| `")}
     assert "| bf16 (compiled) |" in rows["`a`"]
     assert "| bf16 |" in rows["`b`"] and "| bf16 |" in rows["`c`"]  # eager, and stores made before the option
+
+
+@pytest.mark.parametrize(("first", "auto_would_compile"), [("off", True), ("on", False)])
+def test_auto_follows_what_an_existing_store_recorded(tiny_folders, tmp_path, monkeypatch, first,
+                                                      auto_would_compile):
+    """A store made eager (e.g. before --compile existed) is complete for a rerun whose auto would now compile,
+    and a compiled one for a rerun whose auto would not: auto never refuses finished work for its compile."""
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    store = tmp_path / "s.h5"
+    args = ["extract", tiny_folders, "-o", store, "--backbones", "resnet18", *FAST]
+    assert run(*args, "--compile", first).exit_code == 0
+    monkeypatch.setattr("fusionfeat.engines.extract.wants_compile", lambda *a: auto_would_compile)
+    again = run(*args)
+    assert again.exit_code == 0 and "already complete" in again.output, again.output

@@ -64,6 +64,7 @@ from fusionfeat.store import (
     is_own_store,
     now_iso,
     partial_dir,
+    read_settings,
     record_checksums,
     store_lock,
 )
@@ -203,13 +204,30 @@ def _prepare_trunks(out: Path, manifest: Manifest, config: ExtractConfig, models
     """The trunks to run: compiled (``config.compile``, decided from the device, precision and the number of image
     views) and checked against eager, or the eager ones. A store that looks finished is not compiled for: it
     records the decision, which is all the settings check needs."""
-    wanted = wants_compile(config.compile, device, precision, len(manifest) * config.preprocess.n_views)
+    recorded = _recorded_compile(out, config) if config.compile == "auto" else None
+    wanted = recorded if recorded is not None else \
+        wants_compile(config.compile, device, precision, len(manifest) * config.preprocess.n_views)
     if not wanted:
         return eager(models)
     if _finished_looking(out, config):
         return CompiledTrunks([m.trunk for m in models], compiled=True)
     return compile_trunks(models, device, precision, config.batch_size, config.preprocess.input_size,
                           strict=config.compile == "on", seed=config.seed)
+
+
+def _recorded_compile(out: Path, config: ExtractConfig) -> bool | None:
+    """Whether the finished store or the unfinished run at ``out`` was compiled (None: neither is there, or
+    ``--overwrite``). ``--compile auto`` follows it, so a store made eager before the option existed, or by an
+    earlier auto decision, is found complete or resumed, never refused for its compile setting."""
+    if config.overwrite:
+        return None
+    settings = None
+    if out.is_file() and is_own_store(out):
+        with contextlib.suppress(Exception), FeatureStore.open(out) as store:  # damaged: the usual checks say so
+            settings = store.root_attrs().get("settings")
+    elif (partial_dir(out) / "settings.json").is_file():
+        settings = read_settings(partial_dir(out))
+    return "compile" in settings if isinstance(settings, dict) else None
 
 
 def hash_content(manifest: Manifest, config: ExtractConfig) -> Content:
