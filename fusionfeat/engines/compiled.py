@@ -32,9 +32,10 @@ from fusionfeat.runtime import autocast
 COMPILE_CHOICES = ("auto", "on", "off")
 CPUINFO = "/proc/cpuinfo"
 COMPILED = "inductor, frozen weights"  # what the store records for a compiled trunk
-# Break-even on the AMX machine (docs/benchmarks.md): compiling resnet18 + vgg16 with an empty cache took 44-97 s
-# and saved 0.013 s per image at batch 32 (27 -> 42 images/s), so it pays back after ~3,400-7,500 images;
-# auto waits for twice the lower figure.
+# Break-even on the 2-core AMX machine (docs/benchmarks.md, "Extraction at the AMX CPU's pace"): resnet18 + vgg16
+# ran at 27 images/s eager and 42 compiled (0.013 s saved per image, batch 32); their compile took 17-37 s with a
+# warm inductor cache and up to ~100 s with an empty one on a lightly loaded machine, so from 8,000 image views
+# even a first, cold compile pays back.
 AMX_MIN_FORWARDS = 8_000
 # Largest |compiled - eager| of the pooled vectors, as a fraction of the largest |eager| value, accepted per precision
 TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2}
