@@ -279,3 +279,21 @@ def test_auto_follows_what_an_existing_store_recorded(tiny_folders, tmp_path, mo
     monkeypatch.setattr("fusionfeat.engines.extract.wants_compile", lambda *a: auto_would_compile)
     again = run(*args)
     assert again.exit_code == 0 and "already complete" in again.output, again.output
+
+
+def test_a_short_batch_under_inference_mode_does_not_recompile(monkeypatch):
+    """The padded batch is made inside ``inference_mode`` (an inference tensor, another dispatch key set than the
+    loader's batches): without care dynamo compiled the whole trunk again for the last, short batch (17 s)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real_compile = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: real_compile(module, backend=counter,
+                                                                                dynamic=False))
+    torch._dynamo.reset()
+    trunk = FixedBatch(compiled_mod.Frozen(tiny_trunk()), 4)
+    full, short = (torch.randn(n, 3, 8, 8).contiguous(memory_format=torch.channels_last) for n in (4, 3))
+    with torch.inference_mode():
+        trunk(full)
+        trunk(short)
+        trunk(torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last))  # made in inference mode
+    assert counter.frame_count == 1

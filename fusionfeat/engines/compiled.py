@@ -62,8 +62,9 @@ def wants_compile(choice: str, device: torch.device, precision: str, n_forwards:
 
 
 class FixedBatch(nn.Module):
-    """Runs ``module`` on exactly ``batch`` rows: fewer are padded with zero rows (their outputs dropped), more
-    are split, so a compiled module never meets a second shape (nor recompiles for the last, short batch).
+    """Runs ``module`` on exactly ``batch`` rows of a normal (not inference) tensor: fewer are padded with zero rows
+    (their outputs dropped), more are split, so a compiled module never meets a second shape or tensor kind (nor
+    recompiles for the last, short batch).
     Rows are independent in an eval-mode trunk, so padding changes no row's output beyond kernel rounding."""
 
     def __init__(self, module: nn.Module, batch: int):
@@ -74,11 +75,14 @@ class FixedBatch(nn.Module):
         n = x.shape[0]
         if n > self.batch:
             return torch.cat([self(part) for part in x.split(self.batch)])
-        if n < self.batch:
-            padded = torch.zeros((self.batch, *x.shape[1:]), dtype=x.dtype, device=x.device)
-            padded = padded.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else padded
-            padded[:n] = x
-            return self.module(padded)[:n]
+        if n < self.batch or x.is_inference():
+            # a normal tensor, never an inference one (made under inference_mode: another dispatch key set, which
+            # dynamo would compile the whole trunk again for)
+            with torch.inference_mode(False):
+                full = torch.zeros((self.batch, *x.shape[1:]), dtype=x.dtype, device=x.device)
+                full = full.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else full
+                full[:n] = x
+            return self.module(full)[:n]
         return self.module(x)
 
 
