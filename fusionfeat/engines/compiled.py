@@ -34,7 +34,7 @@ CPUINFO = "/proc/cpuinfo"
 COMPILED = "inductor, frozen weights"  # what the store records for a compiled trunk
 # Break-even on the 2-core AMX machine (docs/benchmarks.md, "Extraction at the AMX CPU's pace"): resnet18 + vgg16
 # ran at 27 images/s eager and 42 compiled (0.013 s saved per image, batch 32); their compile took 17-37 s with a
-# warm inductor cache and 97-141 s with an empty one (load 1.7-7 on 2 cores), so from 8,000 image views
+# warm inductor cache and 50-141 s with an empty one (load 1.7-7 on 2 cores), so from 8,000 image views
 # even a first, cold compile pays back.
 AMX_MIN_FORWARDS = 8_000
 # Largest |compiled - eager| of the pooled vectors, as a fraction of the largest |eager| value, accepted per precision
