@@ -297,3 +297,21 @@ def test_a_short_batch_under_inference_mode_does_not_recompile(monkeypatch):
         trunk(short)
         trunk(torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last))  # made in inference mode
     assert counter.frame_count == 1
+
+
+def test_many_compiled_trunks_in_one_process_are_all_compiled(monkeypatch):
+    """Each trunk instance is its own compile of the same forward code (guards on its frozen parameters); past
+    dynamo's default limit of 8 per code object it would silently run eager while the store said compiled."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, real_compile = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: real_compile(module, backend=counter,
+                                                                                dynamic=False))
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        for seed in range(12):
+            torch.manual_seed(seed)
+            trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+            compiled_mod.Frozen(trunk)(x)
+    assert counter.frame_count == 12

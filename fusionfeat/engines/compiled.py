@@ -37,6 +37,7 @@ COMPILED = "inductor, frozen weights"  # what the store records for a compiled t
 # warm inductor cache and 50-141 s with an empty one (load 1.7-7 on 2 cores), so from 8,000 image views
 # even a first, cold compile pays back.
 AMX_MIN_FORWARDS = 8_000
+RECOMPILE_LIMIT = 256  # compiled trunk instances per forward code in one process (dynamo's default: 8)
 # Largest |compiled - eager| of the pooled vectors, as a fraction of the largest |eager| value, accepted per precision
 TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2}
 
@@ -97,9 +98,12 @@ class Frozen(nn.Module):
         self.compiled = torch.compile(module, dynamic=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._dynamo.config as dynamo_config
         import torch._inductor.config as inductor_config
 
-        with inductor_config.patch(freezing=True):
+        # every trunk instance is one more compile of the same forward code (its frozen parameters are guarded
+        # on): past dynamo's default of 8 per code object a process that extracts often would run eager unsaid
+        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
             return self.compiled(x)
 
 
