@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--no-tokens", action="store_true", help="pooled vectors only")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="the engine's --compile for the e2e passes (auto: eager on a GPU; the compile counts as "
+                             "start-up)")
     parser.add_argument("--e2e", default="resnet18,vgg16;resnet18",
                         help="';'-separated backbone lists, one e2e pass each (the first is profiled)")
     parser.add_argument("--warmup-batches", type=int, default=10, help="batches counted as start-up")
@@ -251,7 +254,7 @@ def e2e_pass(manifest: Manifest, backbones: list[str], args, device: torch.devic
     config = engine.ExtractConfig(
         backbones=backbones, weights={b: RANDOM for b in backbones}, preprocess=Preprocess(input_size=args.input_size),
         tokens=not args.no_tokens, device=args.device, precision=args.precision, batch_size=args.batch_size,
-        workers=args.workers, overwrite=True, progress=False,
+        workers=args.workers, overwrite=True, progress=False, compile=args.compile,
         dedupe=True)  # the farm repeats each image; dedupe only marks rows at assembly, every one is computed
     probe = Probe(deadline, args.warmup_batches, profile_batches, device, args.trace if profile_batches else None)
     out = workdir / f"{'-'.join(backbones)}.h5"
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {**header, "n": len(manifest), "input_size": args.input_size, "batch_size": args.batch_size,
               "workers": args.workers if args.workers is not None else engine.default_workers(device),
-              "device": str(device), "precision": precision, "tokens": not args.no_tokens,
+              "device": str(device), "precision": precision, "tokens": not args.no_tokens, "compile": args.compile,
               "budget_s": args.budget_s, "wall_s": time.perf_counter() - start,
               "compute": compute, "e2e": e2e, "load_average_end": list(os.getloadavg())}
     args.out.parent.mkdir(parents=True, exist_ok=True)

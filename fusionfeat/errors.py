@@ -51,3 +51,7 @@ class DamagedBatchWarning(FusionfeatWarning):
 
 class WeightsWarning(FusionfeatWarning):
     """A weights file is not the one its backbone's authors published (its SHA-256 differs)."""
+
+
+class CompileWarning(FusionfeatWarning):
+    """``--compile auto`` chose compiled trunks that could not be built or did not match eager: eager is used."""

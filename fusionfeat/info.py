@@ -79,8 +79,18 @@ def _describe_backbone(store: FeatureStore, name: str) -> list[str]:
         f"  weights  {weights}",
         f"  pooled   {attrs.get('pooling', '?')}{tokens}",
         f"  input    {attrs.get('input_size')} px, normalisation {attrs.get('normalization')}, "
-        f"views {attrs.get('views')}, precision {attrs.get('precision')}, device {attrs.get('device')}",
+        f"views {attrs.get('views')}, precision {attrs.get('precision')}{_compiled(attrs)}, "
+        f"device {attrs.get('device')}",
     ]
+
+
+def _compiled(attrs: dict) -> str:
+    """`` (compiled: ...)`` for a trunk run compiled (``extract --compile``), else nothing (eager, or older stores)."""
+    how = attrs.get("compile")
+    if not how or how == "eager":
+        return ""
+    check = attrs.get("compile_check")
+    return f" (compiled: {how}" + (f"; pooled within {float(check):.1g} of eager" if check is not None else "") + ")"
 
 
 def _describe_unfinished(path: Path) -> str:

@@ -21,6 +21,7 @@ from fusionfeat.cli.options import (
 from fusionfeat.data.images import MAX_INPUT_SIZE, Preprocess
 from fusionfeat.data.manifest import build_manifest, write_manifest
 from fusionfeat.encoders import parse_backbones, parse_weights
+from fusionfeat.engines.compiled import AMX_MIN_FORWARDS
 from fusionfeat.engines.extract import ExtractConfig, extract
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.fsio import CSV, check_not_input, check_output, ensure_parent
@@ -93,6 +94,10 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass (and per committed batch file).")
 @workers_option
+@click.option("--compile", "compile_", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="torch.compile the trunks (frozen weights; a compile of tens of seconds, checked against eager "
+                   "and recorded in the store). auto: only in bf16 on a CPU with AMX and for runs of at least "
+                   f"{AMX_MIN_FORWARDS:,} image views, where it was measured to pay back; on: anywhere; off: eager.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="fail: stop at an unreadable image (resumable); skip: record it in the store and go on.")
 @click.option("--overwrite", is_flag=True,
@@ -105,8 +110,8 @@ def _parse_fill(value: str) -> tuple[int, int, int]:
 @positive_option
 @root_option
 def extract_command(data, output, backbones, weights, seed, input_size, normalize, fill, views, no_tokens, token_grid,
-                    device, precision, batch_size, workers, on_error, overwrite, dedupe, quiet, layout, positive,
-                    root):
+                    device, precision, batch_size, workers, compile_, on_error, overwrite, dedupe, quiet, layout,
+                    positive, root):
     """Extract pooled embeddings and token maps of every image into one HDF5 store (resumable).
 
     DATA is a dataset folder (C-NMC, ALL-IDB, one folder per class) or a manifest CSV.
@@ -124,6 +129,7 @@ def extract_command(data, output, backbones, weights, seed, input_size, normaliz
         preprocess=Preprocess(input_size=input_size, fill=_parse_fill(fill), normalize=normalize, views=views),
         tokens=not no_tokens, device=device, precision=precision, batch_size=batch_size, workers=workers,
         on_error=on_error, overwrite=overwrite, progress=not quiet, dedupe=dedupe, token_grid=token_grid,
+        compile=compile_,
     )
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
     for note in manifest.notes:

@@ -42,6 +42,7 @@ from fusionfeat.encoders import (
     probe,
     random_backbones,
 )
+from fusionfeat.engines.compiled import COMPILE_CHOICES, COMPILED, CompiledTrunks, compile_trunks, eager, wants_compile
 from fusionfeat.engines.distributed import process_group
 from fusionfeat.errors import (
     DamagedBatchWarning,
@@ -64,6 +65,7 @@ from fusionfeat.store import (
     is_own_store,
     now_iso,
     partial_dir,
+    read_settings,
     record_checksums,
     store_lock,
 )
@@ -90,6 +92,7 @@ class ExtractConfig:
     progress: bool = True
     dedupe: bool = False  # keep the first of images with equal SHA-256 (others skipped, never computed)
     token_grid: int | None = None  # store token maps pooled down to at most this many tokens per side
+    compile: str = "auto"  # torch.compile the trunks: auto (bf16 on AMX, long runs), on, off (engines/compiled.py)
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
@@ -98,6 +101,8 @@ class ExtractConfig:
             raise FusionfeatError("--batch-size must be at least 1")
         if self.workers is not None and self.workers < 0:
             raise FusionfeatError("--workers must be 0 or more")
+        if self.compile not in COMPILE_CHOICES:
+            raise FusionfeatError(f"--compile {self.compile!r}: choose one of {', '.join(COMPILE_CHOICES)}")
         if self.token_grid is not None and self.token_grid < 1:
             raise FusionfeatError(f"--token-grid {self.token_grid}: give 1 or more tokens per side")
         self.weights = {b: WeightsChoice.parse(self.weights.get(b, IMAGENET), self.seed) for b in self.backbones}
@@ -158,12 +163,16 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
                           RandomWeightsWarning, stacklevel=2)
         precision = resolve_precision(config.precision, device)
         models = [load_backbone(name, config.weights[name]) for name in config.backbones]
-        settings = _settings(manifest, config, models, device, precision)
+        runners = _prepare_trunks(out, manifest, config, models, device, precision)
+        settings = _settings(manifest, config, models, device, precision, runners.compiled)
         finished = ctx.run_on_main(lambda: _open_run(out, config, settings, stack))
         if finished:
             return ExtractResult(out, len(manifest), 0, 0, already_complete=True) if ctx.is_main else None
         if content is None:  # the store was there at the first look and is gone now: hash, still before compute
             content = ctx.run_on_main(lambda: hash_content(manifest, config))
+            if runners.compiled and runners.deviation is None:  # decided for that store, never compiled: now
+                runners = compile_trunks(models, device, precision, config.batch_size, config.preprocess.input_size,
+                                         strict=True, seed=config.seed)
         ctx.barrier()
         partial = PartialStore(partial_dir(out))
         stack.enter_context(keeping(f"committed batches in {partial.folder}"))
@@ -172,13 +181,14 @@ def extract(manifest: Manifest, out: str | os.PathLike, config: ExtractConfig) -
         warn_damaged(partial, ctx.world, ctx.rank)
         todo = [b for b in range(n_batches) if b % ctx.world == ctx.rank and b not in done]
         with disk_errors(out, partial):
-            computed = _run_batches(manifest, config, models, device, precision, partial, todo, ctx.rank, content)
+            computed = _run_batches(manifest, config, models, device, precision, partial, todo, ctx.rank, content,
+                                    runners.trunks)
         computed = int(ctx.all_sum([float(computed)])[0])
         result = None
         if ctx.is_main:
             with disk_errors(out, partial):
                 skipped = assemble(manifest, out, config, models, device, precision, partial, settings,
-                                   content.duplicate_of)
+                                   content.duplicate_of, runners)
             result = ExtractResult(out, len(manifest), skipped, computed, seconds=time.perf_counter() - start)
         ctx.barrier()
         return result
@@ -188,6 +198,37 @@ def _finished_looking(out: Path, config: ExtractConfig) -> bool:
     """True when ``out`` exists and is not to be replaced: the run will find it finished (or refuse it) and
     compute nothing, so its images need no hashing."""
     return out.exists() and not config.overwrite
+
+
+def _prepare_trunks(out: Path, manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone],
+                    device: torch.device, precision: str) -> CompiledTrunks:
+    """The trunks to run: compiled (``config.compile``, decided from the device, precision and the number of image
+    views) and checked against eager, or the eager ones. A store that looks finished is not compiled for: it
+    records the decision, which is all the settings check needs."""
+    recorded = _recorded_compile(out, config) if config.compile == "auto" else None
+    wanted = recorded if recorded is not None else \
+        wants_compile(config.compile, device, precision, len(manifest) * config.preprocess.n_views)
+    if not wanted:
+        return eager(models)
+    if _finished_looking(out, config):
+        return CompiledTrunks([m.trunk for m in models], compiled=True)
+    return compile_trunks(models, device, precision, config.batch_size, config.preprocess.input_size,
+                          strict=config.compile == "on", seed=config.seed)
+
+
+def _recorded_compile(out: Path, config: ExtractConfig) -> bool | None:
+    """Whether the finished store or the unfinished run at ``out`` was compiled (None: neither is there, or
+    ``--overwrite``). ``--compile auto`` follows it, so a store made eager before the option existed, or by an
+    earlier auto decision, is found complete or resumed, never refused for its compile setting."""
+    if config.overwrite:
+        return None
+    settings = None
+    if out.is_file() and is_own_store(out):
+        with contextlib.suppress(Exception), FeatureStore.open(out) as store:  # damaged: the usual checks say so
+            settings = store.root_attrs().get("settings")
+    elif (partial_dir(out) / "settings.json").is_file():
+        settings = read_settings(partial_dir(out))
+    return "compile" in settings if isinstance(settings, dict) else None
 
 
 def hash_content(manifest: Manifest, config: ExtractConfig) -> Content:
@@ -232,8 +273,9 @@ def disk_errors(out: Path, partial: PartialStore):
 
 
 def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone],
-              device: torch.device, precision: str) -> dict:
-    """What must match for batches to be mixed in one store."""
+              device: torch.device, precision: str, compiled: bool = False) -> dict:
+    """What must match for batches to be mixed in one store (``compile`` only when compiled, so eager stores keep
+    the settings they had before the option existed)."""
     return {
         "manifest": manifest_fingerprint(manifest),
         "n_samples": len(manifest),
@@ -244,6 +286,7 @@ def _settings(manifest: Manifest, config: ExtractConfig, models: list[LoadedBack
         "precision": precision,
         "batch_size": config.batch_size,
         **({"token_grid": config.token_grid} if config.token_grid else {}),
+        **({"compile": COMPILED} if compiled else {}),
     }
 
 
@@ -281,7 +324,8 @@ def _check_finished(out: Path, settings: dict) -> None:
 
 
 def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedBackbone], device: torch.device,
-                 precision: str, partial: PartialStore, todo: list[int], rank: int, content: Content) -> int:
+                 precision: str, partial: PartialStore, todo: list[int], rank: int, content: Content,
+                 trunks: Sequence[torch.nn.Module] | None = None) -> int:
     if not todo:
         return 0
     paths = [str(manifest.absolute(s)) for s in manifest.samples]
@@ -292,7 +336,7 @@ def _run_batches(manifest: Manifest, config: ExtractConfig, models: list[LoadedB
     try:
         embedded = iter_embeddings(paths, batches, models, config.preprocess, device, precision, config.workers,
                                    config.tokens, config.token_grid, digests=content.digests,
-                                   skip=content.duplicate_of)
+                                   skip=content.duplicate_of, trunks=trunks)
         for batch_no, (rows, arrays, digests, errors) in zip(todo, embedded, strict=True):
             bad = [i for i, e in enumerate(errors) if e and int(rows[i]) not in content.duplicate_of]
             if bad and config.on_error == "fail":
@@ -347,14 +391,15 @@ class _Committer:
 def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], models: list[LoadedBackbone],
                     preprocess: Preprocess, device: torch.device, precision: str, workers: int | None,
                     keep_tokens: bool, token_grid: int | None = None, digests: Sequence[str] | None = None,
-                    skip: Mapping[int, str] | None = None):
+                    skip: Mapping[int, str] | None = None, trunks: Sequence[torch.nn.Module] | None = None):
     """Yield ``(rows, {backbone: (pooled, tokens)}, sha256s, errors)`` per batch of ``paths`` indices.
 
     Each image is decoded once (in loader workers) and every backbone runs on the same batch; rows whose
     image failed to decode have an error string and no features (features cover the good rows, in order).
     ``token_grid`` pools token maps down to at most that many tokens per side (``--token-grid``);
     ``digests`` are the files' SHA-256s when already computed (not hashed again); rows in ``skip`` are not
-    read and come back with its reason as their error.
+    read and come back with its reason as their error. ``trunks`` are the modules to run in place of each
+    model's own trunk (compiled ones, ``engines/compiled.py``).
     """
     for m in models:
         m.trunk.to(device, memory_format=torch.channels_last)
@@ -366,12 +411,14 @@ def iter_embeddings(paths: Sequence[str], batches: Sequence[Sequence[int]], mode
     )
     mean, std = preprocess.mean_std()
     for rows, images, digests, errors in loader:
-        yield rows, _forward(models, images, device, precision, mean, std, keep_tokens, token_grid), digests, errors
+        yield rows, _forward(models, images, device, precision, mean, std, keep_tokens, token_grid, trunks), \
+            digests, errors
 
 
 def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: torch.device, precision: str,
              mean, std, keep_tokens: bool,
-             token_grid: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+             token_grid: int | None = None,
+             trunks: Sequence[torch.nn.Module] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Run every backbone on one decoded batch ``(B, V, 3, S, S)``; returns pooled and tokens per backbone.
 
     Views go through the trunk ``B`` images at a time, so ``--views dihedral8`` needs no more activation
@@ -384,8 +431,8 @@ def _forward(models: list[LoadedBackbone], images: torch.Tensor | None, device: 
     x = normalize_batch(x, mean, std).contiguous(memory_format=torch.channels_last)
     out = {}
     with torch.inference_mode(), autocast(device, precision):
-        for m in models:
-            pooled, tokens = embed(m.trunk, x, keep_tokens, chunk=b, grid=token_grid)
+        for m, trunk in zip(models, trunks or [m.trunk for m in models], strict=True):
+            pooled, tokens = embed(trunk, x, keep_tokens, chunk=b, grid=token_grid)
             out[m.spec.name] = (pooled.reshape(b, v, -1).cpu().numpy(),
                                 None if tokens is None else tokens.reshape(b, v, *tokens.shape[1:]).cpu().numpy())
     return out
@@ -413,7 +460,7 @@ def _batch_record(rows, digests, errors, arrays, n_views, models, keep_tokens, i
 
 def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[LoadedBackbone],
              device: torch.device, precision: str, partial: PartialStore, settings: dict,
-             duplicate_of: Mapping[int, str]) -> int:
+             duplicate_of: Mapping[int, str], runners: CompiledTrunks | None = None) -> int:
     """Write the HDF5 store from the committed batches (streamed: memory does not grow with N).
 
     Rows in ``duplicate_of`` (decided before compute) are recorded as skipped, "duplicate of <path>", also
@@ -460,7 +507,8 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
             shape = native.pooled_to(config.token_grid)
             attrs = {**m.provenance(), **config.preprocess.as_attrs(), "precision": precision,
                      "device": describe_device(device), "token_grid": shape.grid, "pooling": m.spec.pooling,
-                     "native_token_grid": native.grid, "source": m.spec.source}
+                     "native_token_grid": native.grid, "source": m.spec.source,
+                     **(runners or eager(models)).attrs(m.spec.name)}
             if shape.grid != native.grid:
                 attrs["token_pooling"] = (f"adaptive average of the {native.grid}x{native.grid} grid to "
                                           f"{shape.grid}x{shape.grid} (--token-grid {config.token_grid})")

@@ -534,7 +534,8 @@ def _features_section(data: dict[str, Any]) -> str:
                     str(attrs.get("input_size", "?")),
                     str(attrs.get("normalization", "?")),
                     str(attrs.get("views", attrs.get("n_views", "?"))),
-                    str(attrs.get("precision", "?")),
+                    str(attrs.get("precision", "?")) + (" (compiled)" if attrs.get("compile", "eager") != "eager"
+                                                         else ""),
                     str(attrs.get("device", "?")),
                 ]
             )
