@@ -26,6 +26,7 @@ from fusionfeat.report.context import (
     class_selection_line,
     count_note,
     rule_summary,
+    skipped_at_extraction,
     table1_note,
 )
 from fusionfeat.report.flags import (
@@ -105,7 +106,7 @@ def _header(data: dict[str, Any]) -> str:
     lines = [
         f"- created {data['created']} with fusionfeat {data['fusionfeat_version']}",
         f"- store `{prov.get('store', '?')}` ({protocol.get('n_samples', '?')} usable images: {classes}; "
-        f"{protocol.get('n_skipped', 0)} skipped at extraction)",
+        f"{skipped_at_extraction(data)} skipped at extraction)",
         f"- data `{prov.get('data_root') or '?'}` (layout {prov.get('layout') or '?'}); features extracted "
         f"{prov.get('created') or '?'}",
         f"- positive class **{data['positive']}**; features: {data['features']}",
