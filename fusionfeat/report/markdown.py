@@ -240,11 +240,13 @@ def _fusion_help_section(data: dict[str, Any]) -> str:
     rows = comp.get("fusion_table") or []
     if not rows:
         return ""
+    best = comp.get("best_single")
+    single = (f" and against the best single-backbone head (by pooled OOF ROC AUC: `{best}`)" if best else
+              " (no single-backbone head was fitted to compare with; `--head` a backbone's name adds one)")
     lines = [
         "## Does fusion help?",
         "",
-        "Each fusion head (reading two or more backbones) against `concat` and against the best "
-        f"single-backbone head (by pooled OOF ROC AUC: `{comp.get('best_single')}`), on the same splits. "
+        f"Each fusion head (reading two or more backbones) against `concat`{single}, on the same splits. "
         "Difference in ROC AUC (fusion − reference).",
         "",
         *_tests_note(data, rows),
