@@ -64,6 +64,7 @@ def test_fit_on_bccd_reports_five_classes_and_warns_about_basophil(bccd_store, t
     for section in ("## Per class", "## Confusion matrices (5×5, out-of-fold)", "## Macro figures with 95% intervals",
                     "## Paired head comparisons"):
         assert section in text
+    assert "Precision is n/a when the head never predicted the class." in text
     for binary_word in ("sensitivity", "specificity", "p(positive)", "positive class **"):
         assert binary_word not in text.lower()
 

@@ -143,7 +143,8 @@ def _range(metric: str) -> str:
 
 def _per_class_section(data: dict[str, Any]) -> str:
     lines = ["## Per class (pooled out-of-fold, averaged over repeats)", "",
-             "Support: the class's evaluated rows. OvR AUC: that class against all others (n/a when undefined)."]
+             "Support: the class's evaluated rows. Precision is n/a when the head never predicted the class. "
+             "OvR AUC: that class against all others (n/a when undefined)."]
     for head, info in data["heads"].items():
         pc = info["pooled"]["per_class"]
         lines += ["", f"### `{head}`", "", md_row(["class", "precision", "recall", "F1", "support", "OvR AUC"]),
