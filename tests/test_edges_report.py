@@ -130,3 +130,11 @@ def test_calibration_extras_in_metrics_json_match_independent_fits(tmp_path):
     assert 0 < cal["ece_if_calibrated"]["mean"] < 0.5 and cal["ece_if_calibrated"]["n_sim"] == 200
     md = (out / "report.md").read_text()
     assert "ECE (10 bins)" in md and "ECE if perfectly calibrated" in md and "slope [95% CI]" in md
+
+
+def test_does_fusion_help_without_a_single_backbone_head_says_so_not_none(perfect_run):
+    _, out = perfect_run  # heads logreg and concat: no single-backbone head to be the best one
+    md = (out / "report.md").read_text()
+    fusion = md[md.index("## Does fusion help?"):md.index("## Paired comparisons")]
+    assert "`None`" not in fusion
+    assert "against `concat` (no single-backbone head was fitted to compare with;" in fusion

@@ -17,7 +17,7 @@ from sklearn import metrics as skm
 from fusionfeat.errors import FusionfeatError, StoreError
 from fusionfeat.evaluation.cv import cross_validate
 from fusionfeat.report import compare_runs, load_run, write_run
-from fusionfeat.report.context import class_selection_line
+from fusionfeat.report.context import class_selection_line, skipped_at_extraction
 from fusionfeat.store import FeatureStore, create_feature_datasets, create_store_file, finish_store
 
 N_BOOT = 200
@@ -279,6 +279,13 @@ def test_the_class_selection_is_said_in_the_report():
     assert "granulocyte = Neutrophil + Eosinophil" in line and "Lymphocyte, Monocyte" in line
     assert line.endswith("3 images of other classes left out")
     assert class_selection_line({"provenance": {}}) is None
+
+
+def test_images_a_class_selection_left_out_are_not_counted_as_skipped_at_extraction():
+    # 2 unreadable at extraction + 3 usable Basophil crops left out by --classes: the plan's unusable rows are 5
+    data = {"protocol": {"n_skipped": 5}, "provenance": {"class_selection": {"left_out": 3}}}
+    assert skipped_at_extraction(data) == 2
+    assert skipped_at_extraction({"protocol": {"n_skipped": 5}, "provenance": {}}) == 5
 
 
 def test_images_without_subjects_are_resampled_as_images(tmp_path):

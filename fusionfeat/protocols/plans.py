@@ -138,8 +138,9 @@ def _warn_small_classes(per_class: dict[int, int], n_folds: int, unit: str,
     small = [(c, n) for c, n in sorted(per_class.items()) if n < n_folds]
     if small:
         listed = ", ".join(f"{class_name(c, class_names)} has {n} {unit}{'s' if n != 1 else ''}" for c, n in small)
-        warnings.warn(f"{listed} for {n_folds} folds: some test folds hold none of it (the pooled out-of-fold "
-                      "figures stay valid; per-fold figures for it do not exist)", FusionfeatWarning, stacklevel=3)
+        warnings.warn(f"{listed} for {n_folds} folds: some test folds hold none of it, so per-fold figures there "
+                      "leave it out (macro ones average the classes present); the pooled out-of-fold figures "
+                      "count all its images", FusionfeatWarning, stacklevel=3)
 
 
 def make_plan(
@@ -231,7 +232,10 @@ def make_plan(
     described = describe_protocol(
         protocol, labels, groups, ok, rows, n_eval, test_fold, n_folds, seed, repeats, balance, n_copies
     )
-    described["warnings"] = [*described["warnings"], *(note[:1].upper() + note[1:] + "." for note in class_notes)]
+    notes = [note[:1].upper() + note[1:] + "." for note in class_notes]
+    described["warnings"] = [*described["warnings"], *notes]
+    if notes:  # the K-class report also puts them at its top; binary metrics.json stays as it was without them
+        described["class_notes"] = notes
     return SplitPlan(rows, n_eval, test_fold, splits, described)
 
 

@@ -97,6 +97,14 @@ def calibration_text(data: dict[str, Any]) -> str:
     return f"{how}, fitted inside each training fold" if how else "none"
 
 
+def skipped_at_extraction(data: dict[str, Any]) -> int:
+    """Images extraction skipped (unreadable): the protocol's unusable rows less those a ``--classes`` choice left
+    out, which are usable images of other classes, not failures."""
+    protocol = data.get("protocol") or {}
+    sel = (data.get("provenance") or {}).get("class_selection") or {}
+    return int(protocol.get("n_skipped") or 0) - int(sel.get("left_out") or 0)
+
+
 def class_selection_line(data: dict[str, Any]) -> str | None:
     """The run's ``--classes`` choice, when the store was viewed through one: which classes, and how many images
     of other classes were left out."""

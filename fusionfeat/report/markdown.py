@@ -26,6 +26,7 @@ from fusionfeat.report.context import (
     class_selection_line,
     count_note,
     rule_summary,
+    skipped_at_extraction,
     table1_note,
 )
 from fusionfeat.report.flags import (
@@ -105,7 +106,7 @@ def _header(data: dict[str, Any]) -> str:
     lines = [
         f"- created {data['created']} with fusionfeat {data['fusionfeat_version']}",
         f"- store `{prov.get('store', '?')}` ({protocol.get('n_samples', '?')} usable images: {classes}; "
-        f"{protocol.get('n_skipped', 0)} skipped at extraction)",
+        f"{skipped_at_extraction(data)} skipped at extraction)",
         f"- data `{prov.get('data_root') or '?'}` (layout {prov.get('layout') or '?'}); features extracted "
         f"{prov.get('created') or '?'}",
         f"- positive class **{data['positive']}**; features: {data['features']}",
@@ -239,11 +240,13 @@ def _fusion_help_section(data: dict[str, Any]) -> str:
     rows = comp.get("fusion_table") or []
     if not rows:
         return ""
+    best = comp.get("best_single")
+    single = (f" and against the best single-backbone head (by pooled OOF ROC AUC: `{best}`)" if best else
+              " (no single-backbone head was fitted to compare with; `--head` a backbone's name adds one)")
     lines = [
         "## Does fusion help?",
         "",
-        "Each fusion head (reading two or more backbones) against `concat` and against the best "
-        f"single-backbone head (by pooled OOF ROC AUC: `{comp.get('best_single')}`), on the same splits. "
+        f"Each fusion head (reading two or more backbones) against `concat`{single}, on the same splits. "
         "Difference in ROC AUC (fusion − reference).",
         "",
         *_tests_note(data, rows),

@@ -10,7 +10,7 @@ import numpy as np
 
 from fusionfeat.evaluation.multiclass_metrics import LABELS, METRICS
 from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
-from fusionfeat.report.context import calibration_text, class_selection_line
+from fusionfeat.report.context import calibration_text, class_selection_line, skipped_at_extraction
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.markdown import shared_parts
 
@@ -38,6 +38,7 @@ def render_multiclass_report(data: dict[str, Any]) -> str:
     parts = [
         "# fusionfeat cross-validation report (multi-class)",
         *shared["warnings"],
+        _class_notes(data),
         _header(data),
         _results_section(data),
         _intervals_section(data),
@@ -56,6 +57,13 @@ def render_multiclass_report(data: dict[str, Any]) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
+def _class_notes(data: dict[str, Any]) -> str:
+    """The protocol's notes on rare classes (fewer images or subjects than folds, absent from a training side),
+    at the top of the report where a reader of the per-fold figures sees them."""
+    notes = data["protocol"].get("class_notes") or []
+    return f"> **Note: rare classes.** {' '.join(notes)}" if notes else ""
+
+
 def _header(data: dict[str, Any]) -> str:
     prov, protocol = data["provenance"], data["protocol"]
     counts = protocol.get("class_counts", [])
@@ -63,7 +71,7 @@ def _header(data: dict[str, Any]) -> str:
     lines = [
         f"- created {data['created']} with fusionfeat {data['fusionfeat_version']}",
         f"- store `{prov.get('store', '?')}` ({protocol.get('n_samples', '?')} usable images: {classes}; "
-        f"{protocol.get('n_skipped', 0)} skipped at extraction)",
+        f"{skipped_at_extraction(data)} skipped at extraction)",
         f"- **{len(data['classes'])} classes** (no positive class); features: {data['features']}",
     ]
     selection = class_selection_line(data)
@@ -135,7 +143,8 @@ def _range(metric: str) -> str:
 
 def _per_class_section(data: dict[str, Any]) -> str:
     lines = ["## Per class (pooled out-of-fold, averaged over repeats)", "",
-             "Support: the class's evaluated rows. OvR AUC: that class against all others (n/a when undefined)."]
+             "Support: the class's evaluated rows. Precision is n/a when the head never predicted the class. "
+             "OvR AUC: that class against all others (n/a when undefined)."]
     for head, info in data["heads"].items():
         pc = info["pooled"]["per_class"]
         lines += ["", f"### `{head}`", "", md_row(["class", "precision", "recall", "F1", "support", "OvR AUC"]),

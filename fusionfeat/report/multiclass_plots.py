@@ -55,7 +55,7 @@ def confusion_figure(title: str, counts: Any, classes: list[str], repeats: int =
     share = np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
     k = len(classes)
     size = max(3.6, 0.55 * k + 2)
-    fig = Figure(figsize=(2 * size + 0.6, size))
+    fig = Figure(figsize=(2 * size + 0.6, size), layout="constrained")  # keeps the right panel's names clear
     for ax, values, what, fmt in zip(fig.subplots(1, 2), (counts, share), ("counts", "row-normalised (recall)"),
                                      ("{:.0f}" if repeats == 1 else "{:.1f}", "{:.2f}"), strict=True):
         ax.imshow(values, cmap="Blues", vmin=0, vmax=max(float(values.max()), 1e-12))
