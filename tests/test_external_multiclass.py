@@ -188,7 +188,9 @@ def test_a_merge_to_two_reads_the_labels_through_the_mapping(world, tmp_path):
     assert data["classes"] == ["ab", "class_c"] and data["external"]["left_out"] == {"class_d": 5}
     assert data["heads"]["logreg"]["uncertainty"]["roc_auc"]["pooled"]["mean"] == pytest.approx(
         skm.roc_auc_score(y, p), abs=1e-12)
-    assert "ab = class_a + class_b" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "ab = class_a + class_b" in report
+    assert f'--head logreg --classes "{MERGE}" --cv-run RUN' in report  # how to get the CV estimate of this task
 
 
 def test_labels_the_mapping_does_not_know_are_refused_in_one_line(world, tmp_path):

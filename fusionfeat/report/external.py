@@ -53,10 +53,12 @@ def _warnings(data: dict[str, Any]) -> list[str]:
     if ext.get("geometry_note"):
         out.append(f"> **Note: input geometry.** {ext['geometry_note'][0].upper()}{ext['geometry_note'][1:]}.")
     if not ext.get("cv_estimate"):
+        sel = ext.get("class_selection")
+        classes = f" --classes \"{sel.get('spec', '')}\"" if sel else ""
         out.append("> **Note: no cross-validated estimate in the bundle.** It was trained without `--cv-run`, so "
                    "the external figures below stand alone. To get one: `fusionfeat fit STORE --head "
-                   f"{ext['head']} -o RUN` on the training store, then `fusionfeat train STORE --head {ext['head']} "
-                   "--cv-run RUN -o BUNDLE` (same head and options).")
+                   f"{ext['head']}{classes} -o RUN` on the training store, then `fusionfeat train STORE --head "
+                   f"{ext['head']}{classes} --cv-run RUN -o BUNDLE` (same head and options).")
     return out
 
 
