@@ -223,3 +223,22 @@ def test_train_refuses_a_cv_run_of_other_classes(world, tmp_path):
     ok("train", store, "--head", "logreg", "--classes", "CLASS_C,class_b,Class_A", "--cv-run", root / "cv-subset",
        "-o", tmp_path / "c", "--quiet")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_perfect_external_score_shows_exact_intervals_and_the_ceiling(world, tmp_path):
+    """The merged two-class bundle scored on its own training store (resubstitution): where every image is right,
+    the report shows the Clopper–Pearson interval of k/n (scipy's) and the ceiling flag, not [1.0000, 1.0000]."""
+    from scipy.stats import binomtest
+
+    out = tmp_path / "own"
+    result = ok("evaluate", world["root"] / "b-merge", world["k4"], "-o", out, "--quiet")
+    data = json.loads((out / "metrics.json").read_text())
+    accuracy = data["heads"]["logreg"]["uncertainty"]["accuracy"]["pooled"]
+    assert accuracy["mean"] == 1.0, "the fixture's resubstitution is expected to be perfect"
+    n = data["protocol"]["n_samples"]
+    lo = binomtest(n, n).proportion_ci(method="exact").low
+    assert accuracy["exact"]["lo"] == pytest.approx(lo, abs=1e-12)
+    report = (out / "report.md").read_text()
+    assert f"| accuracy | 1.0000 (at the ceiling) | [{lo:.4f}, 1.0000]‡ {n}/{n} |" in report
+    assert "[1.0000, 1.0000]" not in report.split("## The bundle's")[0]
+    assert " exact" in result.output

@@ -56,8 +56,9 @@ def evaluate_command(bundle, data, output, layout, weights, device, precision, b
     cells = []
     for name, label in (("balanced_accuracy", "balanced acc."), (auc, auc_label)):
         pooled = u[name]["pooled"]
-        cells.append(f"{label} {pooled['mean']:.3f} [{pooled['bootstrap']['lo']:.3f}, "
-                     f"{pooled['bootstrap']['hi']:.3f}]")
+        bounds = pooled.get("exact") or pooled["bootstrap"]  # exact where the bootstrap degenerates (issue 20)
+        cells.append(f"{label} {pooled['mean']:.3f} [{bounds['lo']:.3f}, {bounds['hi']:.3f}]"
+                     + (" exact" if pooled.get("exact") else ""))
     cv = (result["external"].get("versus_cv") or {}).get(auc)
     versus = f"; CV estimate {auc_label} {cv['cv']:.3f}" if cv else "; no CV estimate in the bundle"
     left = sum((result["external"].get("left_out") or {}).values())

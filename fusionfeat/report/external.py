@@ -14,7 +14,18 @@ import numpy as np
 
 from fusionfeat.evaluation import multiclass_metrics as mm
 from fusionfeat.evaluation.metrics import LABELS, METRICS
-from fusionfeat.report.cells import CLIP_NOTE, interval, md_row, num, pm, signed
+from fusionfeat.report.cells import (
+    CLIP_NOTE,
+    EXACT_NOTE,
+    any_exact,
+    ci_cell,
+    edge_value,
+    interval,
+    md_row,
+    num,
+    pm,
+    signed,
+)
 from fusionfeat.report.flags import describe_weights, random_backbones
 
 AGGREGATE_RULE = {"mean": "mean of its cells' probabilities", "median": "median of its cells' probabilities",
@@ -134,12 +145,13 @@ def _results(data: dict[str, Any], head: str) -> str:
         pooled = u[m]["pooled"]
         c = cv.get(m) or {}
         lines.append(md_row([
-            LABELS[m], num(pooled["mean"]),
-            interval(pooled["bootstrap"].get("lo"), pooled["bootstrap"].get("hi"), m),
+            LABELS[m], edge_value(num(pooled["mean"]), pooled.get("exact")),
+            ci_cell(pooled["bootstrap"], m, pooled.get("exact")),
             num(c.get("pooled")) if c else "—", interval(c.get("lo"), c.get("hi"), m) if c else "—",
             signed((versus.get(m) or {}).get("difference")) if c else "—",
         ]))
-    lines += ["", f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.",
+    exact = f" {EXACT_NOTE}." if any_exact(data) else ""
+    lines += ["", f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.{exact}",
               "", f"Confusion matrix (rows: true {', '.join(data['classes'])}; columns: predicted): "
               f"`{data['heads'][head]['confusion_total']}`."]
     return "\n".join(lines)
@@ -211,8 +223,8 @@ def _subjects(data: dict[str, Any], head: str) -> str:
     ]
     for m in METRICS:
         b = h["metrics"][m]
-        lines.append(md_row([LABELS[m], num(b["mean"]), interval(b["bootstrap"].get("lo"), b["bootstrap"].get("hi"),
-                                                                  m)]))
+        lines.append(md_row([LABELS[m], edge_value(num(b["mean"]), b.get("exact")),
+                             ci_cell(b["bootstrap"], m, b.get("exact"))]))
     plots = data.get("plots") or {}
     for kind, title in (("subject_roc", "subject-level ROC"), ("subject_confusion", "subject-level confusion")):
         if f"{kind}_{head}" in plots:
