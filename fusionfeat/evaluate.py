@@ -136,11 +136,6 @@ def map_labels(bundle: Bundle, names: Sequence[str], where: str) -> list[str | N
     return [known[str(n).lower()] for n in names]
 
 
-def check_classes(bundle: Bundle, classes: Sequence[str], where: str) -> None:
-    """Refuse labels the bundle does not know (one line)."""
-    map_labels(bundle, classes, where)
-
-
 def _left_out(names: Sequence[str], mapped: Sequence[str | None]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name, new in zip(names, mapped, strict=True):
