@@ -162,6 +162,12 @@ def run_estimate(run: str | os.PathLike, store: FeatureStore, head: str, balance
             or prov.get("n_samples") != store.n_samples:
         raise FusionfeatError(f"{where} was fitted on the store {prov.get('store') or '?'} (extracted "
                               f"{prov.get('created') or '?'}), not on {store.path}; fit the head on this store")
+    our_selection = store.class_selection() if hasattr(store, "class_selection") else None  # store.selection
+    run_selection = prov.get("class_selection")
+    if _selection_of(run_selection) != _selection_of(our_selection):
+        raise FusionfeatError(f"{where} used {_selection_text(run_selection)}, this training "
+                              f"{_selection_text(our_selection)}: its "
+                              "estimate is not of these classes; fit the head with the same --classes")
     options = data.get("options") or {}
     wanted = {"balance": (data["protocol"].get("balance"), balance),
               "calibrate": (options.get("calibrate"), calibrate),
@@ -177,6 +183,19 @@ def run_estimate(run: str | os.PathLike, store: FeatureStore, head: str, balance
     if data.get("features", "frozen") != "frozen":
         raise FusionfeatError(f"{where} scored fine-tuned features; a bundle reads the frozen ones")
     return {"run": str(Path(run).resolve()), **cv_estimate(data, head)}
+
+
+def _selection_of(record: dict[str, Any] | None) -> tuple | None:
+    """What makes two class selections the same task: the new classes in order and every store class's new one
+    (the spec's spelling and case do not matter)."""
+    if not record:
+        return None
+    mapping = record.get("mapping") or {}
+    return tuple(record.get("classes") or ()), tuple(sorted((str(k), v) for k, v in mapping.items()))
+
+
+def _selection_text(record: dict[str, Any] | None) -> str:
+    return f"--classes {record.get('spec', '')!r}" if record else "the store's own classes (no --classes)"
 
 
 def _target_of(text: Any) -> dict[str, float] | None:

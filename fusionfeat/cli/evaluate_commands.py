@@ -52,12 +52,16 @@ def evaluate_command(bundle, data, output, layout, weights, device, precision, b
     result = load_run(out)
     head = result["external"]["head"]
     u = result["heads"][head]["uncertainty"]
+    auc, auc_label = ("roc_auc", "ROC AUC") if len(result["classes"]) == 2 else ("roc_auc_macro", "macro OvR AUC")
     cells = []
-    for name, label in (("balanced_accuracy", "balanced acc."), ("roc_auc", "ROC AUC")):
+    for name, label in (("balanced_accuracy", "balanced acc."), (auc, auc_label)):
         pooled = u[name]["pooled"]
-        cells.append(f"{label} {pooled['mean']:.3f} [{pooled['bootstrap']['lo']:.3f}, "
-                     f"{pooled['bootstrap']['hi']:.3f}]")
-    cv = (result["external"].get("versus_cv") or {}).get("roc_auc")
-    versus = f"; CV estimate ROC AUC {cv['cv']:.3f}" if cv else "; no CV estimate in the bundle"
-    click.echo(f"{out}: {result['protocol']['n_samples']} images, {', '.join(cells)}{versus}")
+        bounds = pooled.get("exact") or pooled["bootstrap"]  # exact where the bootstrap degenerates (issue 20)
+        cells.append(f"{label} {pooled['mean']:.3f} [{bounds['lo']:.3f}, {bounds['hi']:.3f}]"
+                     + (" exact" if pooled.get("exact") else ""))
+    cv = (result["external"].get("versus_cv") or {}).get(auc)
+    versus = f"; CV estimate {auc_label} {cv['cv']:.3f}" if cv else "; no CV estimate in the bundle"
+    left = sum((result["external"].get("left_out") or {}).values())
+    dropped = f" ({left} of classes the bundle's --classes leaves out left out)" if left else ""
+    click.echo(f"{out}: {result['protocol']['n_samples']} images{dropped}, {', '.join(cells)}{versus}")
     click.echo(f"report: {out / 'report.md'}")

@@ -1,9 +1,10 @@
 """Scoring a trained model on an external labelled set with the statistics of ``fit``.
 
 The external predictions become a ``CVResult`` with one "fold" that tests every external image on the model
-trained on the whole training store, so ``fusionfeat.evaluation.evidence`` computes the same pooled metrics,
-bootstrap intervals (over subjects when known, else images), calibration and subject-level results as for a
-cross-validation run. The per-fold columns of ``fit`` (one fold here) have no spread and are not reported.
+trained on the whole training store, so ``fusionfeat.evaluation.evidence`` (two classes) or
+``fusionfeat.evaluation.multiclass_evidence`` (more: ``external_multiclass_result``) computes the same pooled
+metrics, bootstrap intervals (over subjects when known, else images), calibration and subject-level results as for
+a cross-validation run. The per-fold columns of ``fit`` (one fold here) have no spread and are not reported.
 The bundle's own cross-validated estimate (``train --cv-run``) is lined up beside it by ``compare_to_cv``.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluation import metrics as fm
+from fusionfeat.evaluation import multiclass_metrics as mm
 from fusionfeat.evaluation.cv import CVResult, FoldResult
 
 PROTOCOL = "external"
@@ -35,28 +37,63 @@ def external_result(head: str, head_info: dict[str, Any], classes: list[str], po
     hard = np.asarray(predicted_positive, dtype=float)
     y_pred = np.where(hard >= 0.5, pos, 1 - pos)
     groups = np.asarray(rows["group"]).astype(str)
-    subjects = bool(np.any(groups != ""))
     n = len(labels)
     fold = FoldResult(head=head, repeat=0, fold=0, metrics=fm.binary_metrics(labels, y_pred, proba, positive=pos),
                       confusion=fm.confusion(labels, y_pred, positive=pos).tolist(),
                       roc=fm.roc_points(labels, proba, positive=pos), n_train=int(n_train), n_test=n,
                       n_train_images=int(n_train))
-    counts = np.bincount(labels, minlength=len(classes)).tolist()
-    protocol = {
+    return CVResult(heads=[head], head_info={head: dict(head_info)}, classes=list(classes), positive=positive,
+                    protocol=_protocol(labels, groups, len(classes), positive), provenance=provenance,
+                    features="frozen", rows={k: np.asarray(v) for k, v in rows.items()},
+                    test_fold=np.zeros((1, n), dtype=np.int64), oof={head: proba[None, :]},
+                    oof_pred={head: hard[None, :]}, options=_options(), folds=[fold])
+
+
+def external_multiclass_result(head: str, head_info: dict[str, Any], classes: list[str],
+                               provenance: dict[str, Any], rows: dict[str, np.ndarray], proba: np.ndarray,
+                               n_train: int) -> CVResult:
+    """The K-class (K > 2) one-fold ``CVResult``: ``proba`` is the (n, K) matrix of class probabilities in
+    ``classes`` order, the predicted class its argmax (the bundle's rule for K classes); the fold's metrics are
+    those ``cross_validate`` computes for a K-class fold (``multiclass_metrics``), so
+    ``multiclass_evidence.analyse_multiclass`` reads it as a one-fold cross-validation run."""
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        raise FusionfeatError("the external set holds a single class: its metrics need two classes or more")
+    k = len(classes)
+    P = np.asarray(proba, dtype=float)
+    if P.shape != (len(labels), k):
+        raise FusionfeatError(f"expected {len(labels)}×{k} class probabilities, got the shape {P.shape}")
+    pred = P.argmax(axis=1)
+    groups = np.asarray(rows["group"]).astype(str)
+    n = len(labels)
+    fold = FoldResult(head=head, repeat=0, fold=0, metrics=mm.fold_metrics(labels, pred, P),
+                      confusion=mm.confusion_matrix(labels, pred, k).tolist(), roc={"fpr": [], "tpr": []},
+                      n_train=int(n_train), n_test=n, n_train_images=int(n_train),
+                      per_class=mm.per_class(labels, pred, P))
+    return CVResult(heads=[head], head_info={head: dict(head_info)}, classes=list(classes), positive=None,
+                    protocol=_protocol(labels, groups, k, None), provenance=provenance, features="frozen",
+                    rows={key: np.asarray(v) for key, v in rows.items()},
+                    test_fold=np.zeros((1, n), dtype=np.int64), oof={}, oof_pred={head: pred[None, :].astype(float)},
+                    options=_options(), folds=[fold], oof_proba={head: P[None, :, :]})
+
+
+def _protocol(labels: np.ndarray, groups: np.ndarray, k: int, positive: str | None) -> dict[str, Any]:
+    subjects = bool(np.any(groups != ""))
+    n = len(labels)
+    return {
         "name": PROTOCOL, "text": "a model trained on the whole training store, scored once on an external set.",
         "n_folds": 1, "repeats": 1, "seed": 0, "balance": "n/a", "subjects_known": subjects,
         "n_subjects": int(len(np.unique(groups[groups != ""]))) if subjects else 0,
-        "n_samples": n, "n_skipped": 0, "n_evaluated": n, "n_eval_rows": n, "class_counts": counts,
+        "n_samples": n, "n_skipped": 0, "n_evaluated": n, "n_eval_rows": n,
+        "class_counts": np.bincount(labels, minlength=k).tolist(),
         "image_level": False, "leaky": False, "defaulted": False, "features": "frozen", "positive": positive,
         "subject_disjoint": True,
     }
-    return CVResult(heads=[head], head_info={head: dict(head_info)}, classes=list(classes), positive=positive,
-                    protocol=protocol, provenance=provenance, features="frozen",
-                    rows={k: np.asarray(v) for k, v in rows.items()}, test_fold=np.zeros((1, n), dtype=np.int64),
-                    oof={head: proba[None, :]}, oof_pred={head: hard[None, :]},
-                    options={"calibrate": None, "operating_point": None, "operating_target": None,
-                             "subject_aggregate": "mean", "head_params": {}},
-                    folds=[fold])
+
+
+def _options() -> dict[str, Any]:
+    return {"calibrate": None, "operating_point": None, "operating_target": None, "subject_aggregate": "mean",
+            "head_params": {}}
 
 
 def cv_estimate(run: dict[str, Any], head: str) -> dict[str, Any]:
@@ -76,7 +113,7 @@ def cv_estimate(run: dict[str, Any], head: str) -> dict[str, Any]:
         "metrics": {},
     }
     for name, u in (info.get("uncertainty") or {}).items():
-        boot = u["pooled"]["bootstrap"]
+        boot = u["pooled"].get("bootstrap") or {}  # K classes: only macro AUC and balanced accuracy have one
         out["metrics"][name] = {
             "pooled": u["pooled"]["mean"], "lo": boot.get("lo"), "hi": boot.get("hi"),
             "resampled": boot.get("resampled"),
