@@ -464,13 +464,14 @@ def _fsync_tree(folder: Path) -> None:
 
 @contextlib.contextmanager
 def output_target(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
-                  overwrite: bool = False, option: str = "-o") -> Iterator[OutputTarget]:
+                  overwrite: bool = False, option: str = "-o", remove_lock: bool = False) -> Iterator[OutputTarget]:
     """Check the output rule, lock the output, clean stale temps, and yield a temporary place to build it.
 
     On success the output is swapped in atomically; on any error (or a kill) nothing at ``out`` changes.
+    ``remove_lock``: delete the lock file on the way out (see ``output_lock``).
     """
     out = check_output(out, kind, inputs, overwrite, option)
-    with output_lock(out, _WHAT[kind]):
+    with output_lock(out, _WHAT[kind], remove=remove_lock):
         clean_stale(out)
         check_output(out, kind, inputs, overwrite, option)  # again, now that we hold the lock
         tmp = temp_sibling(out)
