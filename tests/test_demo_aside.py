@@ -59,7 +59,7 @@ def test_an_interrupted_overwrite_keeps_the_previous_demo(previous, tmp_path, si
 
 
 def test_a_full_disk_keeps_the_previous_demo(previous, tmp_path):
-    with small_disk(tmp_path / "disk", 3_400_000) as disk:
+    with small_disk(tmp_path / "disk", 2_700_000) as disk:
         shutil.copytree(previous, disk.path / "d", symlinks=True)
         before = snapshot(disk.path / "d")
         rc, lines, _ = _run(disk.path, "d", ("--overwrite",), preexec=disk.preexec)
