@@ -51,3 +51,7 @@ class DamagedBatchWarning(FusionfeatWarning):
 
 class WeightsWarning(FusionfeatWarning):
     """A weights file is not the one its backbone's authors published (its SHA-256 differs)."""
+
+
+class NonFiniteFeaturesWarning(FusionfeatWarning):
+    """Some images gave NaN or infinite features at extraction: recorded per row and left out."""
