@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -107,9 +108,25 @@ def run_cli(args: list[object], cwd: Path, sig: signal.Signals | None = None, de
     out, err = proc.communicate(timeout=timeout)
     if sig == signal.SIGKILL:  # its workers may outlive it for a moment: wait for the group to be gone
         _wait_group_gone(proc.pid)
-    lines = [line for line in err.splitlines() if line.strip() and not STAMPED.match(line)
+    lines = [line for line in _without_python_warnings(err.splitlines()) if line.strip() and not STAMPED.match(line)
              and not line.startswith(("warning:", "WARNING: ImageNet weights", "demo data: "))]
     return proc.returncode, lines, out
+
+
+def _without_python_warnings(lines: list[str]) -> list[str]:
+    """Drop Python's own warning lines (``file:line: SomeWarning: …`` and the source line after it): libraries'
+    notes, not fusionfeat's messages."""
+    kept, skip = [], False
+    for line in lines:
+        if re.match(r"^\S+:\d+: \w*Warning: ", line):
+            skip = True
+            continue
+        if skip and line.startswith("  "):
+            skip = False
+            continue
+        skip = False
+        kept.append(line)
+    return kept
 
 
 def _wait_group_gone(pgid: int, seconds: float = 10.0) -> None:
