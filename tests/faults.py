@@ -139,8 +139,17 @@ def _wait_group_gone(pgid: int, seconds: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def record(case: str, outcome: object) -> None:
+    """Append ``case: outcome`` to the file named by ``FUSIONFEAT_FAULT_LOG`` (for the suite's tally), if set."""
+    log = os.environ.get("FUSIONFEAT_FAULT_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{case}\t{outcome}\n")
+
+
 def check_interrupted(rc: int, lines: list[str], sig: signal.Signals) -> bool:
     """The command ended cleanly on ``sig`` (or finished first): returns whether it was interrupted."""
+    record(f"signal {sig.name}", f"rc={rc} lines={len(lines)} traceback={any('Traceback' in x for x in lines)}")
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     if rc == 0:
         return False
@@ -152,6 +161,7 @@ def check_interrupted(rc: int, lines: list[str], sig: signal.Signals) -> bool:
 
 def check_refused(rc: int, lines: list[str], needle: str = "") -> None:
     """Exit 2 and exactly one ``fusionfeat: error:`` line (containing ``needle``), no traceback."""
+    record("refused", f"rc={rc} lines={len(lines)} traceback={any('Traceback' in x for x in lines)}")
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     errors = [line for line in lines if line.startswith("fusionfeat: error:")]
     assert rc == 2 and len(lines) == 1 and len(errors) == 1 and needle in errors[0], (rc, lines)
