@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults import ROOT, check_interrupted, check_refused, run_cli, small_disk, snapshot, temporaries
+from tests.faults import check_interrupted, check_refused, run_cli, small_disk, snapshot, temporaries
 
 pytestmark = pytest.mark.slow
-DEMO = [ROOT / "tests" / "small_demo.py", "demo", "--weights", "random", "--device", "cpu", "--quiet"]
+DEMO = [Path(__file__).resolve().parent / "small_demo.py", "demo", "--weights", "random", "--device", "cpu", "--quiet"]
 
 
 def _run(cwd: Path, out: str, extra: tuple[str, ...], **kwargs):
