@@ -94,5 +94,6 @@ def _run_demo(work: Path, out: Path, subjects_all: int, subjects_hem: int, cells
     with FeatureStore.open(store) as fs:
         result = cross_validate(fs, list(HEAD_NAMES), protocol="grouped", folds=5, seed=0, device=device,
                                 progress=progress)
+    result.provenance["store"] = str(out / DEMO_STORE)  # where it will be, as for data_root
     write_run(result, work / DEMO_RUN)
     return weights, len(manifest)

@@ -39,6 +39,8 @@ def _comparable(run: Path) -> tuple[bytes, dict]:
 def test_a_finished_demo_records_its_final_place(previous):
     data = json.loads((previous / "run" / "metrics.json").read_text())
     assert data["provenance"]["data_root"] == str((previous / "data").resolve())
+    assert data["provenance"]["store"] == "d/features.h5"  # as given, not the temporary folder it was built in
+    assert ".tmp" not in (previous / "run" / "report.md").read_text()
     assert temporaries(previous.parent) == []
 
 
