@@ -90,17 +90,21 @@ def small_disk(folder: Path, size: int) -> Iterator[Disk]:
 
 
 def run_cli(args: list[object], cwd: Path, sig: signal.Signals | None = None, delay: float = 0.0,
-            preexec=None, env: dict[str, str] | None = None, timeout: float = 600, script: Path | None = None
-            ) -> tuple[int, list[str], str]:
+            preexec=None, env: dict[str, str] | None = None, timeout: float = 600, script: Path | None = None,
+            after: Path | None = None) -> tuple[int, list[str], str]:
     """Run ``python -m fusionfeat ARGS`` (or ``python SCRIPT ARGS``) in ``cwd`` (own session); with ``sig``,
-    signal its whole process group after ``delay`` seconds. Returns the exit code, the stderr lines that are
-    not warnings, progress lines or the demo's own messages, and stdout."""
+    signal its whole process group after ``delay`` seconds (counted from the moment ``after`` exists, when
+    given: e.g. the output's lock, taken once start-up is over and the work begins). Returns the exit code,
+    the stderr lines that are not warnings, progress lines or the demo's own messages, and stdout."""
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
     command = [str(script)] if script is not None else ["-m", "fusionfeat"]
     proc = subprocess.Popen([sys.executable, *command, *map(str, args)], cwd=cwd, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=preexec)
     if sig is not None:
+        end = time.monotonic() + timeout
+        while after is not None and not os.path.lexists(after) and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.02)
         time.sleep(delay)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):

@@ -1,7 +1,7 @@
-"""``demo --overwrite`` builds the new demo aside and swaps it in only when complete: a SIGKILL, SIGTERM or SIGINT
-at a random (seeded) moment, or a full disk midway, leaves the previous demo byte for byte; a finished one
-records where its data now is, not the temporary folder it was built in. The command is the real command
-line with the demo's data made small (``tests/small_demo.py``)."""
+"""``demo --overwrite`` builds the new demo aside and swaps it in only when complete: a SIGKILL, SIGTERM or
+SIGINT at a random (seeded) moment once it has started work, or a full disk midway, leaves the previous demo
+byte for byte; a finished one records where its data now is, not the temporary folder it was built in. The
+command is the real command line with the demo's data made small (``tests/small_demo.py``)."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def test_an_interrupted_overwrite_keeps_the_previous_demo(previous, tmp_path, si
     work = tmp_path / "w"
     shutil.copytree(previous.parent, work, symlinks=True)
     before = snapshot(work / "d")
-    delay = random.Random(f"demo-{sig.name}").uniform(0.2, 10.0)  # start-up included
-    rc, lines, _ = _run(work, "d", ("--overwrite",), sig=sig, delay=delay)
+    delay = random.Random(f"demo-{sig.name}").uniform(0.0, 3.0)  # after start-up, while the new demo is built
+    rc, lines, _ = _run(work, "d", ("--overwrite",), sig=sig, delay=delay, after=work / ".d.lock")
     if check_interrupted(rc, lines, sig):
         assert snapshot(work / "d") == before, f"previous demo changed by {sig.name} at {delay:.1f} s"
     if sig == signal.SIGKILL:  # the same command again completes, equals an uninterrupted run, leaves nothing
