@@ -34,7 +34,8 @@ def run() -> int:
     except SystemExit:
         if interrupts.ended() is not None:  # the command's own handler said the line: exit with its status
             interrupts.leave(interrupts.ended())
-        raise
+        interrupts.settle()  # the command is over: a signal during the interpreter's teardown (which puts the
+        raise  # default handlers back) would otherwise end a finished command with -15 and no line
     except OSError as exc:
         if exc.filename is not None or exc.errno not in STDOUT_ERRORS:
             raise
