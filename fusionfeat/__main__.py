@@ -6,6 +6,7 @@ torch takes seconds) ends in one line too.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import os
@@ -16,6 +17,7 @@ from fusionfeat import interrupts
 
 def run() -> int:
     """Run the command line; an interruption at any moment is one line and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    _utf8_file_names()
     interrupts.install()
     try:
         os.getcwd()
@@ -32,12 +34,31 @@ def run() -> int:
     except SystemExit:
         if interrupts.ended() is not None:  # the command's own handler said the line: exit with its status
             interrupts.leave(interrupts.ended())
-        raise
+        interrupts.settle()  # the command is over: a signal during the interpreter's teardown (which puts the
+        raise  # default handlers back) would otherwise end a finished command with -15 and no line
     except OSError as exc:
         if exc.filename is not None or exc.errno not in STDOUT_ERRORS:
             raise
         return _stdout_failed(exc)
     return 0
+
+
+def _utf8_file_names() -> None:
+    """Start again in Python's UTF-8 mode when file names would be read as ASCII.
+
+    Under the C locale Python 3.7+ normally switches to UTF-8 mode by itself; with ``PYTHONUTF8=0`` (or a
+    locale whose encoding is ASCII) it does not, and every valid UTF-8 file or class name then reads as
+    undecodable bytes, refused as "not valid UTF-8". The store, manifests and CSVs are UTF-8, so fusionfeat
+    always reads names as UTF-8: the same command line is executed again with ``-X utf8``."""
+    if sys.flags.utf8_mode or codecs.lookup(sys.getfilesystemencoding()).name != "ascii":
+        return
+    argv = list(getattr(sys, "orig_argv", []))
+    if not argv:
+        return
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", *argv[1:]])
 
 
 STDOUT_ERRORS = (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EFBIG, errno.EDQUOT)

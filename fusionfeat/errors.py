@@ -55,3 +55,7 @@ class WeightsWarning(FusionfeatWarning):
 
 class CompileWarning(FusionfeatWarning):
     """``--compile auto`` chose compiled trunks that could not be built or did not match eager: eager is used."""
+
+
+class NonFiniteFeaturesWarning(FusionfeatWarning):
+    """Some images gave NaN or infinite features at extraction: recorded per row and left out."""

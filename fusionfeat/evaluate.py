@@ -13,7 +13,6 @@ too (and counted), labels it does not know are refused.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
@@ -31,7 +30,7 @@ from fusionfeat.data.manifest import build_manifest
 from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import DatasetError, FusionfeatError, FusionfeatWarning, ImageDecodeError
 from fusionfeat.evaluation.external import compare_to_cv, external_multiclass_result, external_result
-from fusionfeat.fsio import RUN, check_output, dumps_json, output_target
+from fusionfeat.fsio import RUN, check_output, csv_writer, dumps_json, output_target
 from fusionfeat.heads.decision_rule import bare_head, describe_rule
 from fusionfeat.heads.inputs import rows_matrix
 from fusionfeat.predict import (
@@ -330,7 +329,7 @@ def write_external_predictions(bundle: Bundle, scored: Scored, path: Path) -> No
     k = len(bundle.classes)
     columns = [f"p_{bundle.positive}"] if k == 2 else [f"p_{c}" for c in bundle.classes]
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv_writer(fh)
         writer.writerow(["path", "group", "label", *columns, "predicted", "shift_score", "beyond_p99"])
         for i, name in enumerate(scored.paths):
             d = float(scored.shift[i])

@@ -67,7 +67,8 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, n: int =
     maps = {b: np.nanmean(arrays[f"map/{head}/{b}"], axis=0) for b in backbones}
     root = Path(data_root or data["provenance"].get("data_root") or "")
     out = Path(out_dir).expanduser() if out_dir else Path(run_dir) / "explain"
-    check_output(out, EXPLAIN, overwrite=overwrite)
+    inputs = _data_folders(root, arrays["path"], data["provenance"].get("layout"))
+    check_output(out, EXPLAIN, inputs=inputs, overwrite=overwrite, option="-o" if out_dir else "the default -o")
     prep = _preprocessing(data, backbones[0])
     written = []
     if p.ndim == 2:  # K classes: P of every class per row
@@ -84,11 +85,23 @@ def explain_run(run_dir: str | Path, out_dir: str | Path | None = None, n: int =
         images = [_image(root, str(arrays["path"][k.row]), int(arrays["view"][k.row]), prep) for k in picks]
         figures.append((name, _montage(title, picks, images, {b: maps[b] for b in backbones}, arrays, data,
                                        backbones)))
-    with output_target(out, EXPLAIN, overwrite=overwrite) as target:
+    with output_target(out, EXPLAIN, inputs=inputs, overwrite=overwrite,
+                       option="-o" if out_dir else "the default -o") as target:
         for name, fig in figures:
             fig.savefig(target.path / f"attention_{name}.png", dpi=100, bbox_inches="tight")
             written.append(target.final / f"attention_{name}.png")
     return written
+
+
+def _data_folders(root: Path, paths: np.ndarray, layout: str | None) -> list[Path]:
+    """The folders holding the run's images (and, for a folder layout, the data folder itself): montages
+    written there would be read back as images by the next ``manifest`` or ``extract``."""
+    if str(root) in ("", ".") or not root.is_dir():
+        return []
+    folders = {(root / str(p)).parent for p in np.unique(paths)}
+    if layout not in (None, "csv"):
+        folders.add(root)
+    return sorted(folders)
 
 
 def _spatial_head(data: dict[str, Any], run_dir: str | Path) -> str:

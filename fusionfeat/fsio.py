@@ -12,6 +12,7 @@ whole command (``.<name>.lock``), and temporary siblings left by dead processes 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fcntl
 import hashlib
@@ -129,6 +130,74 @@ def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as JSON atomically (temporary file, fsync, rename)."""
     text = dumps_json(obj).encode()
     atomic_write_bytes(Path(path), lambda fh: fh.write(text))
+
+
+# ----------------------------------------------------------------------------------------------- CSV cells
+
+
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def safe_cell(value: Any, path: bool = False) -> Any:
+    """A CSV cell a spreadsheet will not run as a formula (OWASP's advice on CSV injection).
+
+    A text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``; one
+    starting with ``'`` followed by such a character (or another ``'``) gets one too, so ``unsafe_cell`` undoes
+    it exactly. A number (``-0.5``, ``+1e-3``) and any non-text value are returned unchanged. A ``path`` cell
+    gets ``./`` instead (also one already starting ``./`` and such a character), so it still names the same
+    file for any program (absolute paths start with ``/``).
+    """
+    if not isinstance(value, str) or not value or _NUMBER.fullmatch(value):
+        return value
+    if path:
+        return "./" + value if _formula_path(value) else value
+    if value[0] in FORMULA_LEADS:
+        return "'" + value
+    if value[0] == "'" and len(value) > 1 and value[1] in (*FORMULA_LEADS, "'"):
+        return "'" + value
+    return value
+
+
+def unsafe_cell(text: str, path: bool = False) -> str:
+    """The inverse of ``safe_cell`` (reading back a CSV fusionfeat wrote)."""
+    if path:
+        return text[2:] if text.startswith("./") and _formula_path(text) else text
+    if len(text) > 1 and text[0] == "'" and text[1] in (*FORMULA_LEADS, "'"):
+        return text[1:]
+    return text
+
+
+def _formula_path(text: str) -> bool:
+    """Whether ``text``, past any leading ``./``, starts like a formula."""
+    while text.startswith("./"):
+        text = text[2:]
+    return text[:1] in FORMULA_LEADS and text != ""
+
+
+class _SafeWriter:
+    """``csv.writer`` whose rows go through ``safe_cell``; columns named ``path`` in the first row (the header)
+    are neutralised as paths."""
+
+    def __init__(self, fh: Any, **kwargs: Any) -> None:
+        self._writer = csv.writer(fh, **kwargs)
+        self._paths: set[int] | None = None
+
+    def writerow(self, row: Sequence[Any]) -> Any:
+        if self._paths is None:
+            self._paths = {i for i, name in enumerate(row) if name == "path"}
+            return self._writer.writerow([safe_cell(v) for v in row])
+        return self._writer.writerow([safe_cell(v, i in self._paths) for i, v in enumerate(row)])
+
+    def writerows(self, rows: Any) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(fh: Any, **kwargs: Any) -> _SafeWriter:
+    """The CSV writer of every CSV fusionfeat writes: ``csv.writer`` with formula-leading cells neutralised
+    (``safe_cell``); the first row written is the header."""
+    return _SafeWriter(fh, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- hashing
@@ -395,13 +464,14 @@ def _fsync_tree(folder: Path) -> None:
 
 @contextlib.contextmanager
 def output_target(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = (),
-                  overwrite: bool = False, option: str = "-o") -> Iterator[OutputTarget]:
+                  overwrite: bool = False, option: str = "-o", remove_lock: bool = False) -> Iterator[OutputTarget]:
     """Check the output rule, lock the output, clean stale temps, and yield a temporary place to build it.
 
     On success the output is swapped in atomically; on any error (or a kill) nothing at ``out`` changes.
+    ``remove_lock``: delete the lock file on the way out (see ``output_lock``).
     """
     out = check_output(out, kind, inputs, overwrite, option)
-    with output_lock(out, _WHAT[kind]):
+    with output_lock(out, _WHAT[kind], remove=remove_lock):
         clean_stale(out)
         check_output(out, kind, inputs, overwrite, option)  # again, now that we hold the lock
         tmp = temp_sibling(out)

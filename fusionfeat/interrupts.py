@@ -28,10 +28,38 @@ _ended: list[int] = []  # exit code of an interruption already reported (its lin
 
 
 def install() -> None:
-    """Raise ``Terminated`` on SIGTERM (main thread only; elsewhere, e.g. under an embedding host, a no-op)."""
+    """Raise ``Terminated`` on SIGTERM (main thread only; elsewhere, e.g. under an embedding host, a no-op), and
+    never lose an interruption that Python would swallow (see ``_unraisable``)."""
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, _terminate)
         _installed.append(True)
+        if sys.unraisablehook is not _unraisable:
+            _previous_hook.append(sys.unraisablehook)
+            sys.unraisablehook = _unraisable
+
+
+_previous_hook: list = []
+_lost: list[type[BaseException]] = []
+
+
+def _unraisable(unraisable: object) -> None:
+    """Python swallows an exception raised where it cannot propagate, printing "Exception ignored in …": a
+    Ctrl-C that lands in an ``os.fork`` callback (``logging``'s, as data-loader workers start) would be lost and
+    the command would run on. Such an interruption is delivered again a moment later, from a timer, where it
+    propagates as usual; anything else goes to the previous hook."""
+    exc = getattr(unraisable, "exc_value", None)
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        _lost.append(type(exc))
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signal.SIGALRM, _deliver_lost)
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+        return
+    (_previous_hook[-1] if _previous_hook else sys.__unraisablehook__)(unraisable)
+
+
+def _deliver_lost(signum: int, frame: object) -> None:
+    if _lost:
+        raise _lost.pop()()
 
 
 def reset() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import warnings
@@ -22,7 +21,7 @@ from fusionfeat.data.manifest import IMAGE_SUFFIXES
 from fusionfeat.encoders import RANDOM, LoadedBackbone, WeightsChoice, load_backbone, parse_weights
 from fusionfeat.engines.extract import iter_embeddings
 from fusionfeat.errors import FusionfeatError, FusionfeatWarning, ImageDecodeError, WeightsError
-from fusionfeat.fsio import CSV, check_output, output_target
+from fusionfeat.fsio import CSV, check_output, csv_writer, output_target
 from fusionfeat.heads.decision_rule import bare_head
 from fusionfeat.heads.inputs import embedding_matrix
 from fusionfeat.runtime import resolve_device, resolve_precision
@@ -220,7 +219,7 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     bar = runtime.progress(len(paths), progress, "predict")
     try:
         with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
+            writer = csv_writer(fh)
             writer.writerow([*csv_columns(bundle), "shift_score", "beyond_p99"])
             for rows, arrays, _, errors in iter_embeddings(paths, batches, models, preprocess, dev, prec, workers,
                                                            keep_tokens=bundle.spec.inputs == "tokens",

@@ -440,7 +440,7 @@ def test_disk_full_is_one_line_and_keeps_the_old_output(base, tmp_path, monkeypa
                     "--quiet", "--device", "cpu"),
     }[command]
     target = {"fit": "fusionfeat.report.run.write_predictions", "train": "fusionfeat.bundle.write_bundle_files",
-              "predict": "fusionfeat.predict.csv.writer"}[command]
+              "predict": "fusionfeat.predict.csv_writer"}[command]
     monkeypatch.setattr(target, full)
     before = snapshot(tmp_path)
     result = run(*argv)

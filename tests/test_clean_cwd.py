@@ -36,7 +36,7 @@ def test_a_failed_demo_leaves_no_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "extract", broken)
     with pytest.raises(FusionfeatError, match="extraction failed"):
         demo.run_demo(DEFAULT, echo=lambda _: None, **SMALL)
-    assert os.listdir(tmp_path) == ["fusionfeat-demo"]  # its own half-made folder, marked as a demo
+    assert os.listdir(tmp_path) == []  # built aside, so a failed demo leaves nothing (no lock, no half-made folder)
 
 
 def test_a_refused_second_demo_keeps_the_first_ones_lock(tmp_path, monkeypatch):

@@ -179,3 +179,15 @@ def test_overlays_use_a_perceptual_colour_map_with_a_colour_bar(run_dir, tmp_pat
             labels = [t.get_text() for t in bar.get_yticklabels()]
             assert labels[0] == f"{low:.3f}" and labels[-1] == f"{high:.3f}"
             assert labels[1] == f"1/T={(low + high) / 2:.3f}"  # the bar is centred on uniform attention
+
+
+def test_explain_never_writes_into_the_data_folder(run_dir, tmp_path):
+    """Montages inside DATA would be read back as cell images by the next manifest or extract: refused."""
+    out, data = run_dir
+    before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+    for target in (data / "montages", data / "all" / "montages", data / "hem" / "x" / "y"):
+        result = run("explain", out, "-o", target, "--n", "1")
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and "inside the input" in lines[0], result.output
+    assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()} == before
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_dir()) == ["all", "hem"]

@@ -115,3 +115,33 @@ def test_fit_interrupted_writes_nothing(cells, uninterrupted, tmp_path, sig):
     if rc:
         assert "nothing written" in lines[0] and not (work / "run").exists()
         assert [p.name for p in work.iterdir() if p.name.startswith(".run.") and not p.name.endswith(".lock")] == []
+
+
+FORK_PROBE = """
+import os, sys, time
+from fusionfeat import interrupts
+interrupts.install()
+def interrupted_in_a_fork_callback():  # as a Ctrl-C landing in logging's os.fork callback does
+    raise {exc}
+os.register_at_fork(after_in_parent=interrupted_in_a_fork_callback)
+try:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(5)
+    print("lost")
+except (KeyboardInterrupt, interrupts.Terminated) as exc:
+    print("delivered", type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize("exc", ["KeyboardInterrupt", "interrupts.Terminated"])
+def test_an_interruption_python_would_swallow_is_delivered(exc):
+    """Python swallows an exception raised in an os.fork callback ("Exception ignored in …"): a Ctrl-C landing
+    there while data-loader workers start was lost, and the command ran on to the end. It is delivered again."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", FORK_PROBE.format(exc=exc)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["delivered", exc.split(".")[-1]], (done.stdout, done.stderr)
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionfeat.errors import DatasetError
-from fusionfeat.fsio import CSV, kind_of, output_target
+from fusionfeat.fsio import CSV, csv_writer, kind_of, output_target, unsafe_cell
 
 IMAGE_SUFFIXES = (".bmp", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
 LAYOUTS = ("cnmc", "allidb", "folders", "csv")
@@ -146,6 +146,9 @@ def build_manifest(
     return manifest
 
 
+MANIFEST_HEADER = ("path", "label", "group", "fold")
+
+
 def write_manifest(manifest: Manifest, out: str | os.PathLike, overwrite: bool = False,
                    inputs: Sequence[str | os.PathLike] = ()) -> Path:
     """Write ``path,label,group,fold`` with paths relative to the CSV's own folder (atomically, under the
@@ -154,8 +157,8 @@ def write_manifest(manifest: Manifest, out: str | os.PathLike, overwrite: bool =
     with output_target(out, CSV, inputs=inputs, overwrite=overwrite) as target:
         base = out.parent.resolve()
         with open(target.path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "group", "fold"])
+            writer = csv_writer(fh)
+            writer.writerow(list(MANIFEST_HEADER))
             for s in manifest.samples:
                 path = _relative_to(manifest.absolute(s).resolve(), base)
                 writer.writerow([path, manifest.classes[s.label], s.group, s.fold])
@@ -354,6 +357,8 @@ def _from_csv(path: Path, positive: str | None) -> Manifest:
             fold_col = columns.get("fold")
             notes: list[str] = []
             rows = _csv_rows(reader, path, columns["path"], columns["label"], notes)
+            if [c.strip().lower() for c in reader.fieldnames or []] == list(MANIFEST_HEADER):
+                rows = [(line, _undo_safe_cells(row, columns)) for line, row in rows]
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
                            "save the manifest as UTF-8") from None
@@ -374,6 +379,16 @@ def _from_csv(path: Path, positive: str | None) -> Manifest:
                               group.upper() if _looks_cnmc_healthy(group) else group,
                               _parse_fold(row[fold_col] if fold_col else "", path, line)))
     return Manifest(root=path.parent, samples=samples, classes=classes, layout="csv", notes=notes)
+
+
+def _undo_safe_cells(row: dict, columns: dict[str, str]) -> dict:
+    """A manifest fusionfeat wrote (its exact header) had formula-leading cells neutralised (``fsio.safe_cell``):
+    read back the cells as they were, so a path or class name starting with ``=`` round-trips."""
+    row = dict(row)
+    for key in ("path", "label", "group"):
+        if row.get(columns[key]) is not None:
+            row[columns[key]] = unsafe_cell(row[columns[key]].strip(), path=key == "path")
+    return row
 
 
 def _csv_rows(reader: csv.DictReader, path: Path, path_col: str, label_col: str,

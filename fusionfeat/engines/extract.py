@@ -48,6 +48,7 @@ from fusionfeat.errors import (
     DamagedBatchWarning,
     FusionfeatError,
     ImageDecodeError,
+    NonFiniteFeaturesWarning,
     RandomWeightsWarning,
     StoreError,
 )
@@ -499,6 +500,7 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         h5["samples"].create_dataset("sha256", shape=(n,), dtype=STR_DTYPE)
         h5["samples"].create_dataset("ok", shape=(n,), dtype=bool)
         h5["samples"].create_dataset("error", shape=(n,), dtype=STR_DTYPE)
+        h5["samples"].create_dataset("nonfinite", shape=(n,), dtype=bool)
         features = h5.create_group("features")
         size = config.preprocess.input_size
         datasets = {}
@@ -515,7 +517,7 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
             datasets[m.spec.name] = create_feature_datasets(
                 features, m.spec.name, n, config.preprocess.n_views, shape.dim,
                 shape.n_tokens if config.tokens else None, attrs)
-        skipped = 0
+        skipped, nonfinite = 0, []
         for b in range(n_batches):
             record = partial.read(b)
             lo, hi = int(record["rows"][0]), int(record["rows"][-1]) + 1
@@ -523,9 +525,12 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
             for row in range(lo, hi):
                 if row in duplicate_of:
                     ok[row - lo], error[row - lo] = False, f"duplicate of {duplicate_of[row]}"
+            bad = _nonfinite_rows(record, list(datasets), ok, error)
+            nonfinite.extend(lo + int(i) for i in np.flatnonzero(bad))
             h5["samples/sha256"][lo:hi] = record["sha256"].astype(object)
             h5["samples/ok"][lo:hi] = ok
             h5["samples/error"][lo:hi] = error
+            h5["samples/nonfinite"][lo:hi] = bad
             skipped += int((~ok).sum())
             for name, group in datasets.items():
                 group["pooled"][lo:hi] = record[f"{name}.pooled"]
@@ -534,6 +539,11 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         h5.attrs["n_skipped"] = skipped
         record_checksums(h5)
         finish_store(h5, tmp, out)
+        if nonfinite:
+            first = ", ".join(manifest.samples[r].path for r in nonfinite[:3])
+            warnings.warn(f"{out}: {len(nonfinite)} image(s) gave non-finite (NaN or infinite) features and are left "
+                          f"out (recorded in /samples/nonfinite; first: {first}); try --precision fp32",
+                          NonFiniteFeaturesWarning, stacklevel=2)
     except BaseException:
         with contextlib.suppress(Exception):  # closing flushes, which fails again on a full disk
             h5.close()
@@ -542,6 +552,20 @@ def assemble(manifest: Manifest, out: Path, config: ExtractConfig, models: list[
         shutil.rmtree(folder, ignore_errors=True)
     partial.remove()
     return skipped
+
+
+def _nonfinite_rows(record: dict, backbones: list[str], ok: np.ndarray, error: np.ndarray) -> np.ndarray:
+    """Rows of a committed batch whose pooled features hold NaN or infinities in any backbone or view: marked
+    not ``ok`` (left out of every fit, like an image that could not be read), with the reason in ``error``."""
+    bad = np.zeros(len(ok), dtype=bool)
+    for name in backbones:
+        pooled = np.asarray(record[f"{name}.pooled"])
+        here = ok & ~np.isfinite(pooled.reshape(len(pooled), -1)).all(axis=1)
+        for i in np.flatnonzero(here & ~bad):
+            error[i] = f"non-finite (NaN or infinite) {name} features; try --precision fp32"
+        bad |= here
+    ok &= ~bad
+    return bad
 
 
 def software_versions() -> dict[str, str]:

@@ -104,10 +104,14 @@ def _finite(block: np.ndarray, store: Any, backbone: str, rows: np.ndarray) -> n
     """``block`` when every value is finite; else a one-line error naming the store, backbone and image."""
     bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
     if bad.any():
-        row = int(rows[np.flatnonzero(bad)[0]])
-        raise FusionfeatError(f"{store.path}: {int(bad.sum())} image(s) have non-finite (NaN or infinite) {backbone} "
-                              f"features, first {store.paths[row]}; the store is damaged: re-extract it (`fusionfeat "
-                              "info --verify` checks its checksums)")
+        found = [int(r) for r in rows[np.flatnonzero(bad)]]
+        first = ", ".join(f"row {r} {store.paths[r]}" for r in found[:3])
+        record = ("its /samples/nonfinite record (extraction leaves such images out) does not list them, so the "
+                  "store changed after extraction" if getattr(store, "has_nonfinite_record", False) else
+                  "the store predates the per-image /samples/nonfinite record")
+        raise FusionfeatError(f"{store.path}: {len(found)} image(s) read here have non-finite (NaN or infinite) "
+                              f"{backbone} features ({first}); {record}: re-extract it (`fusionfeat info --verify` "
+                              "checks its checksums)")
     return block
 
 

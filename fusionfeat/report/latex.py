@@ -6,13 +6,13 @@ serve ``fusionfeat study``.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fusionfeat.evaluation.metrics import LABELS, METRICS
+from fusionfeat.fsio import csv_writer
 from fusionfeat.report.cells import CLIP_NOTE, EXACT_NOTE, any_exact, interval
 from fusionfeat.report.context import calibration_text, rule_summary
 from fusionfeat.report.flags import file_heads, random_heads, tag
@@ -84,7 +84,7 @@ def tex_pm(mean: float | None, std: float | None, digits: int = 4) -> Tex:
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain CSV with a header line (numbers at full precision, missing values empty)."""
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv_writer(fh)
         writer.writerow(header)
         for row in rows:
             writer.writerow(["" if _missing(v) else v for v in row])

@@ -6,7 +6,6 @@ two classes; binary runs never reach this module.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ import fusionfeat
 from fusionfeat.evaluation import multiclass_metrics as mm
 from fusionfeat.evaluation.cv import CVResult
 from fusionfeat.evaluation.multiclass_evidence import analyse_multiclass
-from fusionfeat.fsio import dumps_json
+from fusionfeat.fsio import csv_writer, dumps_json
 from fusionfeat.report.latex import latex_table, tex_interval, tex_pm, write_csv
 from fusionfeat.report.multiclass_markdown import render_multiclass_report
 from fusionfeat.report.multiclass_plots import write_multiclass_plots
@@ -104,7 +103,7 @@ def write_multiclass_predictions(result: CVResult, path: Path) -> None:
     k = len(result.classes)
     weight_cols = [(h, i, f"w_{h}_{n}") for h, names in result.weight_names.items() for i, n in enumerate(names)]
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv_writer(fh)
         writer.writerow(["repeat", "fold", "path", "view", "label", "group",
                          *prediction_columns(result.classes, result.heads), *[f"pred_{h}" for h in result.heads],
                          *[c for _, _, c in weight_cols]])
@@ -137,7 +136,7 @@ def write_multiclass_subjects(subjects: dict[str, Any], classes: list[str], path
     (``p_<class>_<head>``) and the predicted class (``pred_<head>``)."""
     heads = list(subjects["heads"])
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv_writer(fh)
         writer.writerow(["repeat", "subject", "label", "n_cells", *prediction_columns(classes, heads),
                          *[f"pred_{h}" for h in heads]])
         n_repeats = len(subjects["probabilities"][heads[0]])

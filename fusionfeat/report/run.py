@@ -7,7 +7,6 @@ Everything in ``report.md`` is rendered from ``metrics.json`` (``fusionfeat.repo
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import math
@@ -21,7 +20,7 @@ from fusionfeat import paper, stats
 from fusionfeat.errors import FusionfeatError
 from fusionfeat.evaluation.cv import CVResult
 from fusionfeat.evaluation.evidence import analyse
-from fusionfeat.fsio import RUN, dumps_json, output_target, require_file
+from fusionfeat.fsio import RUN, csv_writer, dumps_json, output_target, require_file
 from fusionfeat.report.attention import write_attention
 from fusionfeat.report.latex import write_tables
 from fusionfeat.report.markdown import render_report
@@ -133,7 +132,7 @@ def write_predictions(result: CVResult, path: Path) -> None:
     pred_cols = [f"pred_{head}" for head in result.heads]
     weight_cols = [(h, i, f"w_{h}_{n}") for h, names in result.weight_names.items() for i, n in enumerate(names)]
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv_writer(fh)
         writer.writerow(
             ["repeat", "fold", "path", "view", "label", "group", *prob_cols, *pred_cols,
              *[c for _, _, c in weight_cols]]
@@ -173,7 +172,7 @@ def write_subjects(subjects: dict[str, Any], path: Path) -> None:
     """Subject-level scores: one line per repeat and subject, one score column per head."""
     heads = list(subjects["heads"])
     with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv_writer(fh)
         writer.writerow(["repeat", "subject", "label", "n_cells", *[f"score_{h}" for h in heads]])
         n_repeats = len(subjects["scores"][heads[0]])
         for r in range(n_repeats):

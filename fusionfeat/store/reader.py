@@ -108,7 +108,8 @@ class FeatureStore:
     def _check_samples(self, h5: h5py.File) -> None:
         """The /samples table and every feature dataset have the shape fusionfeat writes (one row per sample)."""
         n = len(self.paths)
-        for name in ("label", "group", "fold", "sha256", "ok", "error"):
+        optional = ("nonfinite",) if "nonfinite" in h5["samples"] else ()  # absent in stores made before it
+        for name in ("label", "group", "fold", "sha256", "ok", "error", *optional):
             if len(h5["samples"][name]) != n:
                 raise StoreError(f"{self.path}: /samples/{name} has {len(h5['samples'][name])} rows for {n} images; "
                                  "the store is damaged: re-extract it")
@@ -140,6 +141,9 @@ class FeatureStore:
         self.sha256 = samples["sha256"].asstr()[:]
         self.ok = samples["ok"][:].astype(bool)
         self.errors = samples["error"].asstr()[:]
+        self.nonfinite = (samples["nonfinite"][:].astype(bool) if "nonfinite" in samples
+                          else np.zeros(len(self.paths), dtype=bool))
+        self.has_nonfinite_record = "nonfinite" in samples
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> FeatureStore:
