@@ -20,7 +20,8 @@ of the pooled out-of-fold predictions.
 The paper arm scores class-balanced test folds (copies included) while the honest arms score originals at
 the natural prevalence, so prevalence-dependent metrics (accuracy, precision, F1, MCC) mix a change of
 prevalence into "leak" and "inflation"; the split is clean only for the prevalence-free metrics
-(``PREVALENCE_FREE``). See ``docs/protocols.md``.
+(``PREVALENCE_FREE``). See ``docs/protocols.md``. A K-class store (K > 2) gets the same arms and contrasts on
+macro one-vs-rest AUC, balanced accuracy and accuracy (``fusionfeat.study_multiclass``).
 """
 
 from __future__ import annotations

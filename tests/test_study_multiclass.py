@@ -129,3 +129,22 @@ def test_both_arms_at_the_ceiling_read_as_unmeasurable_not_as_zero(studied):
                 json.dumps(numbers, default=float))}
     md = render_multiclass_study(data)
     assert EDGE_TEXT["ceiling"] in md and "**At the ceiling (or floor)**" in md
+
+
+def test_cli_studies_a_k_class_store_and_a_two_class_merge_of_it(studied, tmp_path):
+    from click.testing import CliRunner
+
+    from fusionfeat.cli import main
+
+    results, _ = studied
+    store = results["paper"].provenance["store"]
+    runner = CliRunner()
+    run = runner.invoke(main, ["study", store, "--head", HEAD, "--repeats", "1", "--folds", "3", "--quiet",
+                               "--classes", "ab=class_a+class_b,class_c", "-o", str(tmp_path / "merged")])
+    assert run.exit_code == 0, run.output
+    merged = json.loads((tmp_path / "merged" / "study.json").read_text())
+    assert "classes" not in merged and "roc_auc" in merged["heads_results"][HEAD]["arms"]["paper"]["metrics"]
+    run = runner.invoke(main, ["study", store, "--head", HEAD, "--repeats", "1", "--folds", "3", "--quiet",
+                               "--classes", "class_a,class_b,class_c", "-o", str(tmp_path / "k")])
+    assert run.exit_code == 0, run.output
+    assert "macro OvR AUC" in (tmp_path / "k" / "study.md").read_text()
