@@ -20,7 +20,8 @@ of the pooled out-of-fold predictions.
 The paper arm scores class-balanced test folds (copies included) while the honest arms score originals at
 the natural prevalence, so prevalence-dependent metrics (accuracy, precision, F1, MCC) mix a change of
 prevalence into "leak" and "inflation"; the split is clean only for the prevalence-free metrics
-(``PREVALENCE_FREE``). See ``docs/protocols.md``.
+(``PREVALENCE_FREE``). See ``docs/protocols.md``. A K-class store (K > 2) gets the same arms and contrasts on
+macro one-vs-rest AUC, balanced accuracy and accuracy (``fusionfeat.study_multiclass``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ SHOWN = ("accuracy", "balanced_accuracy", "f1", "mcc", "roc_auc")
 PREVALENCE_FREE: tuple[str, ...] = ("recall", "sensitivity", "specificity", "balanced_accuracy", "roc_auc")
 DECOMPOSED: tuple[str, ...] = ("balanced_accuracy", "roc_auc", "recall", "specificity")
 PREVALENCE_DEPENDENT_SHOWN = tuple(m for m in SHOWN if m not in PREVALENCE_FREE)
+CSV_HEADER = ["head", "metric", "quantity", "estimate", "lo", "hi", "p", "method", "prevalence_dependent", "edge",
+              "exact_lo", "exact_hi"]
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,6 @@ def run_study(
     ``store`` is a store's path (opened for the call, then closed) or an open ``FeatureStore``; it needs the
     dihedral views (``--views dihedral8``). ``write_study`` turns the result into a study folder.
     """
-    if len(store.classes) > 2:
-        raise FusionfeatError(
-            f"fusionfeat study is binary only (its contrasts and prevalence decomposition need a positive class); "
-            f"{getattr(store, 'path', 'the store')} has {len(store.classes)} classes: merge them into two with "
-            "--classes, or cross-validate each protocol with fusionfeat fit"
-        )
     check_dihedral(store)
     if repeats < 1:
         raise FusionfeatError(f"--repeats must be at least 1, got {repeats}")
@@ -176,7 +173,7 @@ def compare(results: dict[str, CVResult], n_boot: int = N_BOOT, seed: int = 0) -
         for cname, a, b, meaning in CONTRASTS:
             per_metric = {}
             for m in METRICS:
-                d = _contrast(results[a], results[b], head, m)
+                d = contrast(results[a], results[b], head, m)
                 d["edge"] = stats.unmeasurable(arms_out[a]["metrics"][m]["mean"], arms_out[b]["metrics"][m]["mean"],
                                                d, m)
                 per_metric[m] = d
@@ -205,7 +202,7 @@ def shares_splits(res_a: CVResult, res_b: CVResult, head: str) -> bool:
     return same_rows and keys_a == keys_b and bool(np.array_equal(res_a.test_fold, res_b.test_fold))
 
 
-def _contrast(res_a: CVResult, res_b: CVResult, head: str, metric: str) -> dict[str, Any]:
+def contrast(res_a: CVResult, res_b: CVResult, head: str, metric: str) -> dict[str, Any]:
     """``a − b`` of one metric's per-fold means: corrected paired t when the arms share their splits (per-fold
     differences paired by (repeat, fold)), else the corrected Welch difference."""
     if shares_splits(res_a, res_b, head):
@@ -215,25 +212,25 @@ def _contrast(res_a: CVResult, res_b: CVResult, head: str, metric: str) -> dict[
     return stats.corrected_difference_t(*fold_values(res_a, head, metric), *fold_values(res_b, head, metric)).to_dict()
 
 
-def _common(res_a: CVResult, res_b: CVResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def common_originals(res_a: CVResult, res_b: CVResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows_a, rows_b = original_rows(res_a), original_rows(res_b)
     samples = np.array(sorted(set(rows_a) & set(rows_b)), dtype=np.int64)
     return (samples, np.array([rows_a[s] for s in samples], dtype=np.int64),
             np.array([rows_b[s] for s in samples], dtype=np.int64))
 
 
-def _groups_of(res: CVResult, rows: np.ndarray) -> np.ndarray | None:
+def groups_of(res: CVResult, rows: np.ndarray) -> np.ndarray | None:
     """Subject ids of the rows (None when no subject is known: the bootstrap then resamples images)."""
     g = np.asarray(res.rows["group"]).astype(str)[rows]
     return g if np.any(g != "") else None
 
 
 def _pooled_auc(res: CVResult, head: str, n_boot: int, seed: int) -> dict[str, Any]:
-    _, rows, _ = _common(res, res)
+    _, rows, _ = common_originals(res, res)
     y = (res.rows["label"][rows] == res.classes.index(res.positive)).astype(int)
     if len(np.unique(y)) < 2:
         return {"estimate": None, "note": "one class among the original images"}
-    groups = _groups_of(res, rows)
+    groups = groups_of(res, rows)
     boot = stats.cluster_bootstrap(y, res.oof[head][:, rows], groups, "roc_auc", n_boot=n_boot, seed=seed)
     out = {**boot.to_dict(), "n_images": len(rows)}
     exact = edge_interval("roc_auc", y, res.oof_pred[head][:, rows], groups, boot.lo, boot.hi, boot.estimate,
@@ -244,7 +241,7 @@ def _pooled_auc(res: CVResult, head: str, n_boot: int, seed: int) -> dict[str, A
 
 
 def _paired_auc(res_a: CVResult, res_b: CVResult, head: str, n_boot: int, seed: int) -> dict[str, Any]:
-    samples, rows_a, rows_b = _common(res_a, res_b)
+    samples, rows_a, rows_b = common_originals(res_a, res_b)
     if len(samples) == 0 or res_a.oof[head].shape[0] != res_b.oof[head].shape[0]:
         return {"estimate": None, "note": "no original images scored by both protocols with the same repeats"}
     pos = res_a.classes.index(res_a.positive)
@@ -252,7 +249,7 @@ def _paired_auc(res_a: CVResult, res_b: CVResult, head: str, n_boot: int, seed: 
     if len(np.unique(y)) < 2:
         return {"estimate": None, "note": "one class among the shared original images"}
     boot = stats.paired_cluster_bootstrap(y, res_a.oof[head][:, rows_a], res_b.oof[head][:, rows_b],
-                                          _groups_of(res_a, rows_a), "roc_auc", n_boot=n_boot, seed=seed)
+                                          groups_of(res_a, rows_a), "roc_auc", n_boot=n_boot, seed=seed)
     return {**boot.to_dict(), "n_images": len(samples)}
 
 
@@ -289,12 +286,22 @@ def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_B
                           "n_eval_rows": len(results[a.name].rows["sample"])} for a in arms(honest)},
         "weights_kind": {b: p.get("weights_kind") for b, p in first.provenance.get("backbones", {}).items()},
         "head_weights": {h: weights_flags(first, h) for h in first.heads},
-        "heads_results": compare(results, n_boot=n_boot, seed=int(first.protocol.get("seed") or 0)),
     }
+    seed = int(first.protocol.get("seed") or 0)
+    if len(first.classes) > 2:  # K classes: macro AUC, balanced accuracy and accuracy (fusionfeat.study_multiclass)
+        from fusionfeat import study_multiclass as k
+
+        data = to_jsonable({**data, "classes": list(first.classes),
+                            "heads_results": k.compare_multiclass(results, n_boot=n_boot, seed=seed)})
+        (out / STUDY_JSON).write_text(dumps_json(data))
+        write_csv(out / STUDY_CSV, CSV_HEADER, k.multiclass_csv_rows(data))
+        (out / STUDY_TEX).write_text(k.multiclass_tex(data))
+        (out / STUDY_MD).write_text(k.render_multiclass_study(data))
+        return
+    data["heads_results"] = compare(results, n_boot=n_boot, seed=seed)
     data = to_jsonable(data)
     (out / STUDY_JSON).write_text(dumps_json(data))
-    write_csv(out / STUDY_CSV, ["head", "metric", "quantity", "estimate", "lo", "hi", "p", "method",
-                                "prevalence_dependent", "edge", "exact_lo", "exact_hi"], _csv_rows(data))
+    write_csv(out / STUDY_CSV, CSV_HEADER, _csv_rows(data))
     (out / STUDY_TEX).write_text(_tex(data))
     (out / STUDY_MD).write_text(render_study(data))
 
@@ -325,7 +332,7 @@ def _csv_rows(data: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
-def _num(x: Any, digits: int = 3, sign: bool = False) -> str:
+def num(x: Any, digits: int = 3, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
@@ -338,22 +345,22 @@ def _ci(d: dict[str, Any], key: str = "mean", sign: bool = False, bounds: tuple[
     if exact:  # the corrected t interval degenerated: the exact interval, marked
         edge = f" (at the {exact['edge']})" if exact.get("edge") else ""
         counts = f" {exact['k']}/{exact['n']}" if exact.get("k", -1) >= 0 else ""
-        return f"{_num(d.get(key))}{edge} [{_num(exact['lo'])}, {_num(exact['hi'])}]‡{counts}"
+        return f"{num(d.get(key))}{edge} [{num(exact['lo'])}, {num(exact['hi'])}]‡{counts}"
     lo, hi = d.get("lo"), d.get("hi")
     if bounds is not None and lo is not None and hi is not None:  # shown clipped to the metric's range
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return f"{_num(d.get(key), sign=sign)} [{_num(lo, sign=sign)}, {_num(hi, sign=sign)}]"
+    return f"{num(d.get(key), sign=sign)} [{num(lo, sign=sign)}, {num(hi, sign=sign)}]"
 
 
 def _range(metric: str) -> tuple[float, float]:
     return (-1.0, 1.0) if metric == "mcc" else (0.0, 1.0)
 
 
-def _p(x: Any) -> str:
+def p_text(x: Any) -> str:
     return "—" if x is None else (f"{x:.3g}" if x >= 1e-3 else "<0.001")
 
 
-def _md_row(cells: Sequence[str]) -> str:
+def md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
@@ -383,7 +390,7 @@ def render_study(data: dict[str, Any]) -> str:
     lines += [
         "| arm | protocol | evaluated rows | sub-run |",
         "|---|---|---:|---|",
-        *[_md_row([f"`{n}`", a["what"], str(a["n_eval_rows"]), f"[{n}/report.md]({n}/report.md)"])
+        *[md_row([f"`{n}`", a["what"], str(a["n_eval_rows"]), f"[{n}/report.md]({n}/report.md)"])
           for n, a in data["arms"].items()],
         "",
         "inflation = paper − weight = **leak** (paper − augment) + **augmentation** (augment − weight).",
@@ -392,12 +399,12 @@ def render_study(data: dict[str, Any]) -> str:
         "## Metrics per protocol (mean over folds × repeats [corrected resampled t 95% CI, shown clipped to the "
         "metric's range])",
         "",
-        _md_row(["head", "arm", *[_label(m) for m in SHOWN]]),
-        _md_row(["---", "---", *["---:"] * len(SHOWN)]),
+        md_row(["head", "arm", *[_label(m) for m in SHOWN]]),
+        md_row(["---", "---", *["---:"] * len(SHOWN)]),
     ]
     for head, h in res.items():
         for arm, a in h["arms"].items():
-            lines.append(_md_row([head_tag(data, head), arm,
+            lines.append(md_row([head_tag(data, head), arm,
                                   *[_ci(a["metrics"][m], bounds=_range(m)) for m in SHOWN]]))
     lines += [
         "",
@@ -431,15 +438,15 @@ def render_study(data: dict[str, Any]) -> str:
         "left out), averaged over repeats' AUCs; differences by a paired bootstrap that resamples subjects "
         "(images when subjects are unknown) and scores both arms on each resample.",
         "",
-        _md_row(["head", "paper", "augment", "weight", "inflation", "p", "leak", "p", "augmentation", "p"]),
-        _md_row(["---", *["---:"] * 9]),
+        md_row(["head", "paper", "augment", "weight", "inflation", "p", "leak", "p", "augmentation", "p"]),
+        md_row(["---", *["---:"] * 9]),
     ]
     for head, h in res.items():
         cells = [_ci(h["arms"][a]["pooled_auc_originals"], "estimate") for a in ("paper", "augment", "weight")]
         for cname in ("inflation", "leak", "augmentation"):
             b = h["contrasts"][cname]["pooled_auc_originals"]
-            cells += [_ci(b, "estimate", sign=True), "—" if b.get("edge") else _p(b.get("p"))]
-        lines.append(_md_row([head_tag(data, head), *cells]))
+            cells += [_ci(b, "estimate", sign=True), "—" if b.get("edge") else p_text(b.get("p"))]
+        lines.append(md_row([head_tag(data, head), *cells]))
     unit = next((b.get("unit") for h in res.values() for b in [h["contrasts"]["inflation"]["pooled_auc_originals"]]
                  if b.get("unit")), "image")
     if _any_edge(data):
@@ -484,17 +491,17 @@ def head_tag(data: dict[str, Any], head: str) -> str:
 def _contrast_table(data: dict[str, Any], metrics: Sequence[str]) -> list[str]:
     """Markdown rows of the three contrasts of ``metrics`` for every head."""
     lines = [
-        _md_row(["head", "metric", "inflation (paper − weight)", "p", "leak (paper − augment)", "p",
+        md_row(["head", "metric", "inflation (paper − weight)", "p", "leak (paper − augment)", "p",
                  "augmentation (augment − weight)", "p"]),
-        _md_row(["---", "---", *["---:"] * 6]),
+        md_row(["---", "---", *["---:"] * 6]),
     ]
     for head, h in data["heads_results"].items():
         for m in metrics:
             cells = []
             for cname in ("inflation", "leak", "augmentation"):
                 d = h["contrasts"][cname]["metrics"][m]
-                cells += [_ci(d, "diff", sign=True), "—" if d.get("edge") else _p(d["p"])]
-            lines.append(_md_row([head_tag(data, head), _label(m), *cells]))
+                cells += [_ci(d, "diff", sign=True), "—" if d.get("edge") else p_text(d["p"])]
+            lines.append(md_row([head_tag(data, head), _label(m), *cells]))
     return lines
 
 
@@ -526,8 +533,8 @@ def _tex(data: dict[str, Any]) -> str:
         for m in DECOMPOSED + PREVALENCE_DEPENDENT_SHOWN:
             c = h["contrasts"]
             rows.append([head_tag(data, head).replace("`", ""), _label(m),
-                         Tex(_num(h["arms"]["paper"]["metrics"][m]["mean"])),
-                         Tex(_num(h["arms"]["weight"]["metrics"][m]["mean"])),
+                         Tex(num(h["arms"]["paper"]["metrics"][m]["mean"])),
+                         Tex(num(h["arms"]["weight"]["metrics"][m]["mean"])),
                          *[Tex(_tex_ci(c[k]["metrics"][m])) for k in ("inflation", "leak", "augmentation")]])
     random = random_heads(data)
     warn = f"LEAKY: the paper arm's {LEAKY_TEXT} "
@@ -542,4 +549,4 @@ def _tex(data: dict[str, Any]) -> str:
 def _tex_ci(d: dict[str, Any]) -> str:
     if d.get("edge") in EDGE_TEXT:
         return EDGE_TEXT[d["edge"]]
-    return f"{_num(d['diff'], sign=True)} [{_num(d['lo'], sign=True)}, {_num(d['hi'], sign=True)}]"
+    return f"{num(d['diff'], sign=True)} [{num(d['lo'], sign=True)}, {num(d['hi'], sign=True)}]"

@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("engines and heads", frozenset({"engines", "heads"})),
     ("evaluation", frozenset({"evaluation"})),
     ("report", frozenset({"report"})),
-    ("products", frozenset({"bundle", "train", "predict", "explain", "info", "demo", "study", "evaluate"})),
+    ("products", frozenset({"bundle", "train", "predict", "explain", "info", "demo", "study", "study_multiclass",
+                             "evaluate"})),
     ("command line", frozenset({"cli"})),
 )
 OPEN_LAYERS = {"foundation", "products"}  # layers whose units may import each other

@@ -343,7 +343,7 @@ def test_study_and_info_on_a_k_class_store(tmp_path):
     from fusionfeat.study import run_study
 
     store = write_k_store(tmp_path / "s.h5", 4, n_subjects=16)
-    with pytest.raises(FusionfeatError, match="study is binary only.*has 4 classes"):
+    with pytest.raises(FusionfeatError, match="needs a store with dihedral views"):  # K classes are studied now
         run_study(store, progress=False)
     text = describe_store(store)
     assert "(typeA 16, typeB 16, typeC 16, typeD 16; 4 classes, no positive class)" in text

@@ -8,6 +8,7 @@ import click
 
 from fusionfeat.cli import main
 from fusionfeat.cli.options import (
+    classes_option,
     device_option,
     layout_option,
     positive_option,
@@ -98,24 +99,29 @@ def store_and_data(paths: tuple[str, ...], store_option: str | None) -> tuple[st
 @layout_option
 @positive_option
 @root_option
+@classes_option
 def finetune_command(paths, store_option, backbones, weights, protocol, folds, seed, input_size, epochs, batch_size, lr,
                      backbone_lr_scale, weight_decay, warmup_epochs, freeze_stages, label_smoothing, balance,
                      patience, val_fraction, augment, head_dropout, device, precision, workers, no_tokens,
-                     overwrite, quiet, layout, positive, root):
+                     overwrite, quiet, layout, positive, root, classes):
     """Fine-tune each backbone per CV fold on that fold's training images only; store the embeddings (resumable).
 
     STORE is a feature store made by `fusionfeat extract` from DATA; the fine-tuned features are added to it,
-    and `fit --features finetuned` cross-validates heads on them. Under torchrun (last example) each fold
-    trains with DistributedDataParallel.
+    and `fit --features finetuned` cross-validates heads on them. With --classes the backbones learn that
+    selection of the store's classes, and `fit --features finetuned` then takes the same --classes.
+    Under torchrun (last example) each fold trains with DistributedDataParallel.
 
     \b
     Examples:
       fusionfeat finetune cnmc.h5 C-NMC_training_data/ --epochs 10 --folds 5
       fusionfeat fit cnmc.h5 --head all --features finetuned
+      fusionfeat finetune wbc.h5 BCCD_WBC/ --classes neutrophil,lymphocyte,monocyte
+      fusionfeat fit wbc.h5 --head all --features finetuned --classes neutrophil,lymphocyte,monocyte
       torchrun --nproc-per-node 4 -m fusionfeat finetune cnmc.h5 C-NMC_training_data/
     """
     from fusionfeat.engines.distributed import process_group
     from fusionfeat.engines.finetune import FinetuneConfig, finetune
+    from fusionfeat.store.schema import classes_spec
 
     store, data = store_and_data(paths, store_option)
     names = parse_backbones(backbones)
@@ -126,14 +132,16 @@ def finetune_command(paths, store_option, backbones, weights, protocol, folds, s
                         jitter=jitter, head_dropout=head_dropout, val_fraction=val_fraction)
     config = FinetuneConfig(backbones=names, weights=parse_weights(weights, names), train=train, protocol=protocol,
                             n_folds=folds, seed=seed, input_size=input_size, tokens=not no_tokens, device=device,
-                            precision=precision, workers=workers, overwrite=overwrite, progress=not quiet)
+                            precision=precision, workers=workers, overwrite=overwrite, progress=not quiet,
+                            classes=classes)
     manifest = build_manifest(data, layout=layout, positive=positive, root=root)
     with process_group(device) as ctx:
         result = finetune(manifest, store, config, ctx)
     if result is None:
         return
     plan = result.plan
-    click.echo(f"fold plan: {plan.protocol}, {plan.n_folds} folds, seed {plan.seed}")
+    chosen = f", --classes {classes_spec(plan.classes)}" if plan.classes else ""
+    click.echo(f"fold plan: {plan.protocol}, {plan.n_folds} folds, seed {plan.seed}{chosen}")
     for r in result.reports:
         if r.status == "stored":
             click.echo(f"fold {r.fold} {r.backbone}: already in the store with these settings; skipped")

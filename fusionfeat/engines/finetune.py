@@ -64,6 +64,7 @@ from fusionfeat.store import (
     store_lock,
     write_finetuned_features,
 )
+from fusionfeat.store.selection import canonical_labels, select_classes, selection_mapping
 
 PROTOCOLS = ("grouped", "stratified", "predefined")
 
@@ -86,6 +87,7 @@ class FinetuneConfig:
     embed_batch_size: int = 64
     overwrite: bool = False
     progress: bool = True
+    classes: str | None = None  # --classes: fine-tune on a selection of the store's classes (store.selection)
 
 
 @dataclass
@@ -217,20 +219,22 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
         raise StoreError(f"no feature store at {store}; create it first with `fusionfeat extract DATA -o {store}`")
     stack.enter_context(store_lock(store))
     clean_stale(store.resolve())  # a killed rewrite's marked copy; we hold the lock, and touch nothing else
-    with FeatureStore.open(store) as fs:
-        _check_manifest(manifest, fs)
+    with FeatureStore.open(store) as opened:
+        _check_manifest(manifest, opened)
+        fs = select_classes(opened, config.classes)
         preprocess = _store_preprocess(fs, config.input_size, config.backbones)
         token_grid = (fs.root_attrs().get("settings") or {}).get("token_grid")  # extract --token-grid, if any
         plan = _fold_plan(fs, config)
         stored_plan = fs.fold_plan()
         existing = fs.finetuned_settings()
-        info = (fs.labels, fs.groups, fs.ok, fs.sha256, fs.paths, fs.classes)
-    labels, groups, ok, sha, rel_paths, classes = info
+        classes, labels = _training_labels(fs)
+        info = (fs.groups, np.asarray(fs.ok, dtype=bool), np.asarray(opened.ok, dtype=bool), fs.sha256, fs.paths)
+    groups, ok, extracted, sha, rel_paths = info
     if stored_plan is not None and stored_plan != plan:
         if not config.overwrite:
             raise StoreError(
                 f"{store} holds fine-tuned features made under another fold plan ({stored_plan.describe()}); "
-                f"this run asks for {plan.describe()}. Rerun without --cv/--folds/--seed to continue that plan, "
+                f"this run asks for {plan.describe()}. Rerun with that plan's options to continue it, "
                 "or add --overwrite to replace every fine-tuned fold"
             )
         existing = {}
@@ -243,11 +247,12 @@ def _prepare(manifest: Manifest, store: Path, config: FinetuneConfig, stack: con
     provenance = {b: m.provenance() for b, m in loaded.items()}
     work = work_dir(store)
     tasks = []
-    images = _images_digest(sha, ok)
+    images = _images_digest(sha, extracted)
     for fold in sorted(int(k) for k in np.unique(plan.fold[plan.fold >= 0])):
         for backbone in config.backbones:
             settings = _task_settings(manifest_fingerprint(manifest), images, plan, fold, backbone,
-                                      provenance[backbone], train_config, preprocess, config.tokens, token_grid)
+                                      provenance[backbone], train_config, preprocess, config.tokens, token_grid,
+                                      plan.classes)
             digest = _sha(settings)
             # features stored before the key held the images' content came from this very store file (a
             # re-extraction replaces the file, fine-tuned groups and all), so its content key is implied
@@ -314,9 +319,20 @@ def _store_preprocess(fs: FeatureStore, input_size: int | None, backbones: list[
     return preprocess
 
 
+def _training_labels(fs: FeatureStore) -> tuple[list[str], np.ndarray]:
+    """The classes and labels the backbones learn: the store's own, or a ``--classes`` selection's in name order
+    (``canonical_labels``), so that one selection gives one fine-tuning however it is spelt."""
+    if selection_mapping(fs) is None:
+        return list(fs.classes), np.asarray(fs.labels)
+    return canonical_labels(fs)
+
+
 def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> FoldPlan:
-    """The fold plan ``fit`` will use: the stored one when no plan option is given, else a new one."""
+    """The fold plan ``fit`` will use: the stored one when no plan option is given (and the class selection is
+    the stored plan's), else a new one; a new selection without plan options keeps the stored plan's protocol,
+    number of folds and seed."""
     stored = fs.fold_plan()
+    mapping = selection_mapping(fs)
     if config.protocol == "paper":
         raise FusionfeatError(
             "--cv paper is the paper's leaky protocol (copies split as rows of their own): it has no per-sample "
@@ -324,15 +340,18 @@ def _fold_plan(fs: FeatureStore, config: FinetuneConfig) -> FoldPlan:
         )
     if config.protocol is not None and config.protocol not in PROTOCOLS:
         raise FusionfeatError(f"--cv {config.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-    if stored is not None and config.protocol is None and config.n_folds is None and config.seed is None:
+    no_options = config.protocol is None and config.n_folds is None and config.seed is None
+    if stored is not None and no_options and stored.classes == mapping:
         return stored
-    protocol = config.protocol or default_protocol(fs.groups, fs.ok)
-    n_folds = DEFAULT_FOLDS if config.n_folds is None else int(config.n_folds)
-    seed = DEFAULT_SEED if config.seed is None else int(config.seed)
-    fold = plan_folds(fs.labels, fs.groups, fs.folds, protocol, n_folds, seed, mask=fs.ok, class_names=fs.classes)
+    base = stored if no_options else None
+    protocol = config.protocol or (base.protocol if base else default_protocol(fs.groups, fs.ok))
+    n_folds = int(config.n_folds or (base.n_folds if base else DEFAULT_FOLDS))
+    seed = int(config.seed if config.seed is not None else (base.seed if base else DEFAULT_SEED))
+    classes, labels = _training_labels(fs)
+    fold = plan_folds(labels, fs.groups, fs.folds, protocol, n_folds, seed, mask=fs.ok, class_names=classes)
     if protocol == "predefined":
         n_folds = int(len(np.unique(fold[fold >= 0])))
-    return FoldPlan(protocol, n_folds, seed, fold)
+    return FoldPlan(protocol, n_folds, seed, fold, mapping)
 
 
 def _images_digest(sha256: np.ndarray, ok: np.ndarray) -> str:
@@ -348,10 +367,12 @@ def _without_images(settings: dict) -> dict:
 
 
 def _task_settings(fingerprint: str, images: str, plan: FoldPlan, fold: int, backbone: str, provenance: dict,
-                   train: TrainConfig, preprocess: Preprocess, tokens: bool, token_grid: int | None = None) -> dict:
+                   train: TrainConfig, preprocess: Preprocess, tokens: bool, token_grid: int | None = None,
+                   classes: dict[str, str | None] | None = None) -> dict:
     """Everything that changes a task's numbers (not the device, precision or number of processes): the data's
     paths and labels, and the content of every image (changed pixels or a re-extracted store start over); the
-    store's ``--token-grid`` when it has one (token maps are pooled as the frozen ones were)."""
+    store's ``--token-grid`` when it has one (token maps are pooled as the frozen ones were); the ``--classes``
+    selection when there is one (``FoldPlan.classes``: another selection never reuses these checkpoints)."""
     return {
         "data": fingerprint,
         "images": images,
@@ -363,6 +384,7 @@ def _task_settings(fingerprint: str, images: str, plan: FoldPlan, fold: int, bac
         "preprocess": preprocess.as_attrs(),
         "tokens": tokens,
         **({"token_grid": int(token_grid)} if token_grid else {}),
+        **({"classes": classes} if classes is not None else {}),
     }
 
 

@@ -47,6 +47,8 @@ from fusionfeat.runtime import head_threads
 from fusionfeat.stats import AGGREGATIONS
 from fusionfeat.store import FeatureStore, FoldPlan
 from fusionfeat.store.reader import accepts_store
+from fusionfeat.store.schema import classes_spec
+from fusionfeat.store.selection import selection_mapping
 
 FEATURES: tuple[str, ...] = ("frozen", "finetuned")
 
@@ -405,6 +407,15 @@ def _finetuned_plan(
             )
     if repeats != 1:
         raise FusionfeatError("--features finetuned supports --repeats 1 only (one fine-tuning per fold)")
+    wanted = selection_mapping(store)
+    if plan.classes != wanted:
+        tuned = f"--classes {classes_spec(plan.classes)}" if plan.classes else "every class of the store"
+        asked = f"--classes {classes_spec(wanted)}" if wanted else "every class of the store"
+        raise FusionfeatError(
+            f"--features finetuned: the backbones were fine-tuned on {tuned}; this run asks for {asked}, whose "
+            "labels (and left-out images) they were not trained for. Fit with the fine-tuning's classes, or "
+            "fine-tune again with yours (fusionfeat finetune --classes … --overwrite)"
+        )
     fold = plan.fold
     have = set(int(k) for k in store.finetuned_folds())
     missing = sorted(set(np.unique(fold[fold >= 0]).tolist()) - have)

@@ -150,45 +150,72 @@ def decode_attr(value):
 @dataclass(frozen=True, eq=False)
 class FoldPlan:
     """The folds fine-tuned features were made under: how (protocol, number of folds, seed) and the test fold of
-    every store row (``fold``, -1 for rows in no test fold). Stored as ``/fold_plan``."""
+    every store row (``fold``, -1 for rows in no test fold). Stored as ``/fold_plan``.
+
+    ``classes``: the ``--classes`` selection the backbones were fine-tuned on, as each store class's new class
+    (``None``: left out); ``None`` when every class of the store was used as it is. It is part of the plan's
+    identity only when given, so plans of stores fine-tuned on all their classes keep their SHA-256."""
 
     protocol: str
     n_folds: int
     seed: int
     fold: np.ndarray
+    classes: dict[str, str | None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", str(self.protocol))
         object.__setattr__(self, "n_folds", int(self.n_folds))
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "fold", np.asarray(self.fold, dtype=np.int64))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", {str(k): None if v is None else str(v)
+                                                 for k, v in dict(self.classes).items()})
 
     @property
     def sha256(self) -> str:
         """Identity of the plan (recorded beside every fine-tuned fold)."""
         value = {"protocol": self.protocol, "n_folds": self.n_folds, "seed": self.seed, "fold": self.fold.tolist()}
+        if self.classes is not None:
+            value["classes"] = self.classes
         return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FoldPlan):
             return NotImplemented
-        return (self.protocol, self.n_folds, self.seed) == (other.protocol, other.n_folds, other.seed) \
-            and np.array_equal(self.fold, other.fold)
+        return (self.protocol, self.n_folds, self.seed, self.classes) == \
+            (other.protocol, other.n_folds, other.seed, other.classes) and np.array_equal(self.fold, other.fold)
 
     __hash__ = None  # type: ignore[assignment]
 
     def describe(self) -> str:
         """The options that reproduce the plan."""
-        return f"--cv {self.protocol} --folds {self.n_folds} --seed {self.seed}"
+        text = f"--cv {self.protocol} --folds {self.n_folds} --seed {self.seed}"
+        return text if self.classes is None else f"{text} --classes {classes_spec(self.classes)}"
 
     def to_attrs(self) -> dict:
         """The attributes of ``/fold_plan`` (the per-row folds are its ``fold`` dataset)."""
-        return {"protocol": self.protocol, "n_folds": self.n_folds, "seed": self.seed, "sha256": self.sha256}
+        out = {"protocol": self.protocol, "n_folds": self.n_folds, "seed": self.seed, "sha256": self.sha256}
+        if self.classes is not None:
+            out["classes"] = json.dumps(self.classes, sort_keys=True)
+        return out
 
     @classmethod
     def from_attrs(cls, attrs: dict, fold: np.ndarray) -> FoldPlan:
         """The plan from ``/fold_plan``'s attributes (decoded) and its ``fold`` dataset."""
-        return cls(str(attrs["protocol"]), int(attrs["n_folds"]), int(attrs["seed"]), fold)
+        classes = attrs.get("classes")
+        return cls(str(attrs["protocol"]), int(attrs["n_folds"]), int(attrs["seed"]), fold,
+                   classes if isinstance(classes, dict) else None)
+
+
+def classes_spec(mapping: dict[str, str | None] | None) -> str:
+    """A ``--classes`` value that makes ``mapping`` (store class -> new class, None: left out); ``""`` for none."""
+    if not mapping:
+        return ""
+    merged: dict[str, list[str]] = {}
+    for old, new in mapping.items():
+        if new is not None:
+            merged.setdefault(new, []).append(old)
+    return ",".join(new if olds == [new] else f"{new}={'+'.join(olds)}" for new, olds in sorted(merged.items()))
 
 
 def write_fold_plan(h5: h5py.File, plan: FoldPlan) -> None:

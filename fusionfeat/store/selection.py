@@ -154,3 +154,23 @@ def select_classes(store: Any, spec: str | None, positive: str | None = None, al
                                   f"the store's own classes are used, positive {store.positive_class!r}")
         return store
     return SelectedStore(store, parse_classes(spec, list(store.classes), positive))
+
+
+def selection_mapping(store: Any) -> dict[str, str | None] | None:
+    """The class selection a store is seen through, as each store class's new class (None: left out); ``None``
+    for the store itself or a selection that keeps every class under its own name. This is what a fine-tuning
+    fold plan records (``FoldPlan.classes``), so it identifies a selection however ``--classes`` was spelt."""
+    selection = getattr(store, "selection", None)
+    if not isinstance(selection, ClassSelection):
+        return None
+    mapping = dict(selection.mapping)
+    return None if all(new == old for old, new in mapping.items()) else mapping
+
+
+def canonical_labels(store: Any) -> tuple[list[str], np.ndarray]:
+    """The store's classes sorted by name and its labels as indices into them: a selection's labels in an order
+    that does not depend on how ``--classes`` listed them (a fine-tuning of ``a,b`` is one of ``b,a``)."""
+    classes = [str(c) for c in store.classes]
+    order = sorted(classes, key=str.lower)
+    remap = np.array([order.index(c) for c in classes], dtype=np.int64)
+    return order, remap[np.asarray(store.labels, dtype=np.int64)]
