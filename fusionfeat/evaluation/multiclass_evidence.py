@@ -80,11 +80,17 @@ def uncertainty(result: CVResult, head: str, n_boot: int = N_BOOT, seed: int = 0
         if name in COMPARED:
             boot = stats.multiclass_bootstrap(y, P, pred, groups, name, n_boot=n_boot, seed=seed)
             pooled["bootstrap"] = {**boot.to_dict(), "resampled": unit}
-        out[name] = {
-            "per_fold": _per_fold(values),
-            "corrected_t": stats.corrected_resampled_t(values, n_train, n_test).to_dict(),
-            "pooled": pooled,
-        }
+        per_fold = _per_fold(values)
+        corrected = stats.corrected_resampled_t(values, n_train, n_test).to_dict()
+        k = len(result.classes)
+        exact = stats.exact_multiclass(name, y, pred, groups, k, per_fold["mean"], corrected["lo"], corrected["hi"])
+        if exact:
+            corrected["exact"] = exact
+        boot = pooled.get("bootstrap") or {}
+        exact = stats.exact_multiclass(name, y, pred, groups, k, pooled["mean"], boot.get("lo"), boot.get("hi"))
+        if exact:
+            pooled["exact"] = exact
+        out[name] = {"per_fold": per_fold, "corrected_t": corrected, "pooled": pooled}
     return out
 
 
@@ -100,8 +106,10 @@ def pooled_tables(result: CVResult, head: str) -> dict[str, Any]:
     }
     confusion = sum(mm.confusion_matrix(y, pred[r], k) for r in range(P.shape[0]))
     ys = np.tile(y, P.shape[0])
+    groups, _ = bootstrap_groups(result)
     return {
         "per_class": per_class,
+        "per_class_exact": stats.per_class_exact(y, pred, groups, k, per_class),
         "confusion": np.asarray(confusion).tolist(),
         "roc": mm.ovr_roc_points(ys, P.reshape(-1, k), result.classes),
     }
@@ -209,9 +217,14 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
         for name in ("accuracy", *COMPARED):
             values = [pooled_metrics(labels, mean[r], pred[r])[name] for r in range(len(mean))]
             entry: dict[str, Any] = {"per_repeat": values, "mean": float(np.mean(values))}
+            bounds: dict[str, Any] = {}
             if name in COMPARED:  # one row per subject: resampling rows is resampling subjects
                 boot = stats.multiclass_bootstrap(labels, mean, pred, None, name, n_boot=n_boot, seed=seed)
-                entry["bootstrap"] = {**boot.to_dict(), "unit": "subject", "resampled": "subjects"}
+                entry["bootstrap"] = bounds = {**boot.to_dict(), "unit": "subject", "resampled": "subjects"}
+            exact = stats.exact_multiclass(name, labels, pred, None, k, entry["mean"], bounds.get("lo"),
+                                           bounds.get("hi"))
+            if exact:
+                entry["exact"] = exact
             metrics[name] = entry
         confusion = sum(mm.confusion_matrix(labels, pred[r], k) for r in range(len(mean)))
         out["heads"][head] = {"metrics": metrics, "confusion_total": np.asarray(confusion).tolist()}

@@ -9,7 +9,19 @@ from typing import Any
 import numpy as np
 
 from fusionfeat.evaluation.multiclass_metrics import LABELS, METRICS
-from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
+from fusionfeat.report.cells import (
+    CLIP_NOTE,
+    MULTICLASS_EXACT_NOTE,
+    any_exact,
+    ci_cell,
+    diff_ci,
+    edge_value,
+    exact_cell,
+    md_row,
+    num,
+    pm,
+    pval,
+)
 from fusionfeat.report.context import calibration_text, class_selection_line, skipped_at_extraction
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.markdown import shared_parts
@@ -114,7 +126,8 @@ def _intervals_section(data: dict[str, Any]) -> str:
         f"- **pooled OOF**: the metric on all out-of-fold predictions of a repeat, averaged over repeats; "
         f"**bootstrap 95% CI** (macro OvR AUC and balanced accuracy): percentile interval resampling {unit}.",
         "",
-        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.",
+        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}."
+        + (f" {MULTICLASS_EXACT_NOTE}." if any_exact(data) else ""),
     ]
     for head, info in data["heads"].items():
         lines += ["", f"### `{head}` ({flags_text(info)})", "",
@@ -127,11 +140,11 @@ def _intervals_section(data: dict[str, Any]) -> str:
             bounded = m not in ("log_loss", "brier")  # no upper bound of 1 to clip to
             lines.append(md_row([
                 LABELS[m],
-                pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
-                interval(ci.get("lo"), ci.get("hi"), _range(m)) if bounded
+                edge_value(pm(u["per_fold"]["mean"], u["per_fold"]["sd"]), ci.get("exact")),
+                ci_cell(ci, _range(m), ci.get("exact")) if bounded
                 else f"[{num(ci.get('lo'))}, {num(ci.get('hi'))}]",
-                num(pooled["mean"]),
-                interval(boot.get("lo"), boot.get("hi"), m) if boot else "—",
+                edge_value(num(pooled["mean"]), pooled.get("exact")),
+                ci_cell(boot or {}, m, pooled.get("exact")) if boot or pooled.get("exact") else "—",
             ]))
     return "\n".join(lines)
 
@@ -144,15 +157,24 @@ def _range(metric: str) -> str:
 def _per_class_section(data: dict[str, Any]) -> str:
     lines = ["## Per class (pooled out-of-fold, averaged over repeats)", "",
              "Support: the class's evaluated rows. Precision is n/a when the head never predicted the class. "
-             "OvR AUC: that class against all others (n/a when undefined)."]
+             "OvR AUC: that class against all others (n/a when undefined). A recall or precision at 0 or 1 shows "
+             "its exact 95% interval (‡, Clopper–Pearson of k/n; with subjects known, k and n count "
+             "subjects) and the floor or ceiling."]
     for head, info in data["heads"].items():
         pc = info["pooled"]["per_class"]
+        exact = info["pooled"].get("per_class_exact") or {}
         lines += ["", f"### `{head}`", "", md_row(["class", "precision", "recall", "F1", "support", "OvR AUC"]),
                   md_row(["---"] + ["---:"] * 5)]
         for i, c in enumerate(data["classes"]):
-            lines.append(md_row([c, num(pc["precision"][i]), num(pc["recall"][i]), num(pc["f1"][i]),
-                                 str(pc["support"][i]), num(pc["roc_auc"][i])]))
+            lines.append(md_row([c, *[exact_cell(pc[m][i], class_exact(exact, m, i)) for m in ("precision", "recall")],
+                                 num(pc["f1"][i]), str(pc["support"][i]), num(pc["roc_auc"][i])]))
     return "\n".join(lines)
+
+
+def class_exact(exact: dict[str, Any], metric: str, i: int) -> dict[str, Any] | None:
+    """Class ``i``'s exact interval of ``metric`` in a run's ``per_class_exact`` (None: none, or an older run)."""
+    cells = exact.get(metric) or []
+    return cells[i] if i < len(cells) else None
 
 
 def _matrix(classes: list[str], counts: Any, repeats: int) -> list[str]:
@@ -225,9 +247,10 @@ def _subjects_section(data: dict[str, Any]) -> str:
              md_row(["---"] + ["---:"] * 3)]
     for head, h in sub["heads"].items():
         m = h["metrics"]
-        cells = [f"{num(m[k]['mean'])} {interval(m[k]['bootstrap']['lo'], m[k]['bootstrap']['hi'], k)}"
-                 for k in ("balanced_accuracy", "roc_auc_macro")]
-        lines.append(md_row([tag(data, head), num(m["accuracy"]["mean"]), *cells]))
+        cells = [f"{edge_value(num(m[k]['mean']), m[k].get('exact'))} "
+                 f"{ci_cell(m[k]['bootstrap'], k, m[k].get('exact'))}" for k in ("balanced_accuracy", "roc_auc_macro")]
+        accuracy = m["accuracy"]
+        lines.append(md_row([tag(data, head), exact_cell(accuracy["mean"], accuracy.get("exact")), *cells]))
     repeats = max(1, int(data["protocol"].get("repeats", 1) or 1))
     for head, h in sub["heads"].items():
         lines += ["", f"### `{head}`: subjects", "", *_matrix(data["classes"], h["confusion_total"], repeats)]
