@@ -131,7 +131,7 @@ def test_binary_f1_without_predicted_positives_is_at_the_floor_with_an_honest_bo
 
 def test_a_perfect_k_class_run_shows_exact_intervals_and_the_ceiling(tmp_path):
     store = write_k_store(tmp_path / "store.h5", 3, n_subjects=9, separation=12.0)
-    result = cross_validate(store, ["logreg"], folds=3, progress=False)
+    result = cross_validate(store, ["logreg", "concat"], folds=3, progress=False)
     out = write_run(result, tmp_path / "run", n_boot=100)
     data = json.loads((out / "metrics.json").read_text())
     u = data["heads"]["logreg"]["uncertainty"]
@@ -148,6 +148,13 @@ def test_a_perfect_k_class_run_shows_exact_intervals_and_the_ceiling(tmp_path):
     assert f"| accuracy | 1.0000 ± 0.0000 (at the ceiling) | [{lo:.4f}, 1.0000]‡ 9/9 | 1.0000 (at the ceiling) |" \
         in report
     assert "‡ marks an exact interval" in report and "[1.0000, 1.0000]" not in report.split("## Per class")[0]
+    # two heads at the ceiling: their difference cannot be measured, and says so instead of +0 [+0, +0], p = 1
+    assert data["heads"]["concat"]["uncertainty"]["roc_auc_macro"]["pooled"]["mean"] == 1.0
+    pair = data["comparisons"]["pairs"][0]["metrics"]["roc_auc_macro"]
+    assert pair["per_fold"]["edge"] == "ceiling" and pair["pooled"]["edge"] == "ceiling"
+    assert "p_holm" not in pair["per_fold"]
+    assert "| at the ceiling: the difference cannot be measured | — | — | paired bootstrap over subjects | at the " \
+        "ceiling: the difference cannot be measured | — | — |" in report
     recall = data["heads"]["logreg"]["pooled"]["per_class_exact"]["recall"][0]
     assert f"1.0000 [{recall['lo']:.4f}, 1.0000]‡ {recall['k']}/{recall['n']} (at the ceiling)" in report
 

@@ -148,12 +148,15 @@ def compare(result: CVResult, a: str, b: str, n_boot: int = N_BOOT, seed: int = 
         diffs = np.asarray([fa[k].metrics[name] - fb[k].metrics[name] for k in keys], dtype=float)
         boot = stats.paired_multiclass_bootstrap(y, P_a, pred_a, P_b, pred_b, groups, name, n_boot=n_boot,
                                                  seed=seed)
-        out["metrics"][name] = {
-            "per_fold": stats.corrected_paired_t(diffs, n_train, n_test).to_dict(),
-            "pooled": {"method": f"paired bootstrap over {unit}", "diff": boot.estimate, "lo": boot.lo,
-                       "hi": boot.hi, "p": boot.p, "se": boot.se, "n_boot": boot.n_boot,
-                       "n_skipped": boot.n_skipped},
-        }
+        per_fold = stats.corrected_paired_t(diffs, n_train, n_test).to_dict()
+        pooled = {"method": f"paired bootstrap over {unit}", "diff": boot.estimate, "lo": boot.lo, "hi": boot.hi,
+                  "p": boot.p, "se": boot.se, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped}
+        fold_means = [float(np.nanmean([f[k].metrics[name] for k in keys])) if keys else math.nan for f in (fa, fb)]
+        pooled_means = [float(np.mean([pooled_metrics(y, P[r], pr[r])[name] for r in range(P.shape[0])]))
+                        for P, pr in ((P_a, pred_a), (P_b, pred_b))]
+        per_fold["edge"] = stats.unmeasurable(*fold_means, per_fold, name)
+        pooled["edge"] = stats.unmeasurable(*pooled_means, pooled, name)
+        out["metrics"][name] = {"per_fold": per_fold, "pooled": pooled}
     return out
 
 
@@ -163,7 +166,8 @@ def comparisons(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[s
     pairs = [compare(result, a, b, n_boot, seed) for i, a in enumerate(heads) for b in heads[i + 1:]]
     for name in COMPARED:
         for key in ("per_fold", "pooled"):
-            ps = [pair["metrics"][name][key]["p"] for pair in pairs]
+            ps = [math.nan if pair["metrics"][name][key].get("edge") else pair["metrics"][name][key]["p"]
+                  for pair in pairs]  # a difference that cannot be measured shows no p and leaves the family
             finite = [i for i, p in enumerate(ps) if math.isfinite(p)]
             adjusted = stats.holm([ps[i] for i in finite]) if finite else []
             for i, q in zip(finite, adjusted, strict=True):

@@ -25,6 +25,7 @@ from fusionfeat.report.cells import (
 from fusionfeat.report.context import calibration_text, class_selection_line, skipped_at_extraction
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.markdown import shared_parts
+from fusionfeat.stats import EDGE_TEXT
 
 SHOWN: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "kappa", "mcc",
                           "roc_auc_macro", "roc_auc_weighted")
@@ -110,8 +111,10 @@ def _results_section(data: dict[str, Any]) -> str:
         md_row(["---"] * 2 + ["---:"] * len(SHOWN)),
     ]
     for head, info in data["heads"].items():
-        s = info["summary"]
-        lines.append(md_row([f"`{head}`", flags_text(info), *[pm(s[m]["mean"], s[m]["std"]) for m in SHOWN]]))
+        s, u = info["summary"], info.get("uncertainty") or {}
+        lines.append(md_row([f"`{head}`", flags_text(info),
+                             *[edge_value(pm(s[m]["mean"], s[m]["std"]),
+                                          ((u.get(m) or {}).get("corrected_t") or {}).get("exact")) for m in SHOWN]]))
     return "\n".join(lines)
 
 
@@ -207,7 +210,10 @@ def _pairs_section(data: dict[str, Any]) -> str:
         "## Paired head comparisons (a − b, same splits)",
         "",
         "Per-fold: corrected resampled paired t over folds × repeats; pooled: paired bootstrap of the pooled "
-        "out-of-fold value. p (Holm): Holm-adjusted over all pairs, per metric and test. " + comp.get("note", ""),
+        "out-of-fold value. p (Holm): Holm-adjusted over all pairs, per metric and test. Where both heads sit at "
+        "the ceiling (or floor), or are identical on every fold, the difference cannot be measured: the table says "
+        "so instead of +0.0000 [+0.0000, +0.0000], p = 1, and that test leaves the Holm family. "
+        + comp.get("note", ""),
     ]
     for m in comp.get("metrics", []):
         lines += ["", f"### {LABELS[m]}", "",
@@ -216,10 +222,18 @@ def _pairs_section(data: dict[str, Any]) -> str:
                   md_row(["---"] * 2 + ["---:"] * 3 + ["---:", "---"] + ["---:"] * 2)]
         for pair in pairs:
             t, b = pair["metrics"][m]["per_fold"], pair["metrics"][m]["pooled"]
-            lines.append(md_row([tag(data, pair["a"]), tag(data, pair["b"]), diff_ci(t, m), pval(t["p"]),
-                                 pval(t.get("p_holm")), diff_ci(b, m), b["method"], pval(b["p"]),
-                                 pval(b.get("p_holm"))]))
+            lines.append(md_row([tag(data, pair["a"]), tag(data, pair["b"]), *_tested(t, m), b["method"],
+                                 *_tested(b, m)]))
     return "\n".join(lines)
+
+
+def _tested(test: dict[str, Any], metric: str) -> list[str]:
+    """A test's difference [CI], p and Holm p; where the difference cannot be measured (both heads at the ceiling
+    or floor, or identical on every fold) the reason instead, and no p."""
+    edge = test.get("edge")
+    if edge:
+        return [EDGE_TEXT.get(edge, edge), "—", "—"]
+    return [diff_ci(test, metric), pval(test["p"]), pval(test.get("p_holm"))]
 
 
 def _calibration_section(data: dict[str, Any]) -> str:
