@@ -265,7 +265,7 @@ def write_multiclass_evaluation(bundle: Bundle, scored: Scored, out: Path, n_boo
     data = multiclass_run_json(result, n_boot=n_boot)
     data["decision_rule"] = f"the bundle's: {describe_rule(bundle.info.get('decision_rule'), len(bundle.classes))}"
     data["external"] = external_record(bundle, scored, data["heads"][head]["uncertainty"])
-    data["plots"] = write_multiclass_plots(data, out)
+    data["plots"] = write_multiclass_plots(data, out, rows="external set")
     (out / METRICS_FILE).write_text(dumps_json(data))
     write_external_predictions(bundle, scored, out / PREDICTIONS_FILE)
     if (data.get("subjects") or {}).get("heads"):

@@ -242,3 +242,37 @@ def test_a_perfect_external_score_shows_exact_intervals_and_the_ceiling(world, t
     assert f"| accuracy | 1.0000 (at the ceiling) | [{lo:.4f}, 1.0000]‡ {n}/{n} |" in report
     assert "[1.0000, 1.0000]" not in report.split("## The bundle's")[0]
     assert " exact" in result.output
+
+
+def test_a_perfect_k_class_external_score_shows_exact_intervals_and_external_titles(world, tmp_path, monkeypatch):
+    """The K = 3 bundle scored on its own training store (resubstitution, perfect here): accuracy shows scipy's
+    Clopper–Pearson interval of k/n and the ceiling flag, the per-class table its recall intervals, and the
+    figures are titled for the external set, not "out-of-fold"."""
+    from scipy.stats import binomtest
+
+    import fusionfeat.evaluate as evaluate_module
+
+    seen = {}
+    draw = evaluate_module.write_multiclass_plots
+
+    def spy(data, out, rows="out-of-fold"):
+        seen["rows"] = rows
+        return draw(data, out, rows=rows)
+
+    monkeypatch.setattr(evaluate_module, "write_multiclass_plots", spy)
+    out = tmp_path / "own3"
+    ok("evaluate", world["root"] / "b3", world["root"] / "k3.h5", "-o", out, "--quiet")
+    assert seen["rows"] == "external set"
+    data = json.loads((out / "metrics.json").read_text())
+    accuracy = data["heads"]["logreg"]["uncertainty"]["accuracy"]["pooled"]
+    assert accuracy["mean"] == 1.0, "the fixture's resubstitution is expected to be perfect"
+    n = data["protocol"]["n_samples"]
+    lo = binomtest(n, n).proportion_ci(method="exact").low
+    assert (accuracy["exact"]["k"], accuracy["exact"]["n"]) == (n, n)
+    assert accuracy["exact"]["lo"] == pytest.approx(lo, abs=1e-12)
+    report = (out / "report.md").read_text()
+    assert f"| accuracy | 1.0000 (at the ceiling) | [{lo:.4f}, 1.0000]‡ {n}/{n} |" in report
+    assert "‡ marks an exact interval" in report
+    recall = data["heads"]["logreg"]["pooled"]["per_class_exact"]["recall"][0]
+    low = binomtest(recall["n"], recall["n"]).proportion_ci(method="exact").low
+    assert f"| class_a | 1.0000 [{low:.4f}, 1.0000]‡ {recall['n']}/{recall['n']} (at the ceiling) |" in report

@@ -24,9 +24,10 @@ N_BOOT = 200
 
 
 def write_k_store(path: Path, k: int, n_subjects: int = 15, cells: int = 4, seed: int = 0,
-                  subjects: bool = True) -> Path:
+                  subjects: bool = True, separation: float = 0.9) -> Path:
     """A finished store of ``k`` classes (subject s has class s % k) with two backbones of class-dependent
-    pooled features, written through the same writer ``fusionfeat extract`` uses."""
+    pooled features (class centres scaled by ``separation``), written through the same writer ``fusionfeat
+    extract`` uses."""
     rng = np.random.default_rng(seed)
     subject = np.repeat(np.arange(n_subjects), cells)
     labels = (subject % k).astype(np.int64)
@@ -46,7 +47,7 @@ def write_k_store(path: Path, k: int, n_subjects: int = 15, cells: int = 4, seed
     features = h5.create_group("features")
     for name, dim in (("alpha", 6), ("beta", 5)):
         centers = rng.normal(size=(k, dim))
-        x = rng.normal(size=(n, 1, dim)) + 0.9 * centers[labels][:, None, :]
+        x = rng.normal(size=(n, 1, dim)) + separation * centers[labels][:, None, :]
         attrs = {"backbone": name, "weights": "random", "weights_kind": "random", "weights_sha256": "", "seed": 0,
                  "input_size": 32, "normalization": "imagenet", "views": "1", "precision": "fp32", "device": "cpu"}
         group = create_feature_datasets(features, name, n, 1, dim, None, attrs)

@@ -80,11 +80,17 @@ def uncertainty(result: CVResult, head: str, n_boot: int = N_BOOT, seed: int = 0
         if name in COMPARED:
             boot = stats.multiclass_bootstrap(y, P, pred, groups, name, n_boot=n_boot, seed=seed)
             pooled["bootstrap"] = {**boot.to_dict(), "resampled": unit}
-        out[name] = {
-            "per_fold": _per_fold(values),
-            "corrected_t": stats.corrected_resampled_t(values, n_train, n_test).to_dict(),
-            "pooled": pooled,
-        }
+        per_fold = _per_fold(values)
+        corrected = stats.corrected_resampled_t(values, n_train, n_test).to_dict()
+        k = len(result.classes)
+        exact = stats.exact_multiclass(name, y, pred, groups, k, per_fold["mean"], corrected["lo"], corrected["hi"])
+        if exact:
+            corrected["exact"] = exact
+        boot = pooled.get("bootstrap") or {}
+        exact = stats.exact_multiclass(name, y, pred, groups, k, pooled["mean"], boot.get("lo"), boot.get("hi"))
+        if exact:
+            pooled["exact"] = exact
+        out[name] = {"per_fold": per_fold, "corrected_t": corrected, "pooled": pooled}
     return out
 
 
@@ -100,8 +106,10 @@ def pooled_tables(result: CVResult, head: str) -> dict[str, Any]:
     }
     confusion = sum(mm.confusion_matrix(y, pred[r], k) for r in range(P.shape[0]))
     ys = np.tile(y, P.shape[0])
+    groups, _ = bootstrap_groups(result)
     return {
         "per_class": per_class,
+        "per_class_exact": stats.per_class_exact(y, pred, groups, k, per_class),
         "confusion": np.asarray(confusion).tolist(),
         "roc": mm.ovr_roc_points(ys, P.reshape(-1, k), result.classes),
     }
@@ -140,12 +148,15 @@ def compare(result: CVResult, a: str, b: str, n_boot: int = N_BOOT, seed: int = 
         diffs = np.asarray([fa[k].metrics[name] - fb[k].metrics[name] for k in keys], dtype=float)
         boot = stats.paired_multiclass_bootstrap(y, P_a, pred_a, P_b, pred_b, groups, name, n_boot=n_boot,
                                                  seed=seed)
-        out["metrics"][name] = {
-            "per_fold": stats.corrected_paired_t(diffs, n_train, n_test).to_dict(),
-            "pooled": {"method": f"paired bootstrap over {unit}", "diff": boot.estimate, "lo": boot.lo,
-                       "hi": boot.hi, "p": boot.p, "se": boot.se, "n_boot": boot.n_boot,
-                       "n_skipped": boot.n_skipped},
-        }
+        per_fold = stats.corrected_paired_t(diffs, n_train, n_test).to_dict()
+        pooled = {"method": f"paired bootstrap over {unit}", "diff": boot.estimate, "lo": boot.lo, "hi": boot.hi,
+                  "p": boot.p, "se": boot.se, "n_boot": boot.n_boot, "n_skipped": boot.n_skipped}
+        fold_means = [float(np.nanmean([f[k].metrics[name] for k in keys])) if keys else math.nan for f in (fa, fb)]
+        pooled_means = [float(np.mean([pooled_metrics(y, P[r], pr[r])[name] for r in range(P.shape[0])]))
+                        for P, pr in ((P_a, pred_a), (P_b, pred_b))]
+        per_fold["edge"] = stats.unmeasurable(*fold_means, per_fold, name)
+        pooled["edge"] = stats.unmeasurable(*pooled_means, pooled, name)
+        out["metrics"][name] = {"per_fold": per_fold, "pooled": pooled}
     return out
 
 
@@ -155,7 +166,8 @@ def comparisons(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[s
     pairs = [compare(result, a, b, n_boot, seed) for i, a in enumerate(heads) for b in heads[i + 1:]]
     for name in COMPARED:
         for key in ("per_fold", "pooled"):
-            ps = [pair["metrics"][name][key]["p"] for pair in pairs]
+            ps = [math.nan if pair["metrics"][name][key].get("edge") else pair["metrics"][name][key]["p"]
+                  for pair in pairs]  # a difference that cannot be measured shows no p and leaves the family
             finite = [i for i, p in enumerate(ps) if math.isfinite(p)]
             adjusted = stats.holm([ps[i] for i in finite]) if finite else []
             for i, q in zip(finite, adjusted, strict=True):
@@ -209,9 +221,14 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
         for name in ("accuracy", *COMPARED):
             values = [pooled_metrics(labels, mean[r], pred[r])[name] for r in range(len(mean))]
             entry: dict[str, Any] = {"per_repeat": values, "mean": float(np.mean(values))}
+            bounds: dict[str, Any] = {}
             if name in COMPARED:  # one row per subject: resampling rows is resampling subjects
                 boot = stats.multiclass_bootstrap(labels, mean, pred, None, name, n_boot=n_boot, seed=seed)
-                entry["bootstrap"] = {**boot.to_dict(), "unit": "subject", "resampled": "subjects"}
+                entry["bootstrap"] = bounds = {**boot.to_dict(), "unit": "subject", "resampled": "subjects"}
+            exact = stats.exact_multiclass(name, labels, pred, None, k, entry["mean"], bounds.get("lo"),
+                                           bounds.get("hi"))
+            if exact:
+                entry["exact"] = exact
             metrics[name] = entry
         confusion = sum(mm.confusion_matrix(labels, pred[r], k) for r in range(len(mean)))
         out["heads"][head] = {"metrics": metrics, "confusion_total": np.asarray(confusion).tolist()}

@@ -85,8 +85,17 @@ EXACT_NOTE = (
     "‡ marks an exact interval, shown where the t or bootstrap interval degenerates (a value at 0 or 1, a "
     "zero-width interval) or a proportion has fewer than 10 units: the Clopper–Pearson interval of k/n (k/n "
     "shown; with subjects known, k and n count subjects), and for balanced accuracy, F1, MCC and ROC AUC the bound "
-    "from the Clopper–Pearson intervals of the proportions they are built from (docs/protocols.md, \"Intervals "
-    "at the edges\")"
+    "from the Clopper–Pearson intervals of the proportions they are built from (F1 with no predicted positive: "
+    "at most 2R/(1 + R) at recall's upper bound) (docs/protocols.md, \"Intervals at the edges\")"
+)
+MULTICLASS_EXACT_NOTE = (
+    "‡ marks an exact interval, shown where the t or bootstrap interval degenerates (a value at 0 or 1, a "
+    "zero-width interval): for accuracy and a class's recall or precision the Clopper–Pearson interval of k/n "
+    "(k/n shown; with subjects known, k and n count subjects), for balanced accuracy the mean of the per-class "
+    "recalls' Clopper–Pearson bounds, for macro and weighted F1 the mean of each class's F1 at the bounds of its "
+    "precision and recall, and for macro OvR AUC at the ceiling the lower bound from each class's sensitivity "
+    "and specificity at a separating threshold; kappa and MCC have none, and say so (docs/protocols.md, "
+    "\"Intervals at the edges\")"
 )
 EDGE_WORDS = {"ceiling": "at the ceiling", "floor": "at the floor"}
 
@@ -101,11 +110,22 @@ def ci_cell(bounds: dict[str, Any], metric: str, exact: dict[str, Any] | None = 
             mark: str = EXACT_MARK) -> str:
     """An interval cell: the exact interval when there is one (marked ``‡``, with ``k/n`` for a single
     proportion), else ``bounds``' ``lo``/``hi`` as ``interval`` shows them."""
+    if exact and exact.get("lo") is None:  # flagged at an edge where no exact interval is defined
+        return "n/a: cannot be estimated" + (f" {EDGE_WORDS[exact['edge']]}" if exact.get("edge") in EDGE_WORDS
+                                             else "")
     if exact:
         k, n = exact.get("k", -1), exact.get("n", -1)
         counts = f" {k}/{n}" if k is not None and k >= 0 else ""
         return interval(exact.get("lo"), exact.get("hi"), metric) + mark + counts
     return interval(bounds.get("lo"), bounds.get("hi"), metric)
+
+
+def exact_cell(value: Any, exact: dict[str, Any] | None, metric: str = "recall") -> str:
+    """A value with no other interval: ``num(value)``, and where ``exact`` holds one, its interval (marked ``‡``,
+    with ``k/n``) and the ceiling or floor: ``1.0000 [0.6915, 1.0000]‡ 10/10 (at the ceiling)``."""
+    if not exact:
+        return num(value)
+    return edge_value(f"{num(value)} {ci_cell({}, metric, exact)}", exact)
 
 
 def any_exact(data: dict[str, Any]) -> bool:
@@ -114,6 +134,8 @@ def any_exact(data: dict[str, Any]) -> bool:
         for u in (info.get("uncertainty") or {}).values():
             if u.get("corrected_t", {}).get("exact") or u.get("pooled", {}).get("exact"):
                 return True
+        if any(any(cells) for cells in ((info.get("pooled") or {}).get("per_class_exact") or {}).values()):
+            return True
     for h in ((data.get("subjects") or {}).get("heads") or {}).values():
         if any(m.get("exact") for m in h["metrics"].values()):
             return True

@@ -17,9 +17,11 @@ from fusionfeat.evaluation.metrics import LABELS, METRICS
 from fusionfeat.report.cells import (
     CLIP_NOTE,
     EXACT_NOTE,
+    MULTICLASS_EXACT_NOTE,
     any_exact,
     ci_cell,
     edge_value,
+    exact_cell,
     interval,
     md_row,
     num,
@@ -27,6 +29,7 @@ from fusionfeat.report.cells import (
     signed,
 )
 from fusionfeat.report.flags import describe_weights, random_backbones
+from fusionfeat.report.multiclass_markdown import class_exact
 
 AGGREGATE_RULE = {"mean": "mean of its cells' probabilities", "median": "median of its cells' probabilities",
                   "fraction": "fraction of its cells with P ≥ 0.5"}
@@ -326,24 +329,31 @@ def _multiclass_results(data: dict[str, Any], head: str) -> str:
         pooled = u[m]["pooled"]
         boot = pooled.get("bootstrap") or {}
         c = cv.get(m) or {}
+        exact = pooled.get("exact")
         lines.append(md_row([
-            mm.LABELS[m], num(pooled["mean"]), _ci(boot.get("lo"), boot.get("hi"), m) if boot else "—",
+            mm.LABELS[m], edge_value(num(pooled["mean"]), exact),
+            ci_cell(boot, "mcc" if m == "kappa" else m, exact) if exact
+            else _ci(boot.get("lo"), boot.get("hi"), m) if boot else "—",
             num(c.get("pooled")) if c else "—", _ci(c.get("lo"), c.get("hi"), m) if c.get("lo") is not None else "—",
             signed((versus.get(m) or {}).get("difference")) if c else "—",
         ]))
-    lines += ["", f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}."]
+    exact = f" {MULTICLASS_EXACT_NOTE}." if any_exact(data) else ""
+    lines += ["", f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.{exact}"]
     return "\n".join(lines)
 
 
 def _per_class(data: dict[str, Any], head: str) -> str:
     pc = data["heads"][head]["pooled"]["per_class"]
+    exact = data["heads"][head]["pooled"].get("per_class_exact") or {}
     lines = ["## Per class (external images)", "",
-             "Support: the class's external images. OvR AUC: that class against all others (n/a when the class "
-             "is absent).", "",
+             "Support: the class's external images. Precision is n/a when the head never predicted the class. OvR "
+             "AUC: that class against all others (n/a when the class is absent). A recall or precision at 0 or 1 "
+             "shows its exact 95% interval (‡, Clopper–Pearson of k/n; with subjects known, k and n count "
+             "subjects) and the floor or ceiling.", "",
              md_row(["class", "precision", "recall", "F1", "support", "OvR AUC"]), md_row(["---"] + ["---:"] * 5)]
     for i, c in enumerate(data["classes"]):
-        lines.append(md_row([c, num(pc["precision"][i]), num(pc["recall"][i]), num(pc["f1"][i]),
-                             str(pc["support"][i]), num(pc["roc_auc"][i])]))
+        lines.append(md_row([c, *[exact_cell(pc[m][i], class_exact(exact, m, i)) for m in ("precision", "recall")],
+                             num(pc["f1"][i]), str(pc["support"][i]), num(pc["roc_auc"][i])]))
     return "\n".join(lines)
 
 
@@ -388,13 +398,13 @@ def _multiclass_subjects(data: dict[str, Any], head: str) -> str:
     if sub.get("skipped"):
         return f"## Subject-level results\n\nNot computed: {sub['skipped']}."
     h = sub["heads"][head]["metrics"]
-    cells = [f"{num(h[m]['mean'])} {interval(h[m]['bootstrap']['lo'], h[m]['bootstrap']['hi'], m)}"
+    cells = [f"{edge_value(num(h[m]['mean']), h[m].get('exact'))} {ci_cell(h[m]['bootstrap'], m, h[m].get('exact'))}"
              for m in ("balanced_accuracy", "roc_auc_macro")]
     lines = ["## Subject-level results (one row per subject, not per cell)", "",
              f"{sub['rule'][0].upper()}{sub['rule'][1:]}; {len(sub['subject'])} external subjects. Intervals: "
              "bootstrap over subjects. Per subject: `subjects.csv`.", "",
              md_row(["accuracy", "balanced acc. [95% CI]", "macro OvR AUC [95% CI]"]), md_row(["---:"] * 3),
-             md_row([num(h["accuracy"]["mean"]), *cells]), "",
+             md_row([exact_cell(h["accuracy"]["mean"], h["accuracy"].get("exact")), *cells]), "",
              *_matrix(data["classes"], sub["heads"][head]["confusion_total"])]
     return "\n".join(lines)
 

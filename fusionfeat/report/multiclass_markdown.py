@@ -9,10 +9,23 @@ from typing import Any
 import numpy as np
 
 from fusionfeat.evaluation.multiclass_metrics import LABELS, METRICS
-from fusionfeat.report.cells import CLIP_NOTE, diff_ci, interval, md_row, num, pm, pval
+from fusionfeat.report.cells import (
+    CLIP_NOTE,
+    MULTICLASS_EXACT_NOTE,
+    any_exact,
+    ci_cell,
+    diff_ci,
+    edge_value,
+    exact_cell,
+    md_row,
+    num,
+    pm,
+    pval,
+)
 from fusionfeat.report.context import calibration_text, class_selection_line, skipped_at_extraction
 from fusionfeat.report.flags import flags_text, tag
 from fusionfeat.report.markdown import shared_parts
+from fusionfeat.stats import EDGE_TEXT
 
 SHOWN: tuple[str, ...] = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "kappa", "mcc",
                           "roc_auc_macro", "roc_auc_weighted")
@@ -98,8 +111,10 @@ def _results_section(data: dict[str, Any]) -> str:
         md_row(["---"] * 2 + ["---:"] * len(SHOWN)),
     ]
     for head, info in data["heads"].items():
-        s = info["summary"]
-        lines.append(md_row([f"`{head}`", flags_text(info), *[pm(s[m]["mean"], s[m]["std"]) for m in SHOWN]]))
+        s, u = info["summary"], info.get("uncertainty") or {}
+        lines.append(md_row([f"`{head}`", flags_text(info),
+                             *[edge_value(pm(s[m]["mean"], s[m]["std"]),
+                                          ((u.get(m) or {}).get("corrected_t") or {}).get("exact")) for m in SHOWN]]))
     return "\n".join(lines)
 
 
@@ -114,7 +129,8 @@ def _intervals_section(data: dict[str, Any]) -> str:
         f"- **pooled OOF**: the metric on all out-of-fold predictions of a repeat, averaged over repeats; "
         f"**bootstrap 95% CI** (macro OvR AUC and balanced accuracy): percentile interval resampling {unit}.",
         "",
-        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}.",
+        f"Intervals are shown clipped to the metric's range; {CLIP_NOTE}."
+        + (f" {MULTICLASS_EXACT_NOTE}." if any_exact(data) else ""),
     ]
     for head, info in data["heads"].items():
         lines += ["", f"### `{head}` ({flags_text(info)})", "",
@@ -127,11 +143,11 @@ def _intervals_section(data: dict[str, Any]) -> str:
             bounded = m not in ("log_loss", "brier")  # no upper bound of 1 to clip to
             lines.append(md_row([
                 LABELS[m],
-                pm(u["per_fold"]["mean"], u["per_fold"]["sd"]),
-                interval(ci.get("lo"), ci.get("hi"), _range(m)) if bounded
+                edge_value(pm(u["per_fold"]["mean"], u["per_fold"]["sd"]), ci.get("exact")),
+                ci_cell(ci, _range(m), ci.get("exact")) if bounded
                 else f"[{num(ci.get('lo'))}, {num(ci.get('hi'))}]",
-                num(pooled["mean"]),
-                interval(boot.get("lo"), boot.get("hi"), m) if boot else "—",
+                edge_value(num(pooled["mean"]), pooled.get("exact")),
+                ci_cell(boot or {}, m, pooled.get("exact")) if boot or pooled.get("exact") else "—",
             ]))
     return "\n".join(lines)
 
@@ -144,15 +160,24 @@ def _range(metric: str) -> str:
 def _per_class_section(data: dict[str, Any]) -> str:
     lines = ["## Per class (pooled out-of-fold, averaged over repeats)", "",
              "Support: the class's evaluated rows. Precision is n/a when the head never predicted the class. "
-             "OvR AUC: that class against all others (n/a when undefined)."]
+             "OvR AUC: that class against all others (n/a when undefined). A recall or precision at 0 or 1 shows "
+             "its exact 95% interval (‡, Clopper–Pearson of k/n; with subjects known, k and n count "
+             "subjects) and the floor or ceiling."]
     for head, info in data["heads"].items():
         pc = info["pooled"]["per_class"]
+        exact = info["pooled"].get("per_class_exact") or {}
         lines += ["", f"### `{head}`", "", md_row(["class", "precision", "recall", "F1", "support", "OvR AUC"]),
                   md_row(["---"] + ["---:"] * 5)]
         for i, c in enumerate(data["classes"]):
-            lines.append(md_row([c, num(pc["precision"][i]), num(pc["recall"][i]), num(pc["f1"][i]),
-                                 str(pc["support"][i]), num(pc["roc_auc"][i])]))
+            lines.append(md_row([c, *[exact_cell(pc[m][i], class_exact(exact, m, i)) for m in ("precision", "recall")],
+                                 num(pc["f1"][i]), str(pc["support"][i]), num(pc["roc_auc"][i])]))
     return "\n".join(lines)
+
+
+def class_exact(exact: dict[str, Any], metric: str, i: int) -> dict[str, Any] | None:
+    """Class ``i``'s exact interval of ``metric`` in a run's ``per_class_exact`` (None: none, or an older run)."""
+    cells = exact.get(metric) or []
+    return cells[i] if i < len(cells) else None
 
 
 def _matrix(classes: list[str], counts: Any, repeats: int) -> list[str]:
@@ -185,7 +210,10 @@ def _pairs_section(data: dict[str, Any]) -> str:
         "## Paired head comparisons (a − b, same splits)",
         "",
         "Per-fold: corrected resampled paired t over folds × repeats; pooled: paired bootstrap of the pooled "
-        "out-of-fold value. p (Holm): Holm-adjusted over all pairs, per metric and test. " + comp.get("note", ""),
+        "out-of-fold value. p (Holm): Holm-adjusted over all pairs, per metric and test. Where both heads sit at "
+        "the ceiling (or floor), or are identical on every fold, the difference cannot be measured: the table says "
+        "so instead of +0.0000 [+0.0000, +0.0000], p = 1, and that test leaves the Holm family. "
+        + comp.get("note", ""),
     ]
     for m in comp.get("metrics", []):
         lines += ["", f"### {LABELS[m]}", "",
@@ -194,10 +222,18 @@ def _pairs_section(data: dict[str, Any]) -> str:
                   md_row(["---"] * 2 + ["---:"] * 3 + ["---:", "---"] + ["---:"] * 2)]
         for pair in pairs:
             t, b = pair["metrics"][m]["per_fold"], pair["metrics"][m]["pooled"]
-            lines.append(md_row([tag(data, pair["a"]), tag(data, pair["b"]), diff_ci(t, m), pval(t["p"]),
-                                 pval(t.get("p_holm")), diff_ci(b, m), b["method"], pval(b["p"]),
-                                 pval(b.get("p_holm"))]))
+            lines.append(md_row([tag(data, pair["a"]), tag(data, pair["b"]), *_tested(t, m), b["method"],
+                                 *_tested(b, m)]))
     return "\n".join(lines)
+
+
+def _tested(test: dict[str, Any], metric: str) -> list[str]:
+    """A test's difference [CI], p and Holm p; where the difference cannot be measured (both heads at the ceiling
+    or floor, or identical on every fold) the reason instead, and no p."""
+    edge = test.get("edge")
+    if edge:
+        return [EDGE_TEXT.get(edge, edge), "—", "—"]
+    return [diff_ci(test, metric), pval(test["p"]), pval(test.get("p_holm"))]
 
 
 def _calibration_section(data: dict[str, Any]) -> str:
@@ -225,9 +261,10 @@ def _subjects_section(data: dict[str, Any]) -> str:
              md_row(["---"] + ["---:"] * 3)]
     for head, h in sub["heads"].items():
         m = h["metrics"]
-        cells = [f"{num(m[k]['mean'])} {interval(m[k]['bootstrap']['lo'], m[k]['bootstrap']['hi'], k)}"
-                 for k in ("balanced_accuracy", "roc_auc_macro")]
-        lines.append(md_row([tag(data, head), num(m["accuracy"]["mean"]), *cells]))
+        cells = [f"{edge_value(num(m[k]['mean']), m[k].get('exact'))} "
+                 f"{ci_cell(m[k]['bootstrap'], k, m[k].get('exact'))}" for k in ("balanced_accuracy", "roc_auc_macro")]
+        accuracy = m["accuracy"]
+        lines.append(md_row([tag(data, head), exact_cell(accuracy["mean"], accuracy.get("exact")), *cells]))
     repeats = max(1, int(data["protocol"].get("repeats", 1) or 1))
     for head, h in sub["heads"].items():
         lines += ["", f"### `{head}`: subjects", "", *_matrix(data["classes"], h["confusion_total"], repeats)]

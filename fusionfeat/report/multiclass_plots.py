@@ -19,8 +19,9 @@ TRAINING_PNG = "training.png"
 FONT = 8
 
 
-def write_multiclass_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
-    """Draw every head's figures into ``out/figures``; returns plot key -> path relative to ``out``."""
+def write_multiclass_plots(data: dict[str, Any], out: Path, rows: str = "out-of-fold") -> dict[str, str]:
+    """Draw every head's figures into ``out/figures``; returns plot key -> path relative to ``out``. ``rows`` names
+    the rows the figures' titles describe (``"out-of-fold"`` for ``fit``, ``"external set"`` for ``evaluate``)."""
     plots: dict[str, str] = {}
     training = training_figure(data)  # the torch heads' training curves, as for binary runs
     if training is not None:
@@ -32,11 +33,12 @@ def write_multiclass_plots(data: dict[str, Any], out: Path) -> dict[str, str]:
     repeats = max(1, int(data["protocol"].get("repeats", 1) or 1))
     for head, info in data["heads"].items():
         slug = _slug(head)
-        fig = confusion_figure(f"{head}: confusion (out-of-fold{_per(repeats)})", info["pooled"]["confusion"],
+        fig = confusion_figure(f"{head}: confusion ({rows}{_per(repeats)})", info["pooled"]["confusion"],
                                classes, repeats)
         _save(fig, detail / f"confusion_{slug}.png", out, plots, f"confusion_{head}")
-        _save(_roc_figure(head, info, data), detail / f"roc_{slug}.png", out, plots, f"roc_{head}")
-        _save(_reliability_figure(head, info), detail / f"reliability_{slug}.png", out, plots, f"reliability_{head}")
+        _save(_roc_figure(head, info, data, rows), detail / f"roc_{slug}.png", out, plots, f"roc_{head}")
+        _save(_reliability_figure(head, info, rows), detail / f"reliability_{slug}.png", out, plots,
+              f"reliability_{head}")
     for head, sub in ((data.get("subjects") or {}).get("heads") or {}).items():
         fig = confusion_figure(f"{head} SUBJECT-LEVEL: confusion{_per(repeats)}", sub["confusion_total"], classes,
                                repeats)
@@ -72,7 +74,7 @@ def confusion_figure(title: str, counts: Any, classes: list[str], repeats: int =
     return fig
 
 
-def _roc_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure:
+def _roc_figure(head: str, info: dict[str, Any], data: dict[str, Any], rows: str = "out-of-fold") -> Figure:
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     for name, curve in info["pooled"]["roc"].items():
@@ -84,7 +86,8 @@ def _roc_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(f"{head}: one-vs-rest ROC (pooled out-of-fold; macro AUC {macro:.3f})", fontsize=FONT + 1)
+    which = "pooled out-of-fold" if rows == "out-of-fold" else rows
+    ax.set_title(f"{head}: one-vs-rest ROC ({which}; macro AUC {macro:.3f})", fontsize=FONT + 1)
     if missing:
         ax.text(0.98, 0.02, f"undefined for {', '.join(missing)}", ha="right", fontsize=FONT - 1,
                 transform=ax.transAxes)
@@ -92,7 +95,7 @@ def _roc_figure(head: str, info: dict[str, Any], data: dict[str, Any]) -> Figure
     return fig
 
 
-def _reliability_figure(head: str, info: dict[str, Any]) -> Figure:
+def _reliability_figure(head: str, info: dict[str, Any], rows: str = "out-of-fold") -> Figure:
     cal = info["calibration"]
     curve = cal["reliability"]
     fig = Figure(figsize=(4.5, 5.2))
@@ -103,7 +106,7 @@ def _reliability_figure(head: str, info: dict[str, Any]) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.set_ylabel("fraction whose top class is right")
-    ax.set_title(f"{head}: top-label reliability ({cal['n_bins']} bins)", fontsize=FONT + 1)
+    ax.set_title(f"{head}: top-label reliability ({rows}, {cal['n_bins']} bins)", fontsize=FONT + 1)
     ax.legend(loc="upper left", fontsize=FONT - 1)
     n_bins = cal["n_bins"]
     bins = np.clip(np.ceil(np.asarray(curve["confidence"]) * n_bins) - 1, 0, n_bins - 1)

@@ -11,7 +11,8 @@ Conventions used throughout:
 
 The package's modules each hold one family: ``corrected_t``, ``bootstrap``, ``delong``, ``multiplicity``,
 ``pooled`` (metrics by name), ``calibration``, ``subjects``, ``thresholds``, ``multiclass`` (bootstrap of K-class
-macro AUC and balanced accuracy), ``proportions`` (exact intervals at the edges), ``edges`` (differences that
+macro AUC and balanced accuracy), ``multiclass_exact`` (K-class exact intervals at the edges),
+``proportions`` (exact intervals at the edges), ``edges`` (differences that
 cannot be measured), ``recalibration`` (calibration slope, the ECE of a perfectly calibrated model);
 ``results`` and ``inputs`` serve them.
 
@@ -24,6 +25,7 @@ from fusionfeat.stats.corrected_t import corrected_difference_t, corrected_paire
 from fusionfeat.stats.delong import delong_auc, delong_test
 from fusionfeat.stats.edges import EDGE_TEXT, unmeasurable
 from fusionfeat.stats.multiclass import MULTICLASS_METRICS, multiclass_bootstrap, paired_multiclass_bootstrap
+from fusionfeat.stats.multiclass_exact import MULTICLASS_EXACT, exact_multiclass, per_class_exact
 from fusionfeat.stats.multiplicity import holm
 from fusionfeat.stats.pooled import PAPER_F1_NOTE, THRESHOLDED, f1_from, pooled_metric, roc_auc
 from fusionfeat.stats.proportions import (
@@ -52,6 +54,7 @@ __all__ = [
     "EXACT_METRICS",
     "ExactInterval",
     "Interval",
+    "MULTICLASS_EXACT",
     "MULTICLASS_METRICS",
     "Metric",
     "PAPER_F1_NOTE",
@@ -74,9 +77,11 @@ __all__ = [
     "delong_test",
     "ece_if_calibrated",
     "exact_interval",
+    "exact_multiclass",
     "expected_calibration_error",
     "f1_from",
     "holm",
+    "per_class_exact",
     "multiclass_bootstrap",
     "paired_cluster_bootstrap",
     "paired_multiclass_bootstrap",

@@ -128,6 +128,8 @@ def exact_interval(metric: str, counts: Counts, estimate: float, level: float = 
     if metric not in _PARTS:
         raise FusionfeatError(f"no exact interval for {metric!r}; choose one of {', '.join(EXACT_METRICS)}")
     parts = _PARTS[metric](counts)
+    if metric == "f1" and parts[0][1] == 0 and parts[1][1] > 0:
+        return _f1_without_predicted_positives(counts, estimate, level)
     if any(n < 1 for _, n in parts):
         return None
     m = len(parts)
@@ -149,6 +151,17 @@ def exact_interval(metric: str, counts: Counts, estimate: float, level: float = 
         lo, hi = f(*los), f(*his)
         method = f"{metric} at the Clopper–Pearson bounds of its {m} proportions, Bonferroni"
     return ExactInterval(float(estimate), float(lo), float(hi), level, -1, -1, [list(p) for p in parts], method)
+
+
+def _f1_without_predicted_positives(counts: Counts, estimate: float, level: float) -> ExactInterval:
+    """F1 = 0 with no predicted positive: precision is undefined, recall is 0/(tp + fn). F1 = 2PR/(P + R) grows
+    with precision, so whatever precision the head would reach, ``F1 ≤ 2R/(1 + R)``: the interval is
+    ``[0, 2·hi/(1 + hi)]`` with ``hi`` the Clopper–Pearson upper bound of recall."""
+    k, n = counts.tp, counts.tp + counts.fn
+    lo_r, hi_r = clopper_pearson(k, n, level)
+    return ExactInterval(float(estimate), _harmonic(0.0, lo_r), _harmonic(1.0, hi_r), level, -1, -1, [[k, n]],
+                         f"no predicted positives: F1 ≤ 2R/(1 + R) at the Clopper–Pearson upper bound of recall "
+                         f"{k}/{n}")
 
 
 def at_edge(estimate: float | None, metric: str) -> str | None:
