@@ -249,8 +249,3 @@ def _tex_ci(d: dict[str, Any]) -> str:
         return EDGE_TEXT[d["edge"]]
     return f"{num(d['diff'], sign=True)} [{num(d['lo'], sign=True)}, {num(d['hi'], sign=True)}]"
 
-
-def is_multiclass(results: dict[str, CVResult]) -> bool:
-    """Whether the study's store has more than two classes."""
-    return len(next(iter(results.values())).classes) > 2
-

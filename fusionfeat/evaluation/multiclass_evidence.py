@@ -19,7 +19,14 @@ import numpy as np
 from fusionfeat import stats
 from fusionfeat.evaluation import multiclass_metrics as mm
 from fusionfeat.evaluation.cv import CVResult
-from fusionfeat.evaluation.evidence import bootstrap_groups, fold_sizes, subjects_known, weights_flags
+from fusionfeat.evaluation.evidence import (
+    IMAGE_LEVEL_SUBJECTS,
+    bootstrap_groups,
+    fold_sizes,
+    subject_disjoint,
+    subjects_known,
+    weights_flags,
+)
 
 N_BOOT = 2000
 COMPARED: tuple[str, ...] = ("roc_auc_macro", "balanced_accuracy")  # bootstrapped and compared between heads
@@ -161,17 +168,14 @@ def compare(result: CVResult, a: str, b: str, n_boot: int = N_BOOT, seed: int = 
 
 
 def comparisons(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
-    """Every pair of heads, with Holm-adjusted p over the pairs for each metric and test."""
+    """Every pair of heads; ``p_holm`` is Holm-adjusted over the whole family the table shows (every pair, metric
+    and test together, as a reader scans it), a test whose difference cannot be measured left out."""
     heads = result.heads
     pairs = [compare(result, a, b, n_boot, seed) for i, a in enumerate(heads) for b in heads[i + 1:]]
-    for name in COMPARED:
-        for key in ("per_fold", "pooled"):
-            ps = [math.nan if pair["metrics"][name][key].get("edge") else pair["metrics"][name][key]["p"]
-                  for pair in pairs]  # a difference that cannot be measured shows no p and leaves the family
-            finite = [i for i, p in enumerate(ps) if math.isfinite(p)]
-            adjusted = stats.holm([ps[i] for i in finite]) if finite else []
-            for i, q in zip(finite, adjusted, strict=True):
-                pairs[i]["metrics"][name][key]["p_holm"] = float(q)
+    tests = [pair["metrics"][name][key] for pair in pairs for name in COMPARED for key in ("per_fold", "pooled")]
+    measured = [t for t in tests if not t.get("edge") and math.isfinite(t["p"])]
+    for test, q in zip(measured, stats.holm([t["p"] for t in measured]) if measured else [], strict=True):
+        test["p_holm"] = float(q)
     return {"pairs": pairs, "metrics": list(COMPARED), "note": DELONG_NOTE}
 
 
@@ -182,6 +186,8 @@ def subject_level(result: CVResult, n_boot: int = N_BOOT, seed: int = 0) -> dict
     confusion matrix summed over repeats. A subject with cells of several classes skips the analysis (said)."""
     if not subjects_known(result):
         return None
+    if not subject_disjoint(result):  # a subject's other cells sat in training: left out, as for two classes
+        return {"aggregate": "mean", "left_out": IMAGE_LEVEL_SUBJECTS}
     originals = np.asarray(result.rows["view"]) == 0
     groups = np.asarray(result.rows["group"]).astype(str)[originals]
     y_rows = np.asarray(result.rows["label"], dtype=np.int64)[originals]

@@ -210,9 +210,9 @@ def _pairs_section(data: dict[str, Any]) -> str:
         "## Paired head comparisons (a − b, same splits)",
         "",
         "Per-fold: corrected resampled paired t over folds × repeats; pooled: paired bootstrap of the pooled "
-        "out-of-fold value. p (Holm): Holm-adjusted over all pairs, per metric and test. Where both heads sit at "
-        "the ceiling (or floor), or are identical on every fold, the difference cannot be measured: the table says "
-        "so instead of +0.0000 [+0.0000, +0.0000], p = 1, and that test leaves the Holm family. "
+        "out-of-fold value. p (Holm): Holm-adjusted over the whole table (every pair, metric and test). Where both "
+        "heads sit at the ceiling (or floor), or are identical on every fold, the difference cannot be measured: the "
+        "table says so instead of +0.0000 [+0.0000, +0.0000], p = 1, and that test leaves the Holm family. "
         + comp.get("note", ""),
     ]
     for m in comp.get("metrics", []):
@@ -253,6 +253,8 @@ def _subjects_section(data: dict[str, Any]) -> str:
         return ""
     if sub.get("skipped"):
         return f"## Subject level\n\nSkipped: {sub['skipped']}."
+    if sub.get("left_out"):
+        return f"## Subject level\n\nLeft out: {sub['left_out']}."
     lines = ["## Subject level", "",
              f"{sub['rule'][0].upper()}{sub['rule'][1:]} (original images only); {len(sub['subject'])} subjects"
              + (f", {sub['n_unassigned']} images without a subject left out" if sub.get("n_unassigned") else "")
