@@ -132,7 +132,7 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
                     n_features_in=int(estimator.n_features_in_))
     else:
         tree, arrays = dump_estimator(estimator)
-        (folder / "model.sklearn.json").write_text(dumps_json(tree))
+        (folder / "model.sklearn.json").write_text(dumps_json(tree), encoding="utf-8")
         with open(folder / "model.sklearn.npz", "wb") as fh:
             np.savez(fh, **arrays)
         meta.update(model_file="model.sklearn.json", model_kind="sklearn", model_arrays="model.sklearn.npz",
@@ -141,7 +141,7 @@ def write_bundle_files(folder: Path, estimator: Any, spec: HeadSpec, info: dict[
              *([SHIFT_FILE] if "shift" in meta else [])]
     meta["files"] = {name: sha256_file(folder / name) for name in names}
     meta[SELF_CHECKSUM] = manifest_digest(meta)
-    (folder / MANIFEST).write_text(dumps_json(meta))
+    (folder / MANIFEST).write_text(dumps_json(meta), encoding="utf-8")
 
 
 def manifest_digest(meta: dict[str, Any]) -> str:
@@ -243,7 +243,7 @@ def _read_manifest(path: Path, trust_legacy: bool = False) -> dict[str, Any]:
     if not manifest.is_file():
         raise FusionfeatError(f"{path} is not a fusionfeat bundle (no {MANIFEST}); make one with `fusionfeat train`")
     try:
-        info = json.loads(manifest.read_text())
+        info = json.loads(manifest.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise FusionfeatError(f"{manifest} is not valid JSON; the bundle is damaged") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -331,7 +331,7 @@ def _load_model(path: Path, info: dict[str, Any], kind: str, model_file: Path, t
         with np.load(arrays_file, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         try:
-            return load_estimator(json.loads(model_file.read_text()), arrays)
+            return load_estimator(json.loads(model_file.read_text(encoding="utf-8")), arrays)
         except StateError as exc:
             raise FusionfeatError(f"{model_file}: {exc}; refusing (the bundle is damaged or not fusionfeat's)") \
                 from None

@@ -99,7 +99,9 @@ def _manifest(bundle: Bundle, data: Path, layout: str | None) -> Any:
     positive class for two labels gets the bundle's (two classes, no ``--classes``) or, failing that, the first
     of the names the bundle maps that the data holds."""
     binary = len(bundle.classes) == 2 and not bundle.info.get("class_selection")
-    tries: list[str | None] = [bundle.positive] if binary else [None, *label_map(bundle)]
+    # a binary bundle tries its positive class first, then none: DATA with other or more labels still builds, and
+    # map_labels then names the labels the bundle does not know in one line
+    tries: list[str | None] = [bundle.positive, None] if binary else [None, *label_map(bundle)]
     first: DatasetError | None = None
     for positive in tries:
         try:
@@ -244,11 +246,11 @@ def write_evaluation(bundle: Bundle, scored: Scored, out: Path, n_boot: int = 20
     data["decision_rule"] = f"the bundle's: {describe_rule(bundle.info.get('decision_rule'))}"
     data["external"] = external_record(bundle, scored, data["heads"][head]["uncertainty"])
     data["plots"] = write_plots(data, out, run_bands(result, n_boot=n_boot))
-    (out / METRICS_FILE).write_text(dumps_json(data))
+    (out / METRICS_FILE).write_text(dumps_json(data), encoding="utf-8")
     write_external_predictions(bundle, scored, out / PREDICTIONS_FILE)
     if (data.get("subjects") or {}).get("heads"):
         write_subjects(data["subjects"], out / SUBJECTS_FILE)
-    (out / REPORT_FILE).write_text(render_evaluation(data))
+    (out / REPORT_FILE).write_text(render_evaluation(data), encoding="utf-8")
     return data
 
 
@@ -266,11 +268,11 @@ def write_multiclass_evaluation(bundle: Bundle, scored: Scored, out: Path, n_boo
     data["decision_rule"] = f"the bundle's: {describe_rule(bundle.info.get('decision_rule'), len(bundle.classes))}"
     data["external"] = external_record(bundle, scored, data["heads"][head]["uncertainty"])
     data["plots"] = write_multiclass_plots(data, out, rows="external set")
-    (out / METRICS_FILE).write_text(dumps_json(data))
+    (out / METRICS_FILE).write_text(dumps_json(data), encoding="utf-8")
     write_external_predictions(bundle, scored, out / PREDICTIONS_FILE)
     if (data.get("subjects") or {}).get("heads"):
         write_multiclass_subjects(data["subjects"], data["classes"], out / SUBJECTS_FILE)
-    (out / REPORT_FILE).write_text(render_multiclass_evaluation(data))
+    (out / REPORT_FILE).write_text(render_multiclass_evaluation(data), encoding="utf-8")
     return data
 
 
@@ -328,7 +330,7 @@ def write_external_predictions(bundle: Bundle, scored: Scored, path: Path) -> No
     threshold = bundle.shift.threshold if bundle.shift is not None else math.nan
     k = len(bundle.classes)
     columns = [f"p_{bundle.positive}"] if k == 2 else [f"p_{c}" for c in bundle.classes]
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv_writer(fh)
         writer.writerow(["path", "group", "label", *columns, "predicted", "shift_score", "beyond_p99"])
         for i, name in enumerate(scored.paths):

@@ -65,7 +65,7 @@ def temp_folder(path: Path, kind: str = "tmp") -> Path:
     that merely has such a name. A file written in it and renamed out of it is replaced atomically."""
     folder = temp_sibling(path, kind)
     folder.mkdir()
-    (folder / TEMP_MARKER).write_text(f"{path.name}\n")
+    (folder / TEMP_MARKER).write_text(f"{path.name}\n", encoding="utf-8")
     return folder
 
 
@@ -77,7 +77,7 @@ def is_own_temporary(entry: Path, name: str) -> bool:
     marker = entry / TEMP_MARKER
     if marker.is_file() and not marker.is_symlink():
         try:
-            return marker.read_text().strip() == name
+            return marker.read_text(encoding="utf-8").strip() == name
         except (OSError, UnicodeDecodeError):
             return False
     return any((entry / marker_name(kind)).is_file() for kind in _WHAT) or is_previous_output(entry, BUNDLE)
@@ -366,7 +366,7 @@ def is_previous_output(folder: Path, kind: str) -> bool:
         return True
     if kind == BUNDLE:
         try:
-            return json.loads((folder / "bundle.json").read_text()).get("format") == "fusionfeat-bundle"
+            return json.loads((folder / "bundle.json").read_text(encoding="utf-8")).get("format") == "fusionfeat-bundle"
         except (OSError, ValueError, AttributeError):
             return False
     return False
@@ -480,7 +480,7 @@ def output_target(out: str | os.PathLike, kind: str, inputs: Sequence[str | os.P
                 target = OutputTarget(out, kind, temp_folder(out) / out.name)
             else:
                 tmp.mkdir()
-                (tmp / marker_name(kind)).write_text(f"written by fusionfeat as a {_WHAT[kind]}\n")
+                (tmp / marker_name(kind)).write_text(f"written by fusionfeat as a {_WHAT[kind]}\n", encoding="utf-8")
                 target = OutputTarget(out, kind, tmp)
             yield target
             target.commit()

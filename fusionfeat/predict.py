@@ -218,7 +218,7 @@ def _write_predictions(bundle: Bundle, images: Sequence[Path], tmp: Path, models
     threshold = bundle.shift.threshold if bundle.shift is not None else math.nan
     bar = runtime.progress(len(paths), progress, "predict")
     try:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv_writer(fh)
             writer.writerow([*csv_columns(bundle), "shift_score", "beyond_p99"])
             for rows, arrays, _, errors in iter_embeddings(paths, batches, models, preprocess, dev, prec, workers,

@@ -270,7 +270,7 @@ def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_B
     """The study's files and its arms' run folders, written into the (temporary) folder ``out``."""
     for name, res in results.items():
         (out / name).mkdir()
-        (out / name / marker_name(RUN)).write_text("written by fusionfeat as a run folder\n")
+        (out / name / marker_name(RUN)).write_text("written by fusionfeat as a run folder\n", encoding="utf-8")
         write_run_files(res, out / name)
     first = next(iter(results.values()))
     honest = results["weight"].protocol.get("name", "")
@@ -293,17 +293,17 @@ def write_study_files(results: dict[str, CVResult], out: Path, n_boot: int = N_B
 
         data = to_jsonable({**data, "classes": list(first.classes),
                             "heads_results": k.compare_multiclass(results, n_boot=n_boot, seed=seed)})
-        (out / STUDY_JSON).write_text(dumps_json(data))
+        (out / STUDY_JSON).write_text(dumps_json(data), encoding="utf-8")
         write_csv(out / STUDY_CSV, CSV_HEADER, k.multiclass_csv_rows(data))
-        (out / STUDY_TEX).write_text(k.multiclass_tex(data))
-        (out / STUDY_MD).write_text(k.render_multiclass_study(data))
+        (out / STUDY_TEX).write_text(k.multiclass_tex(data), encoding="utf-8")
+        (out / STUDY_MD).write_text(k.render_multiclass_study(data), encoding="utf-8")
         return
     data["heads_results"] = compare(results, n_boot=n_boot, seed=seed)
     data = to_jsonable(data)
-    (out / STUDY_JSON).write_text(dumps_json(data))
+    (out / STUDY_JSON).write_text(dumps_json(data), encoding="utf-8")
     write_csv(out / STUDY_CSV, CSV_HEADER, _csv_rows(data))
-    (out / STUDY_TEX).write_text(_tex(data))
-    (out / STUDY_MD).write_text(render_study(data))
+    (out / STUDY_TEX).write_text(_tex(data), encoding="utf-8")
+    (out / STUDY_MD).write_text(render_study(data), encoding="utf-8")
 
 
 def _csv_rows(data: dict[str, Any]) -> list[list[Any]]:

@@ -241,8 +241,12 @@ def test_bad_inputs_are_one_line(world, tmp_path):
     other = tmp_path / "other"
     for name in ("all", "blast"):
         _flat_images(other / name)
+    three = tmp_path / "three"  # more labels than the binary bundle has: named, with no word of --positive
+    for name in ("all", "hem", "blast"):
+        _flat_images(three / name)
     cases = [
         (["evaluate", world["bundle"], other, "-o", tmp_path / "a"], "not among the bundle's classes"),
+        (["evaluate", world["bundle"], three, "-o", tmp_path / "a3"], "not among the bundle's classes"),
         (["evaluate", tmp_path / "nothing", world["same"], "-o", tmp_path / "b"], "not a fusionfeat bundle"),
         (["evaluate", world["bundle"], _flat_images(tmp_path / "flat"), "-o", tmp_path / "c"], "labelled"),
         (["evaluate", world["bundle"], world["same"], "-o", world["same"] / "x"], "inside"),

@@ -45,3 +45,25 @@ def test_extract_and_info_under_the_c_locale_without_utf8_mode(utf8_cells):
     with FeatureStore.open(utf8_cells / "s.h5") as fs:
         assert {"all/Blüte_é—ü.png", "hém/cell_000.png"} <= set(fs.paths)
         assert "hém" in fs.classes
+
+
+def test_the_library_writes_utf8_whatever_the_locale(tmp_path):
+    """Called as a library (no CLI restart into UTF-8 mode), under an ASCII locale with UTF-8 mode off, a
+    manifest with non-ASCII class names is still written in UTF-8, which is what fusionfeat reads back."""
+    import os
+    import subprocess
+    import sys
+
+    cells = write_cells(tmp_path / "cells", per_class=3, size=32)
+    rows = [f"{p.relative_to(tmp_path).as_posix()},{'all' if p.parent.name == 'all' else 'hém'}\n"
+            for p in sorted(cells.rglob("*.png"))]
+    (tmp_path / "in.csv").write_text("path,label\n" + "".join(rows), encoding="utf-8")
+    code = ("from fusionfeat.data.manifest import build_manifest, write_manifest; "
+            "m = build_manifest('in.csv', 'csv', positive='all'); write_manifest(m, 'm.csv'); "
+            "print(len(build_manifest('m.csv', 'csv', positive='all').samples))")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "6"
+    assert "hém" in (tmp_path / "m.csv").read_bytes().decode("utf-8")

@@ -156,7 +156,7 @@ def write_manifest(manifest: Manifest, out: str | os.PathLike, overwrite: bool =
     out = Path(out)
     with output_target(out, CSV, inputs=inputs, overwrite=overwrite) as target:
         base = out.parent.resolve()
-        with open(target.path, "w", newline="") as fh:
+        with open(target.path, "w", newline="", encoding="utf-8") as fh:
             writer = csv_writer(fh)
             writer.writerow(list(MANIFEST_HEADER))
             for s in manifest.samples:

@@ -284,7 +284,7 @@ def _claim_work_folder(work: Path) -> None:
                              "(fusionfeat keeps checkpoints there)")
     try:
         work.mkdir(parents=True, exist_ok=True)
-        marker.write_text("written by fusionfeat as a fine-tuning work folder\n")
+        marker.write_text("written by fusionfeat as a fine-tuning work folder\n", encoding="utf-8")
     except OSError as exc:
         raise StoreError(f"cannot create the fine-tuning work folder {work}: {exc.strerror or exc}") from None
 
@@ -431,7 +431,7 @@ def _prepare_task_folder(work: Path, task: _Task, overwrite: bool) -> None:
 def _read_config(path: Path) -> dict:
     """A task folder's ``config.json``; a damaged one (cut short, edited) reads as no settings at all."""
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return {}
     return config if isinstance(config, dict) else {}
@@ -579,7 +579,7 @@ def _task_attrs(job: _Job, task: _Task, report: TaskReport, device: torch.device
     """The attributes of one task's fine-tuned features: provenance, training and the checkpoint."""
     folder = _task_folder(job.work, task.fold, task.backbone)
     best = folder / "best.pt"
-    n_train = len(json.loads((folder / "train_ids.json").read_text())["train"])
+    n_train = len(json.loads((folder / "train_ids.json").read_text(encoding="utf-8"))["train"])
     return {
         **job.provenance[task.backbone], **job.preprocess.as_attrs(),
         "precision": precision, "device": describe_device(device),

@@ -125,6 +125,6 @@ def build_bank(paths: Sequence[str], preprocess: Preprocess, folder: Path, worke
 
 def open_bank(index_path: Path) -> ImageBank:
     """Open a built bank read-only (memory-mapped)."""
-    index = json.loads(index_path.read_text())
+    index = json.loads(index_path.read_text(encoding="utf-8"))
     images = np.load(index_path.with_suffix(".npy"), mmap_mode="r")
     return ImageBank(images, np.asarray(index["ok"], dtype=bool), index["sha256"], index["errors"])

@@ -83,7 +83,7 @@ def tex_pm(mean: float | None, std: float | None, digits: int = 4) -> Tex:
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain CSV with a header line (numbers at full precision, missing values empty)."""
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv_writer(fh)
         writer.writerow(header)
         for row in rows:
@@ -294,7 +294,7 @@ def write_tables(data: dict[str, Any], out: Path) -> list[str]:
     for extra in (_uncertainty_table(data), _fusion_table(data), _calibration_table(data)):
         if extra:
             tex += "\n" + extra
-    (out / TEX_FILE).write_text(tex)
+    (out / TEX_FILE).write_text(tex, encoding="utf-8")
     write_csv(out / RESULTS_CSV, ["head", "metric", *RESULTS_COLUMNS],
               [[h, m, *_results_csv_row(i, m)] for h, i in heads.items() for m in METRICS])
     write_csv(out / CONFUSION_CSV, conf_header, conf_rows)

@@ -33,11 +33,11 @@ def write_multiclass_files(result: CVResult, out: Path, files: dict[str, str], n
     into ``out``; ``files`` names metrics/predictions/report/subjects as ``write_run_files`` does."""
     data = multiclass_run_json(result, n_boot=n_boot)
     data["plots"] = write_multiclass_plots(data, out)
-    (out / files["metrics"]).write_text(dumps_json(data))
+    (out / files["metrics"]).write_text(dumps_json(data), encoding="utf-8")
     write_multiclass_predictions(result, out / files["predictions"])
     if (data.get("subjects") or {}).get("heads"):
         write_multiclass_subjects(data["subjects"], data["classes"], out / files["subjects"])
-    (out / files["report"]).write_text(render_multiclass_report(data))
+    (out / files["report"]).write_text(render_multiclass_report(data), encoding="utf-8")
     write_multiclass_tables(data, out)
 
 
@@ -102,7 +102,7 @@ def write_multiclass_predictions(result: CVResult, path: Path) -> None:
     rows = result.rows
     k = len(result.classes)
     weight_cols = [(h, i, f"w_{h}_{n}") for h, names in result.weight_names.items() for i, n in enumerate(names)]
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv_writer(fh)
         writer.writerow(["repeat", "fold", "path", "view", "label", "group",
                          *prediction_columns(result.classes, result.heads), *[f"pred_{h}" for h in result.heads],
@@ -135,7 +135,7 @@ def write_multiclass_subjects(subjects: dict[str, Any], classes: list[str], path
     """Subject-level results: one line per repeat and subject, the mean probability of every class per head
     (``p_<class>_<head>``) and the predicted class (``pred_<head>``)."""
     heads = list(subjects["heads"])
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv_writer(fh)
         writer.writerow(["repeat", "subject", "label", "n_cells", *prediction_columns(classes, heads),
                          *[f"pred_{h}" for h in heads]])
@@ -171,7 +171,7 @@ def write_multiclass_tables(data: dict[str, Any], out: Path) -> list[str]:
     confusion = [[head, c, *info["pooled"]["confusion"][i]] for head, info in data["heads"].items()
                  for i, c in enumerate(classes)]
     write_csv(out / CONFUSION_CSV, ["head", "true", *[f"pred_{c}" for c in classes]], confusion)
-    (out / TEX_FILE).write_text(_tex(data))
+    (out / TEX_FILE).write_text(_tex(data), encoding="utf-8")
     return [RESULTS_CSV, PER_CLASS_CSV, CONFUSION_CSV, TEX_FILE]
 
 

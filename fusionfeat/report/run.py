@@ -58,11 +58,11 @@ def write_run_files(result: CVResult, out: Path, n_boot: int = 2000) -> None:
     data = run_json(result, n_boot=n_boot)
     plots = write_plots(data, out, run_bands(result))
     data["plots"] = plots
-    (out / METRICS_FILE).write_text(dumps_json(data))
+    (out / METRICS_FILE).write_text(dumps_json(data), encoding="utf-8")
     write_predictions(result, out / PREDICTIONS_FILE)
     if (data.get("subjects") or {}).get("heads"):
         write_subjects(data["subjects"], out / SUBJECTS_FILE)
-    (out / REPORT_FILE).write_text(render_report(data))
+    (out / REPORT_FILE).write_text(render_report(data), encoding="utf-8")
     write_tables(data, out)
     write_attention(result, out)
 
@@ -131,7 +131,7 @@ def write_predictions(result: CVResult, path: Path) -> None:
     prob_cols = [f"p_{result.positive}_{head}" for head in result.heads]
     pred_cols = [f"pred_{head}" for head in result.heads]
     weight_cols = [(h, i, f"w_{h}_{n}") for h, names in result.weight_names.items() for i, n in enumerate(names)]
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv_writer(fh)
         writer.writerow(
             ["repeat", "fold", "path", "view", "label", "group", *prob_cols, *pred_cols,
@@ -171,7 +171,7 @@ def _fmt_pred(result: CVResult, head: str, r: int, j: int) -> str:
 def write_subjects(subjects: dict[str, Any], path: Path) -> None:
     """Subject-level scores: one line per repeat and subject, one score column per head."""
     heads = list(subjects["heads"])
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv_writer(fh)
         writer.writerow(["repeat", "subject", "label", "n_cells", *[f"score_{h}" for h in heads]])
         n_repeats = len(subjects["scores"][heads[0]])
@@ -186,7 +186,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     path = require_file(run_dir, METRICS_FILE, f"{Path(run_dir)} is not a fusionfeat run folder (no {METRICS_FILE}); "
                         "pass folders written by a fusionfeat evaluation")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise FusionfeatError(f"{path} is not valid JSON ({exc.msg}); rerun the evaluation that wrote it") from None
     except RecursionError:

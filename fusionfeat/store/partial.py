@@ -113,7 +113,8 @@ class PartialStore:
                 )
         else:
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / PARTIAL_MARKER).write_text("written by fusionfeat: committed batches of an extraction\n")
+            (folder / PARTIAL_MARKER).write_text("written by fusionfeat: committed batches of an extraction\n",
+                                                 encoding="utf-8")
             atomic_write_bytes(settings_file, lambda fh: fh.write(json.dumps(settings, sort_keys=True).encode()))
         return cls(folder)
 
