@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import itertools
 import json
 import os
 import random
@@ -98,6 +99,8 @@ COMMANDS = {
     "train": Command(["train", "s.h5", "--head", "logreg", "-o", "out", "--quiet"], "out", ["s.h5"], _model_files),
     "predict": Command(["predict", "bundle", "data", "-o", "out.csv"], "out.csv", ["bundle", "data"], _bytes),
     "explain": Command(["explain", "arun", "-o", "out", "--n", "1"], "out", ["arun"], _pngs),
+    "evaluate": Command(["evaluate", "bundle", "data", "-o", "out", "--quiet"], "out", ["bundle", "data"],
+                        _file("predictions.csv")),
     "finetune": Command(["finetune", "out.h5", "data", *FINETUNE], "out.h5", ["data"], _finetuned, 12.0,
                         {"out.h5": "s.h5"}),
 }
@@ -155,17 +158,21 @@ def same_as_uninterrupted(base: Path, work: Path, name: str) -> None:
 # ----------------------------------------------------------------------------------------------- signals
 
 
-SIGNAL_CASES = [(name, sig) for name in ("study", "train", "predict", "explain", "finetune")
+SIGNAL_CASES = [(name, sig, "run") for name in ("study", "train", "predict", "explain", "finetune", "evaluate")
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)]
-SIGNAL_CASES += [(name, signal.SIGKILL) for name in ("manifest", "extract", "fit")]
+SIGNAL_CASES += [(name, signal.SIGKILL, "run") for name in ("manifest", "extract", "fit")]
+# a second moment for every command: start-up (imports, argument checks), where Ctrl-C is most often pressed
+SIGNAL_CASES += [(name, sig, "start-up") for name, sig in zip(COMMANDS, itertools.cycle(
+    (signal.SIGINT, signal.SIGTERM)))]
 
 
-@pytest.mark.parametrize(("name", "sig"), SIGNAL_CASES, ids=lambda v: getattr(v, "name", v))
-def test_a_signal_at_a_random_moment_then_the_same_command(base, tmp_path, name, sig):
+@pytest.mark.parametrize(("name", "sig", "moment"), SIGNAL_CASES, ids=lambda v: getattr(v, "name", v))
+def test_a_signal_at_a_random_moment_then_the_same_command(base, tmp_path, name, sig, moment):
     command = COMMANDS[name]
     work = prepare(base, tmp_path / "w", command)
     before = _inputs(work, command)
-    delay = random.Random(f"{name}-{sig.name}").uniform(0.1, command.span)
+    low, high = (0.05, 0.6) if moment == "start-up" else (0.1, command.span)
+    delay = random.Random(f"{name}-{sig.name}-{moment}").uniform(low, high)
     rc, lines, _ = run_cli(command.args, work, sig, delay)
     interrupted = check_interrupted(rc, lines, sig)
     # an output in place after the signal is whole: it is renamed there only when complete (a signal landing after
