@@ -94,7 +94,8 @@ MULTICLASS_EXACT_NOTE = (
     "(k/n shown; with subjects known, k and n count subjects), for balanced accuracy the mean of the per-class "
     "recalls' Clopper–Pearson bounds, for macro and weighted F1 the mean of each class's F1 at the bounds of its "
     "precision and recall, and for macro OvR AUC at the ceiling the lower bound from each class's "
-    "one-vs-rest true-positive and true-negative rates at a separating threshold; kappa and MCC have none, and say so (docs/protocols.md, "
+    "one-vs-rest true-positive and true-negative rates at a separating threshold; kappa and MCC have none, "
+    "and say so (docs/protocols.md, "
     "\"Intervals at the edges\")"
 )
 EDGE_WORDS = {"ceiling": "at the ceiling", "floor": "at the floor"}
