@@ -167,31 +167,32 @@ class CVResult:
         if self.multiclass:
             return self._multiclass_predictions_frame()
         rows = self.rows
-        n_repeats, n_eval = self.test_fold.shape
+        n_repeats = self.test_fold.shape[0]
         negative = next(c for c in self.classes if c != self.positive)
         labels = np.asarray(self.classes, dtype=object)[rows["label"]]
         frames = []
         for head in self.heads:
             pred = self.oof_pred[head]
             frames.append(pd.DataFrame({
-                "head": head,
-                "repeat": np.repeat(np.arange(n_repeats), n_eval),
-                "fold": self.test_fold.reshape(-1),
-                "sample": np.tile(rows["sample"], n_repeats),
-                "view": np.tile(rows["view"], n_repeats),
-                "path": np.tile(rows["path"], n_repeats),
-                "group": np.tile(rows["group"], n_repeats),
+                **self._row_columns(head),
                 "label": np.tile(labels, n_repeats),
                 "proba": self.oof[head].reshape(-1),
                 "predicted": np.where(np.isnan(pred), None, np.where(pred >= 0.5, self.positive, negative)).reshape(-1),
             }))
         return pd.concat(frames, ignore_index=True)
 
+    def _row_columns(self, head: str) -> dict[str, Any]:
+        """The columns every predictions frame starts with: head, repeat, fold, sample, view, path, group."""
+        rows = self.rows
+        n_repeats, n_eval = self.test_fold.shape
+        return {"head": head, "repeat": np.repeat(np.arange(n_repeats), n_eval), "fold": self.test_fold.reshape(-1),
+                **{k: np.tile(rows[k], n_repeats) for k in ("sample", "view", "path", "group")}}
+
     def _multiclass_predictions_frame(self) -> Any:
         import pandas as pd
 
         rows = self.rows
-        n_repeats, n_eval = self.test_fold.shape
+        n_repeats = self.test_fold.shape[0]
         names = np.asarray(self.classes, dtype=object)
         frames = []
         for head in self.heads:
@@ -201,13 +202,7 @@ class CVResult:
             predicted[scored] = names[pred[scored].astype(np.int64)]
             proba = self.oof_proba[head].reshape(-1, len(self.classes))
             frames.append(pd.DataFrame({
-                "head": head,
-                "repeat": np.repeat(np.arange(n_repeats), n_eval),
-                "fold": self.test_fold.reshape(-1),
-                "sample": np.tile(rows["sample"], n_repeats),
-                "view": np.tile(rows["view"], n_repeats),
-                "path": np.tile(rows["path"], n_repeats),
-                "group": np.tile(rows["group"], n_repeats),
+                **self._row_columns(head),
                 "label": np.tile(names[rows["label"]], n_repeats),
                 **{f"p_{c}": proba[:, k] for k, c in enumerate(self.classes)},
                 "predicted": predicted,
