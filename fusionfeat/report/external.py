@@ -205,13 +205,18 @@ def _calibration(data: dict[str, Any], head: str) -> str:
     return "\n".join(lines)
 
 
-def _subjects(data: dict[str, Any], head: str) -> str:
-    sub = data.get("subjects")
+def _no_subjects(sub: dict[str, Any] | None) -> str:
+    """The subject-level section when there is none: no subject ids, or why the analysis was skipped."""
     if not sub:
         return ("## Subject-level results\n\nNot computed: the external data has no subject ids, so each image "
                 "counts as independent.")
-    if sub.get("skipped"):
-        return f"## Subject-level results\n\nNot computed: {sub['skipped']}."
+    return f"## Subject-level results\n\nNot computed: {sub['skipped']}."
+
+
+def _subjects(data: dict[str, Any], head: str) -> str:
+    sub = data.get("subjects")
+    if not sub or sub.get("skipped"):
+        return _no_subjects(sub)
     h = sub["heads"][head]
     how = sub.get("aggregate", "mean")
     lines = [
@@ -392,11 +397,8 @@ def _multiclass_calibration(data: dict[str, Any], head: str) -> str:
 
 def _multiclass_subjects(data: dict[str, Any], head: str) -> str:
     sub = data.get("subjects")
-    if not sub:
-        return ("## Subject-level results\n\nNot computed: the external data has no subject ids, so each image "
-                "counts as independent.")
-    if sub.get("skipped"):
-        return f"## Subject-level results\n\nNot computed: {sub['skipped']}."
+    if not sub or sub.get("skipped"):
+        return _no_subjects(sub)
     h = sub["heads"][head]["metrics"]
     cells = [f"{edge_value(num(h[m]['mean']), h[m].get('exact'))} {ci_cell(h[m]['bootstrap'], m, h[m].get('exact'))}"
              for m in ("balanced_accuracy", "roc_auc_macro")]
